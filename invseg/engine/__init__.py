@@ -1,0 +1,46 @@
+"""The coupling engine: activation-free backpropagation through invertible blocks.
+
+Pure PyTorch (no MONAI). An invertible block is any ``nn.Module`` with
+``forward(x, *context)`` and ``inverse(y, *context)``; :class:`InvertibleSequential` chains
+them and trains them without storing activations (``memory="invert"``), with
+``torch.utils.checkpoint`` (``"checkpoint"``) or with plain autograd (``"store"``).
+"""
+
+from __future__ import annotations
+
+from invseg.engine._engine import forward_block, reverse_block
+from invseg.engine._memcnn import import_memcnn
+from invseg.engine._protocol import MEMORY_MODES, is_invertible
+from invseg.engine._tape import Tape
+from invseg.engine.coupling import AdditiveCoupling, AffineCoupling
+from invseg.engine.memory import activation_bytes
+from invseg.engine.resample import (
+    InvertibleDownsample3d,
+    InvertibleUpsample3d,
+    OrthogonalMix,
+    Squeeze3d,
+    squeeze3d,
+    unsqueeze3d,
+)
+from invseg.engine.sequential import InverseDriftWarning, Inverted, InvertibleSequential
+
+__all__ = [
+    "MEMORY_MODES",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "InverseDriftWarning",
+    "Inverted",
+    "InvertibleDownsample3d",
+    "InvertibleSequential",
+    "InvertibleUpsample3d",
+    "OrthogonalMix",
+    "Squeeze3d",
+    "Tape",
+    "activation_bytes",
+    "forward_block",
+    "import_memcnn",
+    "is_invertible",
+    "reverse_block",
+    "squeeze3d",
+    "unsqueeze3d",
+]

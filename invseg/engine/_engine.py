@@ -1,0 +1,165 @@
+"""Activation-free backpropagation through a chain of invertible blocks.
+
+Forward runs the blocks without building a graph and keeps only the chain's output. Backward
+walks the chain from the end: each block rebuilds its input from its output and back-propagates
+the output gradient in the same pass. Blocks with a fused ``reverse`` (the couplings) evaluate
+each residual function once with grad (the RevNet algorithm); other blocks are inverted without
+grad and recomputed once with grad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from invseg.engine import _rng
+from invseg.engine._tape import Tape
+
+
+def has_fused_reverse(block: nn.Module) -> bool:
+    """Whether ``block`` rebuilds and back-propagates itself in one pass (``reverse``)."""
+    return callable(getattr(block, "reverse", None))
+
+
+def forward_block(block: nn.Module, x: Tensor, context: tuple) -> Tensor:
+    """Run one block forward, marking the RNG for blocks without a fused reverse.
+
+    Composite blocks call this for their sub-blocks so that :func:`reverse_block` can replay
+    the same random numbers.
+    """
+    if not has_fused_reverse(block):
+        _rng.mark(x.device)
+    return block(x, *context)
+
+
+def reverse_block(block: nn.Module, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+    """Rebuild the input of ``block`` from its output and back-propagate ``grad_y``.
+
+    Returns ``(x, grad_x)``; gradients of parameters and context go to ``tape``.
+    """
+    if has_fused_reverse(block):
+        return block.reverse(y, grad_y, tape)
+    return _generic_reverse(block, y, grad_y, tape)
+
+
+def _generic_reverse(
+    block: nn.Module, y: Tensor, grad_y: Tensor, tape: Tape
+) -> tuple[Tensor, Tensor]:
+    state = tape.pop_rng()
+    with torch.no_grad(), _rng.replay(state):
+        x = block.inverse(y, *tape.context)
+    x_leaf = x.detach().requires_grad_()
+    with torch.enable_grad(), _rng.replay(state):
+        y_again = block(x_leaf, *tape.context)
+    (grad_x,) = tape.vjp(block, [y_again], [grad_y], [x_leaf])
+    return x.detach(), grad_x
+
+
+@contextlib.contextmanager
+def frozen_buffers(module: nn.Module) -> Iterator[None]:
+    """Restore every buffer (e.g. BatchNorm running stats) after a recomputation.
+
+    Forward already updated the statistics once; the backward recomputation must not do it
+    a second time. Unchanged buffers are left alone (no version bump).
+    """
+    buffers = [b for b in module.buffers()]
+    if not buffers:
+        yield
+        return
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                if not torch.equal(b, s):
+                    b.copy_(s)
+
+
+@dataclass
+class ChainRun:
+    """What one forward of an ``"invert"`` chain leaves for its backward."""
+
+    chain: nn.Module
+    blocks: Sequence[nn.Module]
+    context: tuple
+    sources: list[Tensor]
+    anchor_indices: frozenset[int]
+    anchors: dict[int, Tensor] = field(default_factory=dict)
+    rng: dict[int, list[_rng.RNGState]] = field(default_factory=dict)
+    autocast: tuple[str, bool, torch.dtype] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        device_type = x.device.type
+        self.autocast = (
+            device_type,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        for i, block in enumerate(self.blocks):
+            if i in self.anchor_indices:
+                self.anchors[i] = x
+            states = [] if _rng.is_stochastic(block) else None
+            with _rng.recording(states):
+                x = forward_block(block, x, self.context)
+            if states:
+                self.rng[i] = states
+        return x
+
+    def backward(self, y: Tensor, grad_y: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+        tape = Tape(self.sources, self.context)
+        device_type, enabled, dtype = self.autocast
+        errors: dict[int, float] = {}
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for i in reversed(range(len(self.blocks))):
+                tape.rng = self.rng.get(i, [])
+                with frozen_buffers(self.blocks[i]):
+                    y, grad_y = reverse_block(self.blocks[i], y, grad_y, tape)
+                kept = self.anchors.get(i)
+                if kept is not None:
+                    errors[i] = _relative_error(y, kept)
+                    y = kept.detach()
+        self.chain._after_backward(errors)
+        return grad_y, tape.grads
+
+
+def _relative_error(rebuilt: Tensor, kept: Tensor) -> float:
+    kept = kept.detach()
+    scale = torch.linalg.vector_norm(kept).clamp_min(torch.finfo(kept.real.dtype).tiny)
+    return float(torch.linalg.vector_norm(rebuilt - kept) / scale)
+
+
+class InvertFunction(torch.autograd.Function):
+    """One autograd node for a whole chain; inputs are ``(run, x, *sources)``."""
+
+    @staticmethod
+    def forward(ctx, run: ChainRun, x: Tensor, *sources: Tensor) -> Tensor:
+        y = run.forward(x)
+        if y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            y = y.clone()  # never hand out (or later save) a view of the caller's tensor
+        ctx.run = run
+        ctx.anchor_keys = list(run.anchors)
+        # Anchors go through save_for_backward: saved-tensor hooks see them and autograd's
+        # version counter catches in-place changes to them.
+        ctx.save_for_backward(y, *run.anchors.values())
+        run.anchors = {}
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "invseg: memory='invert' does not support double backward "
+                "(create_graph=True); use memory='checkpoint' or memory='store' for "
+                "higher-order gradients."
+            )
+        y, *anchors = ctx.saved_tensors
+        run: ChainRun = ctx.run
+        ctx.run = None  # free the RNG states with the graph
+        run.anchors = dict(zip(ctx.anchor_keys, anchors))
+        grad_x, grads = run.backward(y.detach(), grad_y)
+        return (None, grad_x, *grads)

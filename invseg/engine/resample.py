@@ -1,0 +1,186 @@
+"""Invertible 3D resampling: squeeze (3D pixel unshuffle) and learnable orthogonal mixing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from invseg.engine._protocol import check_option
+from invseg.engine.sequential import Inverted, InvertibleSequential
+
+INITS = ("identity", "haar")
+
+
+def squeeze3d(x: Tensor) -> Tensor:
+    r"""3D pixel unshuffle by 2: ``(B, C, D, H, W) -> (B, 8C, D/2, H/2, W/2)``.
+
+    Output channel ``8c + 4i + 2j + k`` holds voxel ``(2d + i, 2h + j, 2w + k)`` of input
+    channel ``c`` (the order of ``monai.networks.utils.pixelunshuffle`` and of
+    ``F.pixel_unshuffle`` in 2D; note ``F.pixel_unshuffle`` itself only acts on the last two
+    dims of a 5-D tensor).
+
+    Raises:
+        ValueError: if a spatial size is odd.
+
+    Example:
+        >>> x = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
+        >>> squeeze3d(x).flatten().tolist()
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    """
+    if x.ndim != 5:
+        raise ValueError(f"squeeze3d expects a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}.")
+    b, c, d, h, w = x.shape
+    if d % 2 or h % 2 or w % 2:
+        raise ValueError(
+            f"squeeze3d needs even spatial sizes, got {(d, h, w)}; pad the input to a multiple "
+            "of 2 per down-sampling level."
+        )
+    x = x.reshape(b, c, d // 2, 2, h // 2, 2, w // 2, 2)
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 8, d // 2, h // 2, w // 2)
+
+
+def unsqueeze3d(x: Tensor) -> Tensor:
+    """Inverse of :func:`squeeze3d`: ``(B, 8C, D, H, W) -> (B, C, 2D, 2H, 2W)``.
+
+    Example:
+        >>> x = torch.randn(2, 3, 4, 6, 8)
+        >>> torch.equal(unsqueeze3d(squeeze3d(x)), x)
+        True
+    """
+    if x.ndim != 5 or x.shape[1] % 8:
+        raise ValueError(
+            f"unsqueeze3d expects (B, 8C, D, H, W) with channels divisible by 8, got {tuple(x.shape)}."
+        )
+    b, c8, d, h, w = x.shape
+    x = x.reshape(b, c8 // 8, 2, 2, 2, d, h, w)
+    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, c8 // 8, d * 2, h * 2, w * 2)
+
+
+class Squeeze3d(nn.Module):
+    """Invertible block for :func:`squeeze3d` (inverse: :func:`unsqueeze3d`).
+
+    Example:
+        >>> block = Squeeze3d()
+        >>> x = torch.randn(1, 2, 4, 4, 4)
+        >>> block(x).shape, torch.equal(block.inverse(block(x)), x)
+        (torch.Size([1, 16, 2, 2, 2]), True)
+    """
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        return squeeze3d(x)
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        return unsqueeze3d(y)
+
+
+def haar_matrix3d(dtype: torch.dtype | None = None) -> Tensor:
+    """The orthonormal 8×8 3D Haar transform in :func:`squeeze3d`'s channel order.
+
+    Row 0 is the low-pass (average) filter; the other rows are the 7 detail filters.
+    """
+    h = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=dtype) / torch.tensor(2.0, dtype=dtype).sqrt()
+    return torch.kron(torch.kron(h, h), h)
+
+
+class OrthogonalMix(nn.Module):
+    r"""Learnable orthogonal channel mixing, a 1×1×1 convolution with weight :math:`W`.
+
+    :math:`W = \mathrm{Cayley}(A)\,W_0` with :math:`A = P - P^\top` skew-symmetric and
+    :math:`\mathrm{Cayley}(A) = (I + A)^{-1}(I - A)`, so :math:`W` is orthogonal for every
+    :math:`P` and the inverse is the transpose. :math:`P` starts at zero, so
+    :math:`W = W_0` at initialisation: the identity, or (``init="haar"``) a 3D Haar transform
+    on each group of 8 channels, which after :class:`Squeeze3d` is a wavelet down-sampling
+    (the iUNets initialisation).
+
+    Args:
+        channels: number of channels (a multiple of 8 for ``init="haar"``).
+        init: ``"identity"`` or ``"haar"``.
+
+    Shape:
+        ``(B, channels, *spatial)`` in and out.
+
+    Example:
+        >>> mix = OrthogonalMix(8, init="haar")
+        >>> x = torch.randn(1, 8, 2, 2, 2, dtype=torch.float64)
+        >>> torch.allclose(mix.inverse(mix.double()(x)), x)
+        True
+    """
+
+    def __init__(self, channels: int, *, init: str = "identity") -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}.")
+        self.init = check_option("init", init, INITS)
+        if init == "haar" and channels % 8:
+            raise ValueError(f"init='haar' needs channels divisible by 8, got {channels}.")
+        self.skew = nn.Parameter(torch.zeros(channels, channels))
+
+    def weight(self) -> Tensor:
+        """The current orthogonal matrix ``W`` (channels × channels)."""
+        a = self.skew - self.skew.transpose(0, 1)
+        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+        cayley = torch.linalg.solve(eye + a, eye - a)
+        if self.init == "identity":
+            return cayley
+        # W0 is built in the parameter's dtype so it is orthogonal to that dtype's precision.
+        haar = haar_matrix3d(a.dtype).to(a.device)
+        return cayley @ torch.block_diag(*[haar] * (a.shape[0] // 8))
+
+    def _mix(self, x: Tensor, w: Tensor) -> Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"OrthogonalMix expects (B, C, D, H, W), got {tuple(x.shape)}.")
+        return F.conv3d(x, w.to(x.dtype)[:, :, None, None, None])
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        return self._mix(x, self.weight())
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        return self._mix(y, self.weight().transpose(0, 1))
+
+
+class InvertibleDownsample3d(InvertibleSequential):
+    """Learnable invertible down-sampling: :class:`Squeeze3d` then :class:`OrthogonalMix`.
+
+    ``(B, C, D, H, W) -> (B, 8C, D/2, H/2, W/2)``; initialised as a 3D Haar wavelet transform.
+    Runs inside an outer chain like any block (its own ``memory`` only matters when it is
+    used alone).
+
+    Args:
+        in_channels: channels ``C`` of the input.
+        init: ``"haar"`` (default) or ``"identity"``.
+
+    Example:
+        >>> down = InvertibleDownsample3d(2)
+        >>> x = torch.randn(1, 2, 4, 4, 4)
+        >>> down(x).shape, torch.allclose(down.inverse(down(x)), x, atol=1e-5)
+        (torch.Size([1, 16, 2, 2, 2]), True)
+    """
+
+    def __init__(self, in_channels: int, *, init: str = "haar", memory: str = "invert") -> None:
+        super().__init__(Squeeze3d(), OrthogonalMix(8 * in_channels, init=init), memory=memory)
+        self.in_channels = in_channels
+
+
+class InvertibleUpsample3d(Inverted):
+    """Learnable invertible up-sampling, the structural inverse of :class:`InvertibleDownsample3d`.
+
+    ``(B, C, D, H, W) -> (B, C/8, 2D, 2H, 2W)``: orthogonal mixing, then unsqueeze.
+
+    Args:
+        in_channels: channels ``C`` of the input (divisible by 8).
+        init: ``"haar"`` (default) or ``"identity"``.
+
+    Example:
+        >>> up = InvertibleUpsample3d(16)
+        >>> up(torch.randn(1, 16, 2, 2, 2)).shape
+        torch.Size([1, 2, 4, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, *, init: str = "haar") -> None:
+        if in_channels % 8:
+            raise ValueError(
+                f"InvertibleUpsample3d needs in_channels divisible by 8, got {in_channels}."
+            )
+        super().__init__(InvertibleDownsample3d(in_channels // 8, init=init))
+        self.in_channels = in_channels

@@ -1,0 +1,1 @@
+"""Workflows: train, predict, evaluate, bench, demo — plain functions the CLI calls."""

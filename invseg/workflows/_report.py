@@ -1,0 +1,54 @@
+"""Write benchmark results into ``docs/benchmarks.md`` without clobbering other sections."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+HEADER = (
+    "# Benchmarks\n\n"
+    "Written by `invseg bench`; every table in a section comes from one process, "
+    "so rows are directly comparable. Re-run `invseg bench all` to refresh.\n"
+)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_section(path: Path, name: str, markdown: str) -> None:
+    """Replace (or append) the section ``name`` of a benchmarks page.
+
+    A section is delimited by ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` so the
+    engine, nets and recon benchmarks can each refresh their own part of one page.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "b.md"
+        >>> update_section(p, "engine", "## Engine\\n")
+        >>> update_section(p, "engine", "## Engine v2\\n")
+        >>> p.read_text().count("Engine")
+        1
+    """
+    path = Path(path)
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else HEADER
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail.lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    atomic_write_text(path, text)
