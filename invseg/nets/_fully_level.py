@@ -1,0 +1,138 @@
+"""Building blocks of the Fully-InvRes body: the recursive invertible level and the VAE tap."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from invseg.engine import Tape, forward_block, reverse_block
+
+
+class InvertibleLevel(nn.Module):
+    r"""One level of an invertible U-Net as a single invertible block (iUNet style).
+
+    .. math::
+        h = E(x),\quad (s, d) = \mathrm{split}(h),\quad
+        d' = U\big(I(D(d))\big),\quad y = \mathrm{Dec}([s, d'])
+
+    with ``E``/``Dec`` chains of invertible blocks at this level, ``D`` the invertible
+    down-sampling (squeeze + orthogonal mixing), ``I`` the next level (recursively another
+    :class:`InvertibleLevel`, or the bottom chain) and ``U`` the invertible up-sampling. The
+    ``skip_channels`` channels :math:`s` bypass the deeper levels, replacing the U-Net skip. The
+    inverse runs the same steps backwards. :meth:`reverse` is the engine hook: it rebuilds and
+    back-propagates each sub-block in turn (the couplings with their fused RevNet pass), so the
+    memory of a backward never exceeds one sub-block's activations, whatever the depth.
+
+    Args:
+        encoder: invertible chain at this level before the split.
+        down: invertible down-sampling of the ``C - skip_channels`` deep channels.
+        inner: the next level (invertible).
+        up: invertible up-sampling back to ``C - skip_channels`` channels.
+        decoder: invertible chain after the concatenation.
+        skip_channels: channels kept aside at this level.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        down: nn.Module,
+        inner: nn.Module,
+        up: nn.Module,
+        decoder: nn.Module,
+        *,
+        skip_channels: int,
+    ) -> None:
+        super().__init__()
+        self.encoder, self.down, self.inner, self.up, self.decoder = (
+            encoder,
+            down,
+            inner,
+            up,
+            decoder,
+        )
+        self.skip_channels = skip_channels
+
+    def _deep_path(self) -> tuple[nn.Module, ...]:
+        return (self.down, self.inner, self.up)
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        h = forward_block(self.encoder, x, context)
+        skip, deep = h[:, : self.skip_channels], h[:, self.skip_channels :]
+        for block in self._deep_path():
+            deep = forward_block(block, deep, context)
+        return forward_block(self.decoder, torch.cat([skip, deep], dim=1), context)
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        h = self.decoder.inverse(y, *context)
+        skip, deep = h[:, : self.skip_channels], h[:, self.skip_channels :]
+        for block in reversed(self._deep_path()):
+            deep = block.inverse(deep, *context)
+        return self.encoder.inverse(torch.cat([skip, deep], dim=1), *context)
+
+    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """Engine hook: rebuild the input and back-propagate ``grad_y``, one sub-block at a time."""
+        h, grad_h = reverse_block(self.decoder, y, grad_y, tape)
+        s = self.skip_channels
+        skip, deep, grad_skip, grad_deep = h[:, :s], h[:, s:], grad_h[:, :s], grad_h[:, s:]
+        for block in reversed(self._deep_path()):
+            deep, grad_deep = reverse_block(block, deep, grad_deep, tape)
+        x = torch.cat([skip, deep], dim=1)
+        grad_x = torch.cat([grad_skip, grad_deep], dim=1)
+        return reverse_block(self.encoder, x, grad_x, tape)
+
+
+class BottleneckTap(nn.Module):
+    """Identity block that hands its input to the VAE branch, also in ``memory="invert"``.
+
+    With plain autograd (``"store"``/``"checkpoint"``) ``value`` is part of the graph. In
+    ``"invert"`` mode the body runs without a graph; :func:`tap_features` then returns a
+    tensor whose gradient is parked in ``pending`` and injected by :meth:`reverse` when the
+    engine walks back through the tap, so the VAE loss reaches the encoder without storing
+    anything but the (small) bottleneck.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value: Tensor | None = None
+        self.pending: Tensor | None = None
+
+    def forward(self, x: Tensor, *context: object) -> Tensor:
+        self.value = x
+        return x
+
+    def inverse(self, y: Tensor, *context: object) -> Tensor:
+        return y
+
+    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """Engine hook: pass ``grad_y`` through, plus the VAE's gradient if one is parked."""
+        pending, self.pending = self.pending, None
+        return y, grad_y if pending is None else grad_y + pending.to(grad_y.dtype)
+
+
+class _TapGradient(torch.autograd.Function):
+    """Return the tap value; park its gradient on the tap before the body's backward runs.
+
+    ``body_output`` is an input only to order the backward: autograd runs this node before
+    the body's node, which consumes the parked gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, body_output: Tensor, tap: BottleneckTap) -> Tensor:
+        ctx.tap = tap
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        tap: BottleneckTap = ctx.tap
+        tap.pending = grad if tap.pending is None else tap.pending + grad
+        return None, None, None
+
+
+def tap_features(tap: BottleneckTap, body_output: Tensor) -> Tensor:
+    """The bottleneck seen by ``tap`` in the last forward, differentiable w.r.t. the encoder."""
+    value, tap.value = tap.value, None
+    if value is None:
+        raise RuntimeError("the bottleneck tap saw no forward pass.")
+    if value.requires_grad or not body_output.requires_grad:
+        return value
+    return _TapGradient.apply(value, body_output, tap)

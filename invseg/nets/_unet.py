@@ -1,0 +1,128 @@
+"""The residual U-Net macro-architecture shared by UNet3D and PartiallyInvResUNet (internal)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from invseg.nets._layers import (
+    check_act,
+    check_common,
+    check_norm,
+    check_vae_size,
+    conv,
+    crop_to,
+    pad_to_multiple,
+    per_level,
+)
+from invseg.nets.vae import VAEBranch
+
+
+class ResUNetBase(nn.Module):
+    """Stem conv, per-level residual stages, strided-conv down, transposed-conv up, additive skips.
+
+    Level ``i`` works at ``1/2**i`` resolution with ``channels[i]`` channels. Encoder level
+    ``i < L-1``: stage, keep as skip, strided 3^3 conv to ``channels[i+1]``. Bottom: one stage.
+    Decoder level ``i``: transposed 2^3 conv from ``channels[i+1]``, add the skip, stage. Head:
+    1x1 conv. Subclasses define :meth:`make_stage` (``blocks`` residual blocks on ``channels``).
+    Inputs of any size are zero-padded to a multiple of ``2**(L-1)`` and cropped back.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        channels: Sequence[int],
+        blocks: int | Sequence[int],
+        act: str | tuple,
+        norm: str | tuple,
+        dropout: float,
+        vae: bool,
+        input_image_size: Sequence[int] | None,
+        vae_weights: tuple[float, float],
+    ) -> None:
+        super().__init__()
+        channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
+        self.channels = channels
+        self.levels = len(channels)
+        self.blocks = per_level(blocks, self.levels)
+        self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
+        self.spatial_dims, self.in_channels, self.out_channels = (
+            spatial_dims,
+            in_channels,
+            out_channels,
+        )
+        self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
+        self.multiple = 2 ** (self.levels - 1)
+
+        self.stem = conv(spatial_dims, in_channels, channels[0], 3)
+        self.encoder = nn.ModuleList(
+            [self.make_stage(c, n) for c, n in zip(channels[:-1], self.blocks[:-1])]
+        )
+        self.down = nn.ModuleList(
+            [conv(spatial_dims, a, b, 3, stride=2) for a, b in itertools.pairwise(channels)]
+        )
+        self.bottom = self.make_stage(channels[-1], self.blocks[-1])
+        self.up = nn.ModuleList(
+            [
+                conv(spatial_dims, b, a, stride=2, transposed=True)
+                for a, b in itertools.pairwise(channels)
+            ]
+        )
+        self.decoder = nn.ModuleList(
+            [self.make_stage(c, n) for c, n in zip(channels[:-1], self.blocks[:-1])]
+        )
+        self.head = conv(spatial_dims, channels[0], out_channels, 1)
+        self.vae_branch: VAEBranch | None = None
+        if vae:
+            padded = [s + (-s) % self.multiple for s in self.input_image_size]
+            self.vae_branch = VAEBranch(
+                spatial_dims,
+                channels[-1],
+                in_channels,
+                bottleneck_size=[s // self.multiple for s in padded],
+                up_channels=tuple(reversed(channels)),
+                act=act,
+                norm=norm,
+                weights=vae_weights,
+            )
+        self.vae_loss: Tensor | None = None
+
+    def make_stage(self, channels: int, blocks: int) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x)
+        use_vae = self.vae_branch is not None and self.training
+        h, size = pad_to_multiple(x, self.multiple)
+        h = self.stem(h)
+        skips = []
+        for stage, down in zip(self.encoder, self.down):
+            h = stage(h)
+            skips.append(h)
+            h = down(h)
+        h = self.bottom(h)
+        self.vae_loss = self.vae_branch(h, x)[1] if use_vae else None
+        for stage, up, skip in zip(reversed(self.decoder), reversed(self.up), reversed(skips)):
+            h = stage(up(h) + skip)
+        return crop_to(self.head(h), size)
+
+
+def check_input(model: nn.Module, x: Tensor) -> None:
+    """Check the input's rank and channels, and the fixed crop when the VAE trains."""
+    if x.ndim != model.spatial_dims + 2 or x.shape[1] != model.in_channels:
+        raise ValueError(
+            f"{type(model).__name__} expects (B, {model.in_channels}, D, H, W) input, got shape "
+            f"{tuple(x.shape)}."
+        )
+    if model.vae_branch is not None and model.training:
+        if tuple(x.shape[2:]) != model.input_image_size:
+            raise ValueError(
+                f"the training crop is fixed when the VAE is on: expected spatial size "
+                f"{model.input_image_size} (input_image_size), got {tuple(x.shape[2:])}. Crop "
+                "training inputs to that size, or call model.eval() for inference at any size."
+            )

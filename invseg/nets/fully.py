@@ -1,0 +1,215 @@
+"""Fully-InvRes U-Net: one invertible body with learnable invertible resampling (iUNet style)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from invseg.engine import (
+    MEMORY_MODES,
+    InvertibleDownsample3d,
+    InvertibleSequential,
+    InvertibleUpsample3d,
+)
+from invseg.nets._fully_level import BottleneckTap, InvertibleLevel, tap_features
+from invseg.nets._layers import (
+    DEFAULT_ACT,
+    DEFAULT_NORM,
+    check_act,
+    check_common,
+    check_norm,
+    check_option,
+    check_vae_size,
+    conv,
+    crop_to,
+    pad_to_multiple,
+    per_level,
+)
+from invseg.nets._unet import check_input
+from invseg.nets.res_block import InvertibleResBlock
+from invseg.nets.vae import VAEBranch
+
+
+def fully_invertible_channels(channels: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    r"""Channels per level and skip channels of a fully invertible U-Net.
+
+    Invertible down-sampling multiplies channels by 8, so level :math:`i+1` has
+    :math:`c_{i+1} = 8 d_i` channels, where :math:`d_i` channels of level :math:`i` go deeper and
+    :math:`s_i = c_i - d_i` are kept aside as the skip. We choose
+    :math:`d_i = \mathrm{clip}(\lfloor \text{channels}[i+1] / 8 + 1/2 \rfloor, 1, c_i - 1)` and
+    :math:`c_0 = \text{channels}[0]`, so the effective channels equal ``channels`` exactly
+    whenever ``channels[i+1]`` is a multiple of 8 below ``8 * channels[i]`` (e.g. the default
+    ``(16, 32, 64, 128)``: 12 of 16 channels skip at level 0, 4 go deeper and become 32).
+
+    Returns:
+        ``(effective_channels, skip_channels)``; ``skip_channels`` has one entry per level but
+        the last.
+
+    Example:
+        >>> fully_invertible_channels((16, 32, 64, 128))
+        ((16, 32, 64, 128), (12, 24, 48))
+        >>> fully_invertible_channels((8, 20))
+        ((8, 24), (5,))
+    """
+    effective, skips = [channels[0]], []
+    for target in channels[1:]:
+        deep = min(max(int(target / 8 + 0.5), 1), effective[-1] - 1)  # round half up
+        skips.append(effective[-1] - deep)
+        effective.append(8 * deep)
+    return tuple(effective), tuple(skips)
+
+
+class FullyInvResUNet(nn.Module):
+    r"""Fully invertible residual 3D U-Net (Fully-InvRes, arXiv 2103.09042; iUNet-style body).
+
+    ``stem`` (3^3 conv to ``channels[0]``) :math:`\to` ``body`` :math:`\to` ``head`` (1x1 conv).
+    The body is one invertible function, run as ONE :class:`~invseg.engine.InvertibleSequential`:
+    a recursive :class:`InvertibleLevel` per level — encoder chain of
+    :class:`~invseg.nets.InvertibleResBlock` s, channel split (:math:`s_i` channels kept aside as
+    the skip, the rest down-sampled by :class:`~invseg.engine.InvertibleDownsample3d`: squeeze
+    and learnable orthogonal mixing, 8x channels), the next level,
+    :class:`~invseg.engine.InvertibleUpsample3d`, concatenation, decoder chain; the bottom level
+    is one chain. The body keeps the element count of its input at every level, and in
+    ``memory="invert"`` mode it stores only its output: its activation memory does not grow
+    with ``blocks`` or ``len(channels)``.
+
+    **How ``channels`` is read**: ``channels[0]`` is the width at full resolution; deeper widths
+    are :math:`8 d_i` with :math:`d_i \approx` ``channels[i+1] / 8`` channels sent deeper (see
+    :func:`fully_invertible_channels`; exact when ``channels[i+1]`` is a multiple of 8). The
+    widths used are in ``model.effective_channels``.
+
+    Args:
+        spatial_dims: number of spatial dimensions (3).
+        in_channels: input channels.
+        out_channels: output channels (logits).
+        channels: channels per level (``channels[0]`` even).
+        blocks: invertible residual blocks per level, used in the encoder and again in the
+            decoder of each level (once at the bottom); an int or one per level.
+        act: activation name or ``(name, kwargs)``.
+        norm: normalisation name or ``(name, kwargs)``.
+        dropout: dropout probability inside F and G (replayed exactly in backward).
+        memory: ``"invert"``, ``"checkpoint"`` (the body as one checkpoint) or ``"store"``.
+        vae: add a :class:`~invseg.nets.VAEBranch` from the bottleneck (training only; the
+            bottleneck is read by an identity tap inside the body, see :class:`BottleneckTap`).
+        input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
+        vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
+
+    Attributes:
+        body: the invertible body (``body(h)``, ``body.inverse(y)``).
+        effective_channels: channels per level actually used.
+        vae_loss: the weighted VAE loss of the last training forward, else ``None``.
+
+    Shape:
+        ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` for any size (padded to a
+        multiple of ``2**(len(channels) - 1)`` inside and cropped back).
+
+    Raises:
+        ValueError: for odd ``channels[0]``, a bad option (did-you-mean) or a wrong VAE crop.
+
+    Example:
+        >>> import torch
+        >>> net = FullyInvResUNet(3, 2, 3, channels=(8, 16), memory="invert")
+        >>> h = torch.randn(1, 8, 4, 4, 4, dtype=torch.float64)
+        >>> torch.allclose(net.double().body.inverse(net.body(h)), h)
+        True
+        >>> net(torch.randn(1, 2, 5, 6, 7, dtype=torch.float64)).shape
+        torch.Size([1, 3, 5, 6, 7])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 4,
+        out_channels: int = 3,
+        *,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        blocks: int | Sequence[int] = 1,
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
+        dropout: float = 0.0,
+        memory: str = "invert",
+        vae: bool = False,
+        input_image_size: Sequence[int] | None = None,
+        vae_weights: tuple[float, float] = (0.1, 0.1),
+    ) -> None:
+        super().__init__()
+        channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
+        if channels[0] % 2:
+            raise ValueError(
+                f"channels[0] must be even (the couplings split channels in halves), got "
+                f"{channels[0]}."
+            )
+        memory = check_option("memory", memory, MEMORY_MODES)
+        self.spatial_dims, self.in_channels, self.out_channels = (
+            spatial_dims,
+            in_channels,
+            out_channels,
+        )
+        self.channels = channels
+        self.levels = len(channels)
+        self.blocks = per_level(blocks, self.levels)
+        self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
+        self.effective_channels, self.skip_channels = fully_invertible_channels(channels)
+        self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
+        self.multiple = 2 ** (self.levels - 1)
+
+        self.stem = conv(spatial_dims, in_channels, channels[0], 3)
+        self.tap = BottleneckTap() if vae else None
+        bottom = self._chain(self.effective_channels[-1], self.blocks[-1], self.tap)
+        if self.levels == 1:
+            self.body = InvertibleSequential(*bottom.blocks, memory=memory)
+        else:
+            inner = bottom
+            for level in reversed(range(self.levels - 1)):
+                c, s = self.effective_channels[level], self.skip_channels[level]
+                inner = InvertibleLevel(
+                    self._chain(c, self.blocks[level]),
+                    InvertibleDownsample3d(c - s, memory="store"),
+                    inner,
+                    InvertibleUpsample3d(8 * (c - s)),
+                    self._chain(c, self.blocks[level]),
+                    skip_channels=s,
+                )
+            self.body = InvertibleSequential(inner, memory=memory)
+        self.head = conv(spatial_dims, channels[0], out_channels, 1)
+        self.vae_branch: VAEBranch | None = None
+        if vae:
+            padded = [s + (-s) % self.multiple for s in self.input_image_size]
+            self.vae_branch = VAEBranch(
+                spatial_dims,
+                self.effective_channels[-1],
+                in_channels,
+                bottleneck_size=[s // self.multiple for s in padded],
+                up_channels=tuple(reversed(self.effective_channels)),
+                act=act,
+                norm=norm,
+                weights=vae_weights,
+            )
+        self.vae_loss: Tensor | None = None
+
+    def _chain(self, channels: int, blocks: int, tap: nn.Module | None = None) -> nn.Module:
+        kw = {"spatial_dims": self.spatial_dims, "act": self.act, "norm": self.norm}
+        layers = [InvertibleResBlock(channels, dropout=self.dropout, **kw) for _ in range(blocks)]
+        return InvertibleSequential(*layers, *([tap] if tap is not None else []), memory="store")
+
+    @property
+    def memory(self) -> str:
+        """Memory mode of the body; setting it switches the body."""
+        return self.body.memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        self.body.memory = check_option("memory", value, MEMORY_MODES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(self, x)
+        h, size = pad_to_multiple(x, self.multiple)
+        y = self.body(self.stem(h))
+        if self.vae_branch is not None and self.training:
+            self.vae_loss = self.vae_branch(tap_features(self.tap, y), x)[1]
+        else:
+            self.vae_loss = None
+            if self.tap is not None:
+                self.tap.value = None
+        return crop_to(self.head(y), size)
