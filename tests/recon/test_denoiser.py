@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from invseg.recon.denoiser import ResidualDenoiser, channels_to_complex, complex_to_channels
+
+
+def _x(*shape, seed=0):
+    return torch.randn(
+        *shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+@pytest.mark.parametrize("spatial", [(16, 16), (4, 8, 8)])
+def test_fixed_point_inverse_round_trip(spatial):
+    torch.manual_seed(0)
+    R = ResidualDenoiser(len(spatial), channels=8, layers=3).double()
+    x = _x(2, 1, *spatial)
+    assert torch.allclose(R.inverse(R(x), max_iter=500, tol=1e-14), x, atol=1e-10)
+
+
+def test_lipschitz_bound_holds_on_random_pairs_and_power_iteration():
+    torch.manual_seed(0)
+    R = ResidualDenoiser(2, channels=8, layers=4, lipschitz=0.9).double()
+    # scale up the weights: the normalisation must keep f contractive anyway
+    with torch.no_grad():
+        for p in R.parameters():
+            p.mul_(10)
+    R.update_spectral_norm(50)
+    assert R.lipschitz_bound() <= 0.9 * (1 + 1e-6)
+    f = R.residual
+    ratios = []
+    for s in range(20):
+        a, b = _x(1, 1, 16, 16, seed=s), _x(1, 1, 16, 16, seed=100 + s)
+        b = a + 1e-2 * b
+        ratios.append(((f(a) - f(b)).norm() / (a - b).norm()).item())
+    assert max(ratios) < 0.9
+    # power iteration on the Jacobian of f at a point: largest singular value < 0.9
+    a = _x(1, 1, 16, 16, seed=7)
+    v = _x(1, 1, 16, 16, seed=8)
+    v = v / v.norm()
+    for _ in range(30):
+        _, Jv = torch.autograd.functional.jvp(f, a, v)
+        _, JtJv = torch.autograd.functional.vjp(f, a, Jv)
+        sigma2 = JtJv.norm()
+        v = JtJv / sigma2
+    assert sigma2.sqrt().item() < 0.9
+
+
+def test_forward_is_pure_in_training_mode():
+    R = ResidualDenoiser(2, channels=4, layers=2).double().train()
+    x = _x(1, 1, 8, 8)
+    assert torch.equal(R(x), R(x))
+
+
+def test_complex_channel_round_trip():
+    z = _x(2, 1, 4, 4)
+    assert torch.equal(channels_to_complex(complex_to_channels(z)), z)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"lipschitz": 1.0}, "lipschitz"), ({"layers": 1}, "layers"), ({"act": "relux"}, "relu")],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResidualDenoiser(2, 4, **kwargs)
+
+
+def test_wrong_input_raises():
+    R = ResidualDenoiser(2, 4, 2)
+    with pytest.raises(TypeError, match="complex"):
+        R(torch.ones(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="spatial"):
+        R(torch.ones(1, 1, 4, 4, 4, dtype=torch.complex64))
