@@ -50,7 +50,8 @@ def unsqueeze3d(x: Tensor) -> Tensor:
     """
     if x.ndim != 5 or x.shape[1] % 8:
         raise ValueError(
-            f"unsqueeze3d expects (B, 8C, D, H, W) with channels divisible by 8, got {tuple(x.shape)}."
+            "unsqueeze3d expects (B, 8C, D, H, W) with channels divisible by 8, "
+            f"got {tuple(x.shape)}."
         )
     b, c8, d, h, w = x.shape
     x = x.reshape(b, c8 // 8, 2, 2, 2, d, h, w)

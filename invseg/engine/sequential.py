@@ -116,6 +116,12 @@ class InvertibleSequential(nn.Module):
             for block in self.blocks:
                 x = checkpoint(block, x, *context, use_reentrant=False)
             return x
+        return self._invert(x, context)
+
+    @torch.compiler.disable
+    def _invert(self, x: Tensor, context: tuple) -> Tensor:
+        # torch.compile graph-breaks here: the engine's backward drives autograd itself,
+        # which the compiler cannot trace faithfully. The blocks still run eagerly and exactly.
         sources = _sources(self, context)
         run = ChainRun(self, self.blocks, context, sources, self._anchor_indices())
         return InvertFunction.apply(run, x, *sources)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.utils import pixelunshuffle
+
+from invseg.engine import (
+    InvertibleDownsample3d,
+    InvertibleSequential,
+    InvertibleUpsample3d,
+    OrthogonalMix,
+    squeeze3d,
+    unsqueeze3d,
+)
+from invseg.engine.resample import haar_matrix3d
+from invseg.engine.testing import gradient_parity
+
+
+def test_squeeze_matches_monai_pixelunshuffle_channel_order() -> None:
+    x = torch.randn(2, 3, 4, 6, 8)
+    torch.testing.assert_close(squeeze3d(x), pixelunshuffle(x, 3, 2), rtol=0, atol=0)
+
+
+def test_squeeze_channel_order_is_documented_order() -> None:
+    x = torch.randn(1, 2, 4, 4, 4)
+    y = squeeze3d(x)
+    c, i, j, k, d, h, w = 1, 1, 0, 1, 1, 0, 1
+    assert y[0, 8 * c + 4 * i + 2 * j + k, d, h, w] == x[0, c, 2 * d + i, 2 * h + j, 2 * w + k]
+
+
+def test_squeeze_round_trip_is_exact() -> None:
+    x = torch.randn(2, 3, 4, 6, 8)
+    assert torch.equal(unsqueeze3d(squeeze3d(x)), x)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 4, 4), (1, 1, 4, 5, 4), (1, 1, 4, 4)])
+def test_squeeze_rejects_odd_or_non_3d_inputs(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="squeeze3d"):
+        squeeze3d(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("init", ["identity", "haar"])
+def test_orthogonal_mix_stays_orthogonal_after_updates(init: str) -> None:
+    mix = OrthogonalMix(16, init=init).double()
+    with torch.no_grad():
+        mix.skew.normal_(0, 1.0)
+    w = mix.weight()
+    torch.testing.assert_close(w @ w.T, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_haar_init_makes_downsampling_a_wavelet_transform() -> None:
+    x = torch.randn(1, 1, 4, 4, 4, dtype=torch.float64)
+    y = InvertibleDownsample3d(1).double()(x)
+    # channel 0 is the low-pass band: the 2x2x2 block mean scaled by sqrt(8)
+    mean = torch.nn.functional.avg_pool3d(x, 2)
+    torch.testing.assert_close(y[:, :1], mean * 8**0.5)
+    torch.testing.assert_close(
+        haar_matrix3d(torch.float64) @ haar_matrix3d(torch.float64).T,
+        torch.eye(8, dtype=torch.float64),
+    )
+
+
+def test_upsample_inverts_downsample_and_learns() -> None:
+    chain = InvertibleSequential(InvertibleDownsample3d(2), InvertibleUpsample3d(16)).double()
+    with torch.no_grad():
+        for p in chain.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 2, 4, 6, 4, dtype=torch.float64, requires_grad=True)
+    errors = gradient_parity(chain, x, loss=lambda y: (y.sin() * y).sum())
+    assert len(errors) == 3 and max(errors.values()) < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: OrthogonalMix(12, init="haar"), "divisible by 8"),
+        (lambda: OrthogonalMix(8, init="haarr"), "Did you mean 'haar'"),
+        (lambda: InvertibleUpsample3d(12), "divisible by 8"),
+    ],
+)
+def test_bad_resampling_arguments(factory, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        factory()
