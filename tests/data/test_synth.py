@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from invseg.data import discover, synthesize
+
+
+def rel_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        (
+            "brats2020",
+            [
+                *[
+                    f"BraTS20_Training_001/BraTS20_Training_001_{m}.nii.gz"
+                    for m in ("flair", "seg", "t1", "t1ce", "t2")
+                ],
+                *[
+                    f"BraTS20_Validation_001/BraTS20_Validation_001_{m}.nii.gz"
+                    for m in ("flair", "t1", "t1ce", "t2")
+                ],
+            ],
+        ),
+        (
+            "brats2021",
+            [
+                *[
+                    f"BraTS2021_00000/BraTS2021_00000_{m}.nii.gz"
+                    for m in ("flair", "seg", "t1", "t1ce", "t2")
+                ],
+                *[
+                    f"BraTS2021_00001/BraTS2021_00001_{m}.nii.gz"
+                    for m in ("flair", "t1", "t1ce", "t2")
+                ],
+            ],
+        ),
+        (
+            "brats2023",
+            [
+                *[
+                    f"BraTS-GLI-00000-000/BraTS-GLI-00000-000-{m}.nii.gz"
+                    for m in ("seg", "t1c", "t1n", "t2f", "t2w")
+                ],
+                *[
+                    f"BraTS-GLI-00001-000/BraTS-GLI-00001-000-{m}.nii.gz"
+                    for m in ("t1c", "t1n", "t2f", "t2w")
+                ],
+            ],
+        ),
+        (
+            "msd",
+            [
+                "dataset.json",
+                "imagesTr/BRATS_001.nii.gz",
+                "imagesTs/BRATS_002.nii.gz",
+                "labelsTr/BRATS_001.nii.gz",
+            ],
+        ),
+        (
+            "nnunet",
+            [
+                "dataset.json",
+                *[f"imagesTr/BraTS_001_{c:04d}.nii.gz" for c in range(4)],
+                *[f"imagesTs/BraTS_002_{c:04d}.nii.gz" for c in range(4)],
+                "labelsTr/BraTS_001.nii.gz",
+            ],
+        ),
+    ],
+)
+def test_synth_writes_the_exact_layout(tmp_path, layout, expected):
+    info = synthesize("brats", tmp_path, cases=1, unlabeled=1, shape=(16, 16, 16), layout=layout)
+    assert rel_files(tmp_path) == sorted(expected)
+    assert info.layout == layout and discover(tmp_path) == info
+    assert [c.has_label for c in info.cases] == [True, False]
+
+
+def test_synth_iseg_analyze_files(iseg32):
+    root = iseg32.root
+    assert rel_files(root) == sorted(
+        f"subject-1-{m}.{e}" for m in ("T1", "T2", "label") for e in ("hdr", "img")
+    )
+    img = nib.load(root / "subject-1-label.hdr")
+    assert isinstance(img, nib.AnalyzeImage) and img.shape == (32, 32, 32, 1)
+    values = set(np.unique(np.asarray(img.dataobj)).tolist())
+    assert values == {0, 10, 150, 250}
+    t1 = np.asarray(nib.load(root / "subject-1-T1.hdr").dataobj)[..., 0].astype(float)
+    lab = np.asarray(img.dataobj)[..., 0]
+    assert t1[lab == 250].mean() > t1[lab == 150].mean() > t1[lab == 10].mean()  # T1: WM>GM>CSF
+
+
+def test_synth_brats_labels_and_contrasts(brats32):
+    case = brats32.cases[0]
+    lab = np.asarray(nib.load(case.label).dataobj)
+    assert set(np.unique(lab).tolist()) == {0, 1, 2, 4}
+    t1, t1ce, _t2, flair = (np.asarray(nib.load(p).dataobj).astype(float) for p in case.images)
+    brain = (t1 > 0) & (lab == 0)
+    assert t1ce[lab == 4].mean() > 1.3 * t1ce[brain].mean()  # enhancing rim bright on T1ce
+    assert flair[lab == 2].mean() > 1.3 * flair[brain].mean()  # edema bright on FLAIR
+    img = nib.load(case.images[0])
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    assert np.allclose(img.header.get_zooms(), 1.0) and not np.allclose(img.affine[:3, 3], 0)
+
+
+def test_synth_is_deterministic(tmp_path):
+    a = synthesize("brats", tmp_path / "a", cases=1, shape=(16, 16, 16), seed=3)
+    b = synthesize("brats", tmp_path / "b", cases=1, shape=(16, 16, 16), seed=3)
+    c = synthesize("brats", tmp_path / "c", cases=1, shape=(16, 16, 16), seed=4)
+    arr = [np.asarray(nib.load(i.cases[0].images[1]).dataobj) for i in (a, b, c)]
+    assert np.array_equal(arr[0], arr[1]) and not np.array_equal(arr[0], arr[2])
+
+
+def test_synth_lps_anisotropic_uncompressed(tmp_path):
+    info = synthesize(
+        "brats",
+        tmp_path,
+        cases=1,
+        shape=(20, 18, 16),
+        orientation="LPS",
+        spacing=(1.5, 1.0, 2.5),
+        compress=False,
+        layout="brats2023",
+    )
+    img = nib.load(info.cases[0].images[0])
+    assert info.cases[0].images[0].name.endswith("-t1n.nii")
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    assert np.allclose(img.header.get_zooms(), (1.5, 1.0, 2.5)) and img.shape == (20, 18, 16)
+    # the anatomy stays in place in world space: same as the RAS version resampled to LPS
+    ras = synthesize(
+        "brats",
+        tmp_path / "ras",
+        cases=1,
+        shape=(20, 18, 16),
+        spacing=(1.5, 1.0, 2.5),
+        layout="brats2023",
+    )
+    r = nib.load(ras.cases[0].images[0])
+    assert np.array_equal(np.asarray(r.dataobj)[::-1, ::-1, :], np.asarray(img.dataobj))
+    assert np.allclose(r.affine @ [0, 0, 0, 1], img.affine @ [19, 17, 0, 1])
+
+
+def test_synth_msd_json_and_4d(tmp_path):
+    info = synthesize("brats", tmp_path, cases=2, shape=(16, 16, 16), layout="msd")
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert meta["labels"]["1"] == "edema" and meta["numTraining"] == 2
+    assert nib.load(info.cases[0].images[0]).shape == (16, 16, 16, 4)
+    lab = np.asarray(nib.load(info.cases[0].label).dataobj)
+    assert set(np.unique(lab).tolist()) <= {0, 1, 2, 3}
+
+
+def test_synth_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'brats'"):
+        synthesize("brast", tmp_path)
+    with pytest.raises(ValueError, match="layout for iseg"):
+        synthesize("iseg", tmp_path, layout="msd")
+    with pytest.raises(ValueError, match="at least 16"):
+        synthesize("brats", tmp_path, shape=(8, 8, 8))
