@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from invseg.nets import VAEBranch
+
+NETS = ("unet3d", "partially", "fully")
+
+
+def test_branch_reconstructs_image_shape_and_positive_loss() -> None:
+    branch = VAEBranch(3, 8, 2, bottleneck_size=(3, 2, 2), up_channels=(8, 4, 4))
+    image = torch.randn(2, 2, 11, 8, 7)  # cropped from the padded 12 x 8 x 8
+    recon, loss = branch(torch.randn(2, 8, 3, 2, 2), image)
+    assert recon.shape == image.shape
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+
+
+def test_branch_rejects_another_bottleneck_size() -> None:
+    branch = VAEBranch(3, 8, 2, bottleneck_size=(2, 2, 2))
+    with pytest.raises(ValueError, match="fixed"):
+        branch(torch.randn(1, 8, 4, 2, 2), torch.randn(1, 2, 2, 2, 2))
+
+
+def test_branch_loss_is_the_weighted_sum_of_mse_and_kl() -> None:
+    branch = VAEBranch(3, 4, 1, bottleneck_size=(2, 2, 2), weights=(0.0, 1.0)).eval()
+    with torch.no_grad():
+        branch.encode.weight.zero_()
+        branch.encode.bias.zero_()  # mu = 0, log-variance = 0: KL = 0
+    _, loss = branch(torch.randn(1, 4, 2, 2, 2), torch.randn(1, 1, 2, 2, 2))
+    assert float(loss.detach()) == 0.0
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_vae_loss_is_positive_and_reaches_the_encoder(name: str, make_net) -> None:
+    net = make_net(name, vae=True, input_image_size=(10, 12, 8)).train()
+    logits = net(torch.randn(2, 2, 10, 12, 8))
+    assert logits.shape == (2, 3, 10, 12, 8)
+    loss = net.vae_loss
+    assert loss is not None and torch.isfinite(loss) and loss > 0
+    loss.backward()
+    for param in (net.stem.weight, next(net.vae_branch.parameters())):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_vae_is_off_in_eval_at_any_size(name: str, make_net) -> None:
+    net = make_net(name, vae=True, input_image_size=(8, 8, 8)).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, 9, 12, 5)).shape == (1, 3, 9, 12, 5)
+    assert net.vae_loss is None
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_vae_training_crop_is_fixed(name: str, make_net) -> None:
+    net = make_net(name, vae=True, input_image_size=(8, 8, 8)).train()
+    with pytest.raises(ValueError, match=r"fixed.*\(8, 8, 8\)"):
+        net(torch.randn(1, 2, 16, 8, 8))
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_vae_needs_input_image_size(name: str, make_net) -> None:
+    with pytest.raises(ValueError, match="input_image_size"):
+        make_net(name, vae=True)
