@@ -1,0 +1,214 @@
+"""The ``invseg`` command line: each subcommand parses its flags and calls one workflow.
+
+Imports of torch and the workflows happen inside the handlers, so ``invseg --help`` is fast.
+User errors (bad paths, configs, data) print one line and exit with status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from invseg.workflows.demo import demo
+
+    demo(a.output, cases=a.cases, minutes=a.minutes, seed=a.seed)
+    return 0
+
+
+def _train(a: argparse.Namespace) -> int:
+    from invseg.workflows.train import train
+
+    run_dir = train(a.config, overrides=a.set, resume=a.resume)
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def _predict(a: argparse.Namespace) -> int:
+    from invseg.workflows.predict import predict
+
+    failed = predict(
+        a.model,
+        a.input,
+        a.output,
+        device=a.device,
+        tta=a.tta,
+        save_probabilities=a.save_probabilities,
+        overlap=a.overlap,
+    )
+    return 1 if failed else 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from invseg.workflows.evaluate import evaluate, format_summary
+
+    frame = evaluate(a.pred, a.ref, labels=a.labels, output_csv=a.csv or a.pred / "metrics.csv")
+    print(format_summary(frame))
+    return 0
+
+
+def _synth(a: argparse.Namespace) -> int:
+    from invseg.data import synthesize
+
+    info = synthesize(
+        a.kind,
+        a.out,
+        cases=a.cases,
+        shape=a.shape,
+        seed=a.seed,
+        layout=a.layout,
+        unlabeled=a.unlabeled,
+    )
+    print(f"wrote {len(info.cases)} {info.layout} cases to {info.root}")
+    return 0
+
+
+def _recon_train(a: argparse.Namespace) -> int:
+    from invseg.workflows.recon import train_recon
+
+    run_dir = train_recon(a.config, overrides=a.set, resume=a.resume, output=a.output)
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def _recon_predict(a: argparse.Namespace) -> int:
+    from invseg.workflows.recon import predict_recon
+
+    return 1 if predict_recon(a.model, a.input, a.output, fmt=a.format) else 0
+
+
+def _bench(a: argparse.Namespace) -> int:
+    from invseg.workflows import bench_engine, bench_nets, bench_recon
+
+    suites = {"engine": bench_engine, "nets": bench_nets, "recon": bench_recon}
+    names = list(suites) if a.suite == "all" else [a.suite]
+    for name in names:
+        print(suites[name].run(quick=a.quick, output=a.output, device=a.device))
+        print()
+    print(f"results written to {a.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``invseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="invseg",
+        description="Memory-efficient invertible 3D networks for medical imaging.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise BraTS data, train, predict, evaluate (CPU)")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("--cases", type=int, default=8, help="synthetic labelled cases")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("train", help="train a segmentation network from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
+    p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (best.pt)")
+    p.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="case folders, dataset folders or image files (repeatable)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--save-probabilities", action="store_true")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("evaluate", help="Dice and surface distances against references")
+    p.add_argument("--pred", type=Path, required=True)
+    p.add_argument("--ref", type=Path, required=True)
+    p.add_argument("--labels", choices=["brats", "brats2023", "msd", "iseg"], default=None)
+    p.add_argument(
+        "--csv", type=Path, default=None, help="per-case CSV (default: PRED/metrics.csv)"
+    )
+    p.set_defaults(handler=_evaluate)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND"
+    )
+    p = data.add_parser("synth", help="write a synthetic dataset in the real on-disk layout")
+    p.add_argument("--kind", choices=["brats", "iseg"], required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cases", type=int, default=6)
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 48), metavar=("X", "Y", "Z"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--layout", default=None, help="brats2020 (default), brats2021, brats2023, msd or nnunet"
+    )
+    p.add_argument("--unlabeled", type=int, default=0, help="extra prediction-only cases")
+    p.set_defaults(handler=_synth)
+
+    recon = sub.add_parser("recon", help="MoDL MRI reconstruction").add_subparsers(
+        dest="recon_command", required=True, metavar="COMMAND"
+    )
+    p = recon.add_parser("train", help="train MoDL with memory-efficient learning")
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("-o", "--output", type=Path, default=None)
+    p.set_defaults(handler=_recon_train)
+    p = recon.add_parser("predict", help="reconstruct k-space files (.h5 or .npz)")
+    p.add_argument("-m", "--model", type=Path, required=True)
+    p.add_argument("-i", "--input", type=Path, nargs="+", action="extend", required=True)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--format", choices=["nifti", "npy"], default="nifti")
+    p.set_defaults(handler=_recon_predict)
+
+    p = sub.add_parser("bench", help="measure memory and speed against the baselines")
+    p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.set_defaults(handler=_bench)
+    return parser
+
+
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``invseg`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("invseg: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"invseg: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
