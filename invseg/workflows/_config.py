@@ -22,6 +22,7 @@ import copy
 import difflib
 import importlib
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,27 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "infer": {"roi_size": [128, 128, 128], "sw_batch_size": 1, "overlap": 0.5, "tta": False},
     "output": {"dir": "runs/invseg"},
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML like :func:`yaml.safe_load`, with ``3e-4`` read as a float.
+
+    Example:
+        >>> yaml_load("lr: 3e-4")["lr"]
+        0.0003
+    """
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -197,7 +219,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         if not sep or not key or "" in key.split("."):
             raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4.")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': the value is not valid YAML.") from err
         *parents, leaf = key.split(".")
@@ -250,7 +272,7 @@ def load_config(
                 "configs/brats_partially_invres.yaml."
             )
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml_load(path.read_text())
         except yaml.YAMLError as err:
             msg = str(err).replace("\n", " ")
             raise ConfigError(f"{path}: invalid YAML ({msg}).") from err

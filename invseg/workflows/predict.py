@@ -214,8 +214,19 @@ def predict(
     in_paths = [Path(p) for p in inputs]
     if not in_paths:
         raise ValueError("no inputs given: pass case folders, a dataset folder or image files.")
-    _, cases = cases_from_paths(in_paths)
-    if not cases:
+    failures = 0
+    try:
+        _, cases = cases_from_paths(in_paths)
+    except DataError:
+        # one unusable input (e.g. a case folder missing a modality): skip it, keep the others
+        cases = []
+        for path in in_paths:
+            try:
+                cases.extend(cases_from_paths([path])[1])
+            except DataError as err:
+                failures += 1
+                print(f"error: {_one_line(err)}", file=sys.stderr)
+    if not cases and not failures:
         raise ValueError(f"no cases found in {', '.join(map(str, in_paths))}.")
     out_dir = Path(output).expanduser().resolve()
     if out_dir in _input_dirs(in_paths, cases):
@@ -228,7 +239,6 @@ def predict(
     predictor = _CasePredictor(
         model, meta, dev, tta=tta, overlap=float(meta["overlap"] if overlap is None else overlap)
     )
-    failures = 0
     done = 0
     for case in tqdm(cases, desc="predict", unit="case", leave=False, disable=len(cases) < 2):
         target = out_dir / f"{case.case_id}.nii.gz"
@@ -257,11 +267,11 @@ def predict(
             raise
         except DataError as err:
             failures += 1
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            tqdm.write(f"error: {_one_line(err)}", file=sys.stderr)
         except Exception as err:
             failures += 1
             first = case.images[0] if case.images else case.case_id
-            print(f"error: {first}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+            tqdm.write(f"error: {first}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
     print(
         f"predict: wrote {done} of {len(cases)} cases to {out_dir}"
         + (f" ({failures} failed)" if failures else "")

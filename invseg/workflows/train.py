@@ -397,6 +397,7 @@ class _Trainer:
     def _save(self, path: Path, epoch: int, step: int, batch_in_epoch: int) -> None:
         if self.info.is_main:
             save_checkpoint(self._state(epoch, step, batch_in_epoch), path)
+            self._write_rows(self.rows)  # the CSV always matches the last checkpoint
         self._last_saved_step = step
         barrier(self.info)
 
@@ -478,6 +479,7 @@ class _Trainer:
         self.best_metric, self.best_step = -math.inf, -1
         epoch, step, skip = 0, 0, 0
         rows: list[dict[str, Any]] = []
+        self.rows = rows
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -513,7 +515,7 @@ class _Trainer:
             self.best_step = int(ckpt["best_step"])
             restore_rng(ckpt["rng"])
             self._last_saved_step = step
-            rows = self._read_rows(step)
+            rows = self.rows = self._read_rows(step)
             _log(info, f"resuming {self.last_path} at step {step} (epoch {epoch})")
         else:
             self.best_metric = -math.inf
@@ -623,8 +625,6 @@ class _Trainer:
                     self._validate_and_log(rows, epoch, step, 0, writer)
                     last_val_step = step
                 self._save(self.last_path, epoch, step, 0)
-                if info.is_main:
-                    self._write_rows(rows)
             if mid:
                 if self.val_ds is not None and last_val_step != step:
                     self._validate_and_log(rows, epoch, step, mid, writer)

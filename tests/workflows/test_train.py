@@ -1,0 +1,160 @@
+"""Training workflow: end to end, checkpoints, exact resume, NaN stop, config overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from invseg.workflows import train as train_mod
+from invseg.workflows._checkpoint import load_checkpoint
+from invseg.workflows._config import ConfigError, load_config
+from invseg.workflows.train import NonFiniteLossError, split_cases, train
+from tests.conftest import tiny_config
+
+
+def test_run_folder_holds_checkpoints_metrics_and_curves(trained_run: Path) -> None:
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"last.pt", "best.pt", "metrics.csv", "config.yaml", "curves.png", "tb"} <= names
+    df = pd.read_csv(trained_run / "metrics.csv")
+    assert df["step"].tolist() == [1, 2]
+    assert {"dice_TC", "dice_WT", "dice_ET", "hd95_WT", "dice_mean"} <= set(df.columns)
+    assert df["loss"].notna().all()
+    assert 0.0 <= df["dice_mean"].dropna().iloc[-1] <= 1.0
+    assert not list(trained_run.glob(".*.tmp"))
+
+
+def test_checkpoint_loads_weights_only_with_predict_metadata(trained_run: Path) -> None:
+    ckpt = torch.load(trained_run / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    meta = ckpt["meta"]
+    assert meta["target"] == "invseg.nets.PartiallyInvResUNet"
+    assert meta["kwargs"]["channels"] == [4, 8]
+    assert meta["convention"] == "brats"
+    assert meta["modalities"] and len(meta["modalities"]) == 4
+    assert meta["roi_size"] == [32, 32, 32]
+    assert {"optimizer", "scheduler", "rng", "config"} <= set(ckpt)
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
+
+
+def test_existing_run_needs_resume(trained_run: Path, brats_tiny) -> None:
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_config(brats_tiny.root, trained_run))
+
+
+def _run_with_interrupt(monkeypatch, cfg: dict, at_step: int) -> None:
+    calls = {"n": 0}
+    original = train_mod._Trainer._optimizer_step
+
+    def step_then_maybe_crash(self) -> None:
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise KeyboardInterrupt("simulated crash")
+        original(self)
+
+    monkeypatch.setattr(train_mod._Trainer, "_optimizer_step", step_then_maybe_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(train_mod._Trainer, "_optimizer_step", original)
+
+
+@pytest.mark.slow
+def test_resume_after_crash_matches_uninterrupted_run(brats_tiny, tmp_path, monkeypatch) -> None:
+    # 3 training cases, batch 1: 3 steps per epoch; crash in step 3, resume mid-epoch.
+    ref_dir = train(
+        tiny_config(
+            brats_tiny.root, tmp_path / "ref", steps=4, checkpoint_every=1, scheduler="cosine"
+        )
+    )
+    cfg = tiny_config(
+        brats_tiny.root, tmp_path / "crash", steps=4, checkpoint_every=1, scheduler="cosine"
+    )
+    _run_with_interrupt(monkeypatch, cfg, at_step=3)
+    assert load_checkpoint(tmp_path / "crash" / "last.pt")["step"] == 2
+    train(cfg, resume=True)
+    ref = load_checkpoint(ref_dir / "last.pt")
+    got = load_checkpoint(tmp_path / "crash" / "last.pt")
+    assert got["step"] == ref["step"] == 4
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    for (k, a), b in zip(ref["optimizer"]["state"].items(), got["optimizer"]["state"].values()):
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(a[name], b[name]), (k, name)
+    assert ref["scheduler"]["last_epoch"] == got["scheduler"]["last_epoch"]
+    steps = pd.read_csv(tmp_path / "crash" / "metrics.csv")["step"].tolist()
+    assert steps == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(
+    brats_tiny, tmp_path, monkeypatch
+) -> None:
+    original = train_mod._Trainer.compute_loss
+    calls = {"n": 0}
+
+    def nan_on_third(self, model, image, target):
+        calls["n"] += 1
+        loss = original(self, model, image, target)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_mod._Trainer, "compute_loss", nan_on_third)
+    cfg = tiny_config(brats_tiny.root, tmp_path / "nan", steps=4, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*step 2\) is kept"):
+        train(cfg)
+    assert load_checkpoint(tmp_path / "nan" / "last.pt")["step"] == 2
+
+
+def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path, tmp_path / "o")))
+    cfg = load_config(
+        path,
+        [
+            "train.lr=3e-4",
+            "data.crop=[16,16,16]",
+            "model.channels=[8, 16]",
+            "train.amp=true",
+            "train.loss.vae=0.5",
+        ],
+    )
+    assert cfg["train"]["lr"] == pytest.approx(3e-4)
+    assert cfg["data"]["crop"] == [16, 16, 16]
+    assert cfg["model"]["channels"] == [8, 16]
+    assert cfg["train"]["amp"] is True
+    assert cfg["train"]["loss"] == {"dice": 1.0, "ce": 1.0, "vae": 0.5}
+    assert cfg["infer"]["overlap"] == 0.25  # from the file; untouched defaults filled in
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ("train.lrr=1", "train.lr"),
+        ("trian.lr=1", "'train'"),
+        ("model.chanels=[4]", "channels"),
+        ("data.crop", "key=value"),
+    ],
+)
+def test_unknown_override_key_gives_did_you_mean(tmp_path: Path, override: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=hint):
+        load_config(tiny_config(tmp_path, tmp_path / "o"), [override])
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, tmp_path / "o")
+    cfg["train"]["epoch"] = 3
+    with pytest.raises(ConfigError, match="Did you mean 'epochs'"):
+        load_config(cfg)
+
+
+def test_split_is_deterministic_and_disjoint() -> None:
+    from types import SimpleNamespace
+
+    cases = [SimpleNamespace(case_id=f"c{i}") for i in range(10)]
+    a = split_cases(cases, val_cases=None, val_fraction=0.2, seed=3)
+    b = split_cases(cases, val_cases=None, val_fraction=0.2, seed=3)
+    assert [c.case_id for c in a[1]] == [c.case_id for c in b[1]]
+    assert len(a[1]) == 2 and not {c.case_id for c in a[0]} & {c.case_id for c in a[1]}
+    with pytest.raises(ConfigError, match="Did you mean 'c1'"):
+        split_cases(cases, val_cases=["c1x"], val_fraction=0.0, seed=0)
