@@ -256,12 +256,14 @@ CONVENTIONS: dict[str, LabelConvention] = {
 _ALIASES = {"brats2020": "brats", "brats2021": "brats"}
 
 
-def get_convention(name: str | LabelConvention) -> LabelConvention:
+def get_convention(name: str | LabelConvention | Mapping[str, Any]) -> LabelConvention:
     """The built-in convention ``name`` (a :class:`LabelConvention` is passed through).
 
     Args:
         name: ``"brats"`` (2020/2021, ET=4), ``"brats2023"`` (ET=3), ``"msd"`` or ``"iseg"``;
             the layout names ``"brats2020"``/``"brats2021"`` are accepted for ``"brats"``.
+            A mapping from :meth:`LabelConvention.as_dict` rebuilds a custom convention (e.g.
+            one read from an nnU-Net ``dataset.json``) stored in a checkpoint.
 
     Raises:
         ValueError: unknown name (with a did-you-mean hint).
@@ -272,5 +274,7 @@ def get_convention(name: str | LabelConvention) -> LabelConvention:
     """
     if isinstance(name, LabelConvention):
         return name
+    if isinstance(name, Mapping):
+        return LabelConvention.from_dict(name)
     key = check_choice(name, [*CONVENTIONS, *_ALIASES], what="label convention")
     return CONVENTIONS[_ALIASES.get(key, key)]

@@ -98,6 +98,7 @@ def test_get_convention_names_and_did_you_mean():
 def test_dict_round_trip(name):
     conv = CONVENTIONS[name]
     assert LabelConvention.from_dict(conv.as_dict()) == conv
+    assert get_convention(conv.as_dict()) == conv
 
 
 def test_map_transforms_in_compose_keep_metadata():
