@@ -1,0 +1,233 @@
+r"""Move weights between ``invseg train`` checkpoints and the MONAI bundle (``configs/bundle_brats``).
+
+Both sides store the same ``state_dict``: an invseg checkpoint (``best.pt``/``last.pt``) keeps it
+under the key ``"model"`` next to the optimizer, RNG states and a ``"meta"`` description of the
+network (see :mod:`invseg.workflows._checkpoint`); the bundle's ``CheckpointLoader`` loads
+``load_dict={"model": @network}``, so it accepts an invseg checkpoint as it is *and* a bare
+``state_dict`` in ``models/model.pt`` (the model-zoo convention).
+
+* :func:`export_to_bundle`: invseg checkpoint -> ``<bundle>/models/model.pt`` plus the
+  ``python -m monai.bundle run`` overrides that rebuild the same network.
+* :func:`import_from_bundle`: bundle weights -> an invseg checkpoint that ``invseg predict``
+  (:func:`invseg.workflows.predict.predict`) reads.
+* :func:`case_name_formatter`: ``SaveImaged(output_name_formatter=...)`` that names predictions
+  ``<case_id>.nii.gz`` like ``invseg predict`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invseg.workflows._checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["case_name_formatter", "export_to_bundle", "import_from_bundle"]
+
+_EXTS = (".nii.gz", ".nii", ".hdr", ".img")
+# BraTS 2020/2021 "<case>_t1", BraTS 2023+ "<case>-t1n", nnU-Net "<case>_0000", iSeg "<case>-T1".
+_MODALITY_SUFFIX = re.compile(
+    r"(?:[_-](?:t1|t1ce|t2|flair|t1n|t1c|t2w|t2f|T1|T2)|_\d{4})$", flags=re.IGNORECASE
+)
+
+_MODALITIES = {"brats": ["t1", "t1ce", "t2", "flair"], "brats2023": ["t1n", "t1c", "t2w", "t2f"]}
+#: Network arguments the bundle's ``inference.json``/``train.json`` expose as top-level ids.
+_NET_IDS = ("channels", "blocks", "memory")
+
+
+def _case_id(path: str | Path) -> str:
+    name = Path(str(path)).name
+    for ext in _EXTS:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return _MODALITY_SUFFIX.sub("", name) or name
+
+
+def case_name_formatter(metadict: Mapping[str, Any] | None, saver: Any) -> dict[str, Any]:
+    """Output name ``<case_id>`` for MONAI ``SaveImaged`` (its ``output_name_formatter``).
+
+    The case id is the first input file's name without extension and modality suffix
+    (``BraTS20_Training_001_t1.nii.gz`` -> ``BraTS20_Training_001``), matching the
+    ``<case_id>.nii.gz`` files written by ``invseg predict``.
+
+    Args:
+        metadict: the image meta dictionary (``filename_or_obj`` is read).
+        saver: the ``SaveImage`` transform (unused; part of MONAI's signature).
+
+    Returns:
+        ``{"subject": case_id, "idx": patch_index}`` for ``FolderLayout.filename``.
+
+    Example:
+        >>> case_name_formatter({"filename_or_obj": "/d/BraTS-GLI-00001-000-t1n.nii.gz"}, None)
+        {'subject': 'BraTS-GLI-00001-000', 'idx': None}
+    """
+    meta = dict(metadict or {})
+    source = meta.get("filename_or_obj", "case")
+    if isinstance(source, list | tuple):
+        source = source[0] if source else "case"
+    return {"subject": _case_id(source), "idx": meta.get("patch_index")}
+
+
+def export_to_bundle(checkpoint: str | Path, bundle_dir: str | Path) -> dict[str, Any]:
+    """Write the weights of an ``invseg train`` checkpoint as ``<bundle_dir>/models/model.pt``.
+
+    The file is the bare ``state_dict`` (``checkpoint["model"]``), written atomically. The
+    returned overrides rebuild the same network in the bundle, e.g. on the command line
+    ``--channels "[16,32,64,128]" --blocks 1 --network_def#_target_ invseg.nets.UNet3D``.
+
+    Args:
+        checkpoint: ``best.pt`` or ``last.pt`` from ``invseg train``.
+        bundle_dir: the bundle folder (holding ``configs/``).
+
+    Returns:
+        ``{config id: value}`` overrides for ``python -m monai.bundle run``.
+
+    Raises:
+        ValueError: not an invseg checkpoint, or one without a ``meta`` description.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from invseg.nets import PartiallyInvResUNet
+        >>> from invseg.workflows._checkpoint import save_checkpoint
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> net = PartiallyInvResUNet(3, 4, 3, channels=(4, 8))
+        >>> meta = {"target": "invseg.nets.PartiallyInvResUNet", "convention": "brats",
+        ...         "kwargs": {"in_channels": 4, "out_channels": 3, "channels": [4, 8]}}
+        >>> _ = save_checkpoint({"model": net.state_dict(), "meta": meta}, tmp / "best.pt")
+        >>> export_to_bundle(tmp / "best.pt", tmp / "bundle")["channels"]
+        [4, 8]
+        >>> sorted(torch.load(tmp / "bundle/models/model.pt", weights_only=True)) == sorted(
+        ...     net.state_dict())
+        True
+    """
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt.get("meta")
+    if not isinstance(meta, Mapping) or "target" not in meta:
+        raise ValueError(
+            f"{checkpoint}: no 'meta' network description; export a best.pt/last.pt written by "
+            "`invseg train`."
+        )
+    out = Path(bundle_dir) / "models" / "model.pt"
+    save_checkpoint(ckpt["model"], out)
+    kwargs = dict(meta.get("kwargs", {}))
+    overrides: dict[str, Any] = {"network_def#_target_": str(meta["target"])}
+    for key, value in kwargs.items():
+        if key in _NET_IDS:
+            overrides[key] = value
+        elif key != "_target_":
+            overrides[f"network_def#{key}"] = value
+    for key in ("convention", "spacing", "roi_size", "sw_batch_size", "overlap"):
+        if key in meta:
+            overrides[key] = meta[key]
+    return overrides
+
+
+def import_from_bundle(
+    bundle_dir: str | Path,
+    output: str | Path,
+    *,
+    weights: str | Path | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an invseg checkpoint (``model`` + ``meta``) from a bundle's weights and config.
+
+    The network is described by the bundle's ``network_def`` (after ``overrides``), so
+    ``invseg predict CHECKPOINT INPUTS -o OUT`` rebuilds and runs it.
+
+    Args:
+        bundle_dir: the bundle folder.
+        output: path of the checkpoint to write (e.g. ``runs/from_bundle/best.pt``).
+        weights: weights file (default ``<bundle_dir>/models/model.pt``): a bare ``state_dict``
+            or a MONAI ``CheckpointSaver`` file holding ``{"model": state_dict, ...}``.
+        config_file: bundle config (default ``<bundle_dir>/configs/inference.json``).
+        overrides: ``{config id: value}`` applied to the config first (as on the command line).
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ValueError: missing files, or weights that do not fit ``network_def``.
+
+    Example:
+        >>> import tempfile, pathlib, shutil, torch, invseg
+        >>> from invseg.nets import PartiallyInvResUNet
+        >>> from invseg.workflows.predict import load_model
+        >>> repo = pathlib.Path(invseg.__file__).parents[1]   # a source checkout
+        >>> tmp = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = shutil.copytree(repo / "configs/bundle_brats/configs", tmp / "configs")
+        >>> (tmp / "models").mkdir()
+        >>> torch.save(PartiallyInvResUNet(3, 4, 3, channels=(4, 8)).state_dict(),
+        ...            tmp / "models/model.pt")
+        >>> ckpt = import_from_bundle(tmp, tmp / "best.pt", overrides={"channels": [4, 8]})
+        >>> model, meta = load_model(ckpt)
+        >>> meta["target"], meta["convention"]
+        ('invseg.nets.PartiallyInvResUNet', 'brats')
+    """
+    from monai.bundle import ConfigParser
+
+    import invseg
+
+    bundle_dir = Path(bundle_dir)
+    weights = Path(weights) if weights is not None else bundle_dir / "models" / "model.pt"
+    config_file = (
+        Path(config_file) if config_file is not None else bundle_dir / "configs" / "inference.json"
+    )
+    for path, what in ((weights, "weights"), (config_file, "config")):
+        if not path.is_file():
+            raise ValueError(f"bundle {what} file '{path}' does not exist.")
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    net_cfg = dict(parser["network_def"])
+    # resolve "@channels" style references without building anything
+    kwargs: dict[str, Any] = {}
+    for key, value in net_cfg.items():
+        if key == "_target_":
+            continue
+        kwargs[key] = (
+            parser.get_parsed_content(value[1:])
+            if isinstance(value, str) and value.startswith("@")
+            else value
+        )
+    target = str(net_cfg["_target_"])
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    from invseg.workflows._config import instantiate_model
+
+    model = instantiate_model({"_target_": target, **kwargs})
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(
+            f"{weights}: weights do not fit the bundle's network_def ({first}); pass the "
+            "overrides the bundle was run with (channels, blocks, ...)."
+        ) from err
+
+    def value(key: str, default: Any) -> Any:
+        return parser.get_parsed_content(key) if key in parser else default
+
+    roi = [int(r) for r in value("roi_size", [128, 128, 128])]
+    meta = {
+        "target": target,
+        "kwargs": kwargs,
+        "convention": str(value("convention", "brats")),
+        "modalities": _MODALITIES.get(str(value("convention", "brats")), []),
+        "layout": None,
+        "spacing": [float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
+        "crop": roi,
+        "roi_size": roi,
+        "sw_batch_size": int(value("sw_batch_size", 1)),
+        "overlap": float(value("overlap", 0.5)),
+        "tta": False,
+        "amp": bool(value("amp", False)),
+        "invseg_version": invseg.__version__,
+    }
+    return save_checkpoint({"model": model.state_dict(), "meta": meta}, output)
