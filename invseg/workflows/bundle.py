@@ -1,4 +1,4 @@
-r"""Move weights between ``invseg train`` checkpoints and the MONAI bundle (``configs/bundle_brats``).
+r"""Move weights between ``invseg train`` checkpoints and the MONAI bundle in configs/bundle_brats.
 
 Both sides store the same ``state_dict``: an invseg checkpoint (``best.pt``/``last.pt``) keeps it
 under the key ``"model"`` next to the optimizer, RNG states and a ``"meta"`` description of the
