@@ -1,0 +1,374 @@
+"""``invseg bench nets``: memory and speed of the segmentation networks, in one process.
+
+Measures, on one input shared by every row (``1 x 4 x size^3``):
+
+1. parameters, activation bytes held for backward by one training step (exact, via
+   :func:`invseg.engine.activation_bytes`) and median step time (forward + backward) for
+   UNet3D, PartiallyInvResUNet and FullyInvResUNet in each memory mode (also with the VAE
+   branch), next to MONAI's SegResNet and SegResNetVAE at a similar parameter count;
+2. activation bytes vs invertible blocks per level (1, 2, 4, 8) for each model, as a table and
+   a PNG plot (``<output dir>/img/nets_memory_vs_blocks.png``);
+3. on CUDA only: peak memory (``torch.cuda.max_memory_allocated``) per row and the largest cube
+   edge trainable under a 12 GB cap (``torch.cuda.set_per_process_memory_fraction``).
+
+The measured numbers are compared with the targets: Partially-InvRes <= 35% of its ``"store"``
+twin, Fully-InvRes <= 10% and flat in depth (+5% from 1 to 8 blocks), both below SegResNetVAE,
+and the ``"invert"`` step time <= 1.35x ``"store"``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from invseg.engine import activation_bytes
+from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
+from invseg.workflows._plots import _save
+from invseg.workflows._report import update_section
+from invseg.workflows._timing import describe_device, median_step_seconds
+
+__all__ = ["run"]
+
+CHANNELS = (16, 32, 64, 128)
+IN_CHANNELS, OUT_CHANNELS = 4, 3
+BLOCKS = (1, 2, 4, 8)
+CAP_BYTES = 12 * 2**30
+TARGETS = {"partially": 0.35, "fully": 0.10, "flat": 1.05, "time": 1.35}
+
+
+@dataclass
+class Row:
+    """One measured configuration."""
+
+    name: str
+    memory: str
+    params: int
+    act_bytes: int
+    step_s: float
+    peak_bytes: int | None = None
+
+
+def _ours(cls: type, memory: str | None, size: int, *, blocks: int = 1, vae: bool = False):
+    torch.manual_seed(0)
+    kw = {"channels": CHANNELS, "blocks": blocks}
+    if memory is not None:
+        kw["memory"] = memory
+    if vae:
+        kw.update(vae=True, input_image_size=(size,) * 3)
+    return cls(3, IN_CHANNELS, OUT_CHANNELS, **kw)
+
+
+def _segresnet(init_filters: int, size: int, vae: bool) -> nn.Module:
+    from monai.networks.nets import SegResNet, SegResNetVAE
+
+    torch.manual_seed(0)
+    kw = {"spatial_dims": 3, "init_filters": init_filters, "in_channels": IN_CHANNELS}
+    if vae:
+        return SegResNetVAE(input_image_size=(size,) * 3, out_channels=OUT_CHANNELS, **kw)
+    return SegResNet(out_channels=OUT_CHANNELS, **kw)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _matching_filters(target: int) -> int:
+    """SegResNet ``init_filters`` (a multiple of 8, its group norm) closest to ``target`` params."""
+    best, best_gap = 8, None
+    for filters in range(8, 129, 8):
+        gap = _params(_segresnet(filters, 16, False)) - target
+        if best_gap is None or abs(gap) < best_gap:
+            best, best_gap = filters, abs(gap)
+        if gap > 0:  # parameters grow with filters: the next ones are further away
+            break
+    return best
+
+
+def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, tuple):  # MONAI SegResNetVAE: (logits, vae_loss or None)
+        logits, vae = out
+        return logits.square().mean() + (0.1 * vae if vae is not None else 0.0)
+    vae = getattr(model, "vae_loss", None)
+    return out.square().mean() + (vae if vae is not None else 0.0)
+
+
+def _step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        _loss(model, x).backward()
+
+    return step
+
+
+def _peak(step: Callable[[], None], device: torch.device) -> int:  # pragma: no cover - GPU
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _measure(configs: list[tuple[str, str, nn.Module]], x: torch.Tensor, repeats: int) -> list[Row]:
+    """Measure every configuration; step times are taken round-robin over the rows.
+
+    Interleaving the timed steps (one step of each row per round, median over rounds) spreads
+    any background load evenly over the rows, so the ratios stay meaningful on a shared CPU.
+    """
+    models = [model.to(x.device).train() for _, _, model in configs]
+    acts = [activation_bytes(_loss, model, x) for model in models]
+    steps = [_step(model, x) for model in models]
+    times: list[list[float]] = [[] for _ in models]
+    for round_ in range(repeats + 1):  # round 0 is the warm-up
+        for i, step in enumerate(steps):
+            seconds = median_step_seconds(step, device=x.device, repeats=1, warmup=0)
+            if round_:
+                times[i].append(seconds)
+    rows = []
+    for (name, memory, model), act, step, ts in zip(configs, acts, steps, times):
+        peak = _peak(step, x.device) if x.device.type == "cuda" else None
+        model.zero_grad(set_to_none=True)
+        rows.append(Row(name, memory, _params(model), act, statistics.median(ts), peak))
+    return rows
+
+
+def _largest_edge(
+    make: Callable[[], nn.Module], device: torch.device, edges: tuple[int, ...]
+) -> int | None:  # pragma: no cover - GPU
+    """Largest cube edge whose training step fits under :data:`CAP_BYTES`."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_BYTES / total), device)
+    model, best = make().to(device).train(), None
+    try:
+        for edge in edges:
+            x = torch.randn(1, IN_CHANNELS, edge, edge, edge, device=device)
+            try:
+                _step(model, x)()
+                torch.cuda.synchronize(device)
+                best = edge
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                del x
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return best
+
+
+def _plot(sweep: dict[str, dict[int, int]], path: Path, size: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, values in sweep.items():
+        style = "--" if "store" in label else "-"
+        ax.plot(list(values), [v / 2**20 for v in values.values()], style, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(BLOCKS), [str(b) for b in BLOCKS])
+    ax.set_xlabel("blocks per level")
+    ax.set_ylabel("activation MiB per training step")
+    ax.set_title(f"Activation memory vs depth (1x{IN_CHANNELS}x{size}^3)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _mib(n: int | None) -> str:
+    return "–" if n is None else f"{n / 2**20:.1f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def run(
+    *,
+    quick: bool = False,
+    output: Path = Path("docs/benchmarks.md"),
+    device: str = "cpu",
+    size: int | None = None,
+) -> str:
+    """Benchmark the segmentation networks and write the ``nets`` section of ``output``.
+
+    Args:
+        quick: smaller cube (16^3) and fewer timing repeats, for smoke tests.
+        output: the benchmarks page (its ``nets`` section is replaced); the plot goes to
+            ``<output dir>/img/nets_memory_vs_blocks.png``.
+        device: ``"cpu"`` or ``"cuda"`` (peak memory and largest-cube numbers only on CUDA).
+        size: cube edge of the input (a multiple of 8); default 128 on CUDA, 32 on CPU
+            (16 with ``quick``).
+
+    Returns:
+        The markdown written.
+
+    Raises:
+        ValueError: for an unknown device, CUDA requested without a GPU, or a bad ``size``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "benchmarks.md"
+        >>> md = run(quick=True, output=out)  # doctest: +SKIP
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available; use device='cpu'.")
+    dev = torch.device(device)
+    if size is None:
+        size = 128 if device == "cuda" and not quick else (16 if quick else 32)
+    if not isinstance(size, int) or size < 8 or size % 8:
+        raise ValueError(f"size must be a multiple of 8 (4 levels), >= 8; got {size!r}.")
+    repeats = 2 if quick else 3
+    x = torch.randn(1, IN_CHANNELS, size, size, size, device=dev)
+
+    configs: list[tuple[str, str, nn.Module]] = [("UNet3D", "store", _ours(UNet3D, None, size))]
+    for label, cls in (
+        ("PartiallyInvResUNet", PartiallyInvResUNet),
+        ("FullyInvResUNet", FullyInvResUNet),
+    ):
+        for memory in ("invert", "checkpoint", "store"):
+            configs.append((label, memory, _ours(cls, memory, size)))
+    for label, cls in (
+        ("PartiallyInvResUNet+VAE", PartiallyInvResUNet),
+        ("FullyInvResUNet+VAE", FullyInvResUNet),
+    ):
+        for memory in ("invert", "store"):
+            configs.append((label, memory, _ours(cls, memory, size, vae=True)))
+    filters = _matching_filters(_params(configs[1][2]))
+    configs.append(
+        (f"SegResNet (init_filters={filters})", "store", _segresnet(filters, size, False))
+    )
+    configs.append(
+        (f"SegResNetVAE (init_filters={filters})", "store", _segresnet(filters, size, True))
+    )
+    rows = _measure(configs, x, repeats)
+    by = {(r.name, r.memory): r for r in rows}
+
+    sweep: dict[str, dict[int, int]] = {}
+    for label, cls, memory in (
+        ("UNet3D", UNet3D, None),
+        ("Partially invert", PartiallyInvResUNet, "invert"),
+        ("Partially store", PartiallyInvResUNet, "store"),
+        ("Fully invert", FullyInvResUNet, "invert"),
+        ("Fully store", FullyInvResUNet, "store"),
+    ):
+        sweep[label] = {
+            b: activation_bytes(_loss, _ours(cls, memory, size, blocks=b).to(dev).train(), x)
+            for b in BLOCKS
+        }
+    img = Path(output).parent / "img" / "nets_memory_vs_blocks.png"
+    _plot(sweep, img, size)
+
+    # --- verdicts against the targets --------------------------------------------------------
+    def ratio(name: str, key: str = "act_bytes") -> float:
+        return getattr(by[(name, "invert")], key) / getattr(by[(name, "store")], key)
+
+    p_ratio, f_ratio = ratio("PartiallyInvResUNet"), ratio("FullyInvResUNet")
+    f_sweep = [sweep["Fully invert"][b] / sweep["Fully store"][b] for b in BLOCKS]
+    flat = max(sweep["Fully invert"].values()) / min(sweep["Fully invert"].values())
+    srv = by[(f"SegResNetVAE (init_filters={filters})", "store")]
+    p_vae, f_vae = by[("PartiallyInvResUNet+VAE", "invert")], by[("FullyInvResUNet+VAE", "invert")]
+    t_p, t_f = ratio("PartiallyInvResUNet", "step_s"), ratio("FullyInvResUNet", "step_s")
+
+    lines = [
+        "## Segmentation networks (`invseg bench nets`)",
+        "",
+        f"Input `1x{IN_CHANNELS}x{size}^3`, channels {CHANNELS}, {OUT_CHANNELS} outputs, 1 block "
+        f"per level unless stated; device: {describe_device(dev)}; torch {torch.__version__}, "
+        f"Python {platform.python_version()}. Activation bytes are exact (tensors saved for "
+        "backward by one training step, each storage once, parameters excluded; the input "
+        "volume counts). Step time: median of "
+        f"{repeats} forward+backward steps after one warm-up, interleaved over the rows.",
+    ]
+    if dev.type == "cpu":
+        lines += [
+            "",
+            f"No GPU in this run: a {size}^3 cube on CPU (128^3 is the GPU default). Activation "
+            "bytes scale with the number of voxels, so the ratios hold at any size; peak CUDA "
+            "memory and the largest trainable cube are measured only with `--device cuda`.",
+        ]
+    lines += [
+        "",
+        "| model | memory | params | activation MiB | vs store twin | step s | step vs store |"
+        + (" peak CUDA MiB |" if dev.type == "cuda" else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if dev.type == "cuda" else ""),
+    ]
+    for r in rows:
+        twin = by.get((r.name, "store"))
+        rel = f"{r.act_bytes / twin.act_bytes:.1%}" if twin and r.memory != "store" else "–"
+        trel = f"{r.step_s / twin.step_s:.2f}x" if twin and r.memory != "store" else "–"
+        line = (
+            f"| {r.name} | {r.memory} | {r.params / 1e6:.2f} M | {_mib(r.act_bytes)} | {rel} | "
+            f"{r.step_s:.3f} | {trel} |"
+        )
+        lines.append(line + (f" {_mib(r.peak_bytes)} |" if dev.type == "cuda" else ""))
+
+    lines += [
+        "",
+        "### Activation MiB vs blocks per level",
+        "",
+        "| model | " + " | ".join(f"{b} block{'s' if b > 1 else ''}" for b in BLOCKS) + " |",
+        "|---|" + "---|" * len(BLOCKS),
+    ]
+    for label, values in sweep.items():
+        lines.append(f"| {label} | " + " | ".join(_mib(v) for v in values.values()) + " |")
+    lines += ["", f"![activation memory vs blocks](img/{img.name})", ""]
+
+    lines += [
+        "### Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        f"| Partially-InvRes invert <= 35% of store twin | {p_ratio:.1%} | "
+        f"{_verdict(p_ratio <= TARGETS['partially'])} |",
+        "| Fully-InvRes invert <= 10% of store twin (1 / 2 / 4 / 8 blocks) | "
+        + " / ".join(f"{r:.1%}" for r in f_sweep)
+        + f" | {_verdict(f_ratio <= TARGETS['fully'])} at 1 block"
+        + (", met from 2 blocks" if f_ratio > TARGETS["fully"] and f_sweep[1] <= 0.10 else "")
+        + " |",
+        f"| Fully-InvRes flat from 1 to 8 blocks (<= +5%) | +{flat - 1:.1%} | "
+        f"{_verdict(flat <= TARGETS['flat'])} |",
+        f"| below SegResNetVAE ({srv.params / 1e6:.2f} M params, {_mib(srv.act_bytes)} MiB), "
+        f"both with VAE, invert | Partially {_mib(p_vae.act_bytes)} MiB "
+        f"({p_vae.params / 1e6:.2f} M), Fully {_mib(f_vae.act_bytes)} MiB "
+        f"({f_vae.params / 1e6:.2f} M) | "
+        f"{_verdict(max(p_vae.act_bytes, f_vae.act_bytes) < srv.act_bytes)} |",
+        f"| invert step time <= 1.35x store | Partially {t_p:.2f}x, Fully {t_f:.2f}x | "
+        f"{_verdict(max(t_p, t_f) <= TARGETS['time'])} |",
+    ]
+    if dev.type == "cuda":  # pragma: no cover - needs a GPU
+        edges = tuple(range(64, 513, 32))
+        lines += [
+            "",
+            "### Largest trainable cube under a 12 GB cap (CUDA)",
+            "",
+            "| model | memory | largest edge |",
+            "|---|---|---|",
+        ]
+        for label, cls, memory in (
+            ("UNet3D", UNet3D, None),
+            ("PartiallyInvResUNet", PartiallyInvResUNet, "store"),
+            ("PartiallyInvResUNet", PartiallyInvResUNet, "invert"),
+            ("FullyInvResUNet", FullyInvResUNet, "store"),
+            ("FullyInvResUNet", FullyInvResUNet, "invert"),
+        ):
+            edge = _largest_edge(lambda c=cls, m=memory: _ours(c, m, 8), dev, edges)
+            lines.append(f"| {label} | {memory or 'store'} | {edge or '< 64'}^3 |")
+        edge = _largest_edge(lambda: _segresnet(filters, 8, False), dev, edges)
+        lines.append(f"| SegResNet (init_filters={filters}) | store | {edge or '< 64'}^3 |")
+    markdown = "\n".join(lines) + "\n"
+    update_section(Path(output), "nets", markdown)
+    return markdown
