@@ -120,8 +120,7 @@ class LabelConvention:
     # ----------------------------------------------------------------- conversion
     def check_values(self, label: np.ndarray | torch.Tensor) -> None:
         """Raise :class:`DataError` when ``label`` holds values outside :attr:`native_values`."""
-        found = torch.unique(torch.as_tensor(label)).tolist()
-        found = {int(v) if float(v).is_integer() else v for v in found}
+        found = _unique_values(label)
         bad = sorted(found - set(self.native_values))
         if bad:
             raise DataError(
@@ -213,6 +212,23 @@ class LabelConvention:
             return tuple(tup(v) for v in x) if isinstance(x, list | tuple) else x
 
         return cls(**{k: tup(v) for k, v in data.items()})
+
+
+def _unique_values(label: Any) -> set[float]:
+    """Distinct values of a label map; O(n) via bincount for small non-negative integers."""
+    x = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(np.asarray(label))
+    x = x.detach().reshape(-1)
+    if x.numel() == 0:
+        return set()
+    if x.is_floating_point():
+        odd = x[~torch.isfinite(x) | (x != torch.round(x))]
+        if odd.numel():
+            return {float(v) for v in torch.unique(odd[:1000]).tolist()}
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 65535 or x.dtype == torch.bool:
+        return {int(v) for v in torch.unique(x.long()).tolist()}
+    counts = torch.bincount(x.long(), minlength=int(hi) + 1)
+    return {int(v) for v in torch.nonzero(counts).reshape(-1).tolist()}
 
 
 def _isin(t: torch.Tensor, values: Sequence[int]) -> torch.Tensor:

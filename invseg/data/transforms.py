@@ -19,7 +19,10 @@ files and the channel-last axis of MSD 4-D files both become the channel axis in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import torch
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -39,6 +42,37 @@ from invseg.data.conventions import LabelConvention, get_convention
 from invseg.data.label_transforms import ConvertToTargetd
 
 __all__ = ["eval_transforms", "inference_transforms", "train_transforms"]
+
+
+def _numpy(x: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class _PosNegCropd(RandCropByPosNegLabeld):
+    """``RandCropByPosNegLabeld`` that locates foreground/background voxels with numpy.
+
+    MONAI 1.6 finds them with torch ops that are ~100x slower on CPU for a 64x64x48 volume
+    (0.3 s vs 3 ms per call); the crops themselves are unchanged.
+    """
+
+    def randomize(
+        self,
+        label: Any = None,
+        fg_indices: Any = None,
+        bg_indices: Any = None,
+        image: Any = None,
+    ) -> None:
+        if label is not None and (fg_indices is None or bg_indices is None):
+            from monai.transforms.utils import map_binary_to_indices
+
+            fg_indices, bg_indices = map_binary_to_indices(
+                _numpy(label), _numpy(image), self.cropper.image_threshold
+            )
+        super().randomize(label, fg_indices, bg_indices, image)
 
 
 def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -102,7 +136,7 @@ def train_transforms(
         ConvertToTargetd("label", conv),
         NormalizeIntensityd("image", nonzero=True, channel_wise=True),
         SpatialPadd(keys, spatial_size=crop),
-        RandCropByPosNegLabeld(
+        _PosNegCropd(
             keys,
             label_key="label",
             spatial_size=crop,
