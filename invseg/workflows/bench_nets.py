@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
 from invseg.workflows._plots import _save
 from invseg.workflows._report import update_section
-from invseg.workflows._timing import describe_device, median_step_seconds
+from invseg.workflows._timing import describe_device
 
 __all__ = ["run"]
 
@@ -117,6 +118,23 @@ def _peak(step: Callable[[], None], device: torch.device) -> int:  # pragma: no 
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def _timed(step: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one ``step()``: wall time on CUDA, CPU time of this process on CPU.
+
+    CPU time is what the step costs whatever else runs on the machine (a shared CPU makes
+    wall-clock ratios noisy); with several threads it is the sum over threads.
+    """
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
 def _measure(configs: list[tuple[str, str, nn.Module]], x: torch.Tensor, repeats: int) -> list[Row]:
     """Measure every configuration; step times are taken round-robin over the rows.
 
@@ -129,7 +147,7 @@ def _measure(configs: list[tuple[str, str, nn.Module]], x: torch.Tensor, repeats
     times: list[list[float]] = [[] for _ in models]
     for round_ in range(repeats + 1):  # round 0 is the warm-up
         for i, step in enumerate(steps):
-            seconds = median_step_seconds(step, device=x.device, repeats=1, warmup=0)
+            seconds = _timed(step, x.device)
             if round_:
                 times[i].append(seconds)
     rows = []
@@ -231,7 +249,7 @@ def run(
         size = 128 if device == "cuda" and not quick else (16 if quick else 32)
     if not isinstance(size, int) or size < 8 or size % 8:
         raise ValueError(f"size must be a multiple of 8 (4 levels), >= 8; got {size!r}.")
-    repeats = 2 if quick else 3
+    repeats = 2 if quick else 5
     x = torch.randn(1, IN_CHANNELS, size, size, size, device=dev)
 
     configs: list[tuple[str, str, nn.Module]] = [("UNet3D", "store", _ours(UNet3D, None, size))]
@@ -291,7 +309,8 @@ def run(
         f"Python {platform.python_version()}. Activation bytes are exact (tensors saved for "
         "backward by one training step, each storage once, parameters excluded; the input "
         "volume counts). Step time: median of "
-        f"{repeats} forward+backward steps after one warm-up, interleaved over the rows.",
+        f"{repeats} forward+backward steps after one warm-up, interleaved over the rows "
+        f"({'wall time' if dev.type == 'cuda' else 'CPU time of the process'}).",
     ]
     if dev.type == "cpu":
         lines += [

@@ -61,6 +61,14 @@ def test_every_gradient_matches_store_in_float64(make_net, name, vae, mode) -> N
 
 
 @pytest.mark.parametrize("name", INVERTIBLE)
+def test_dropout_and_vae_noise_are_replayed_exactly(make_net, name) -> None:
+    net = make_net(name, "store", dropout=0.3, vae=True, input_image_size=(8, 8, 8))
+    x = torch.randn(2, 2, 8, 8, 8, dtype=torch.float64)
+    errors = _parity(net.double().train(), x)
+    assert max(errors.values()) < 1e-10, max(errors, key=errors.get)
+
+
+@pytest.mark.parametrize("name", INVERTIBLE)
 def test_every_gradient_matches_store_in_float32(make_net, name) -> None:
     net = make_net(name, "store", blocks=2).train()
     errors = _parity(net, torch.randn(1, 2, 12, 8, 8))
@@ -77,6 +85,7 @@ def test_fully_channels_follow_the_documented_split() -> None:
     assert net.effective_channels == (8, 16, 32)
     assert fully_invertible_channels((8, 16, 32)) == ((8, 16, 32), (6, 12))
     assert len(net.body) == 1  # the whole body is one invertible block in one chain
+    assert fully_invertible_channels((8, 20)) == ((8, 24), (5,))  # 20 / 8 rounds up to 3
 
 
 @pytest.mark.parametrize("name", INVERTIBLE)
