@@ -17,12 +17,13 @@ class PartiallyInvResUNet(ResUNetBase):
 
     A 3^3 stem conv to ``channels[0]``; at each level :math:`i` an
     :class:`~invseg.engine.InvertibleSequential` of ``blocks[i]``
-    :class:`~invseg.nets.InvertibleResBlock` s (additive couplings, :math:`y_1 = x_1 + F(x_2),\
-    y_2 = x_2 + G(y_1)`); strided 3^3 conv down to ``channels[i+1]``; decoder: transposed 2^3 conv
-    up, **additive** skip (as the Partially Reversible U-Net, to keep memory low), invertible
-    stage; 1x1 conv head. Only the non-invertible layers store activations: with
-    ``memory="invert"`` each stage keeps only its output, so activation memory barely grows
-    with ``blocks``. ``memory="store"`` is the plain-autograd twin with identical weights.
+    :class:`~invseg.nets.InvertibleResBlock` s (additive couplings
+    :math:`y_1 = x_1 + F(x_2),\ y_2 = x_2 + G(y_1)`); strided 3^3 conv down to
+    ``channels[i+1]``; decoder: transposed 2^3 conv up, **additive** skip (as the Partially
+    Reversible U-Net, to keep memory low), invertible stage; 1x1 conv head. Only the
+    non-invertible layers store activations: with ``memory="invert"`` each stage keeps only
+    its output, so activation memory does not grow with ``blocks``. ``memory="store"`` is the
+    plain-autograd twin with identical weights.
 
     Args:
         spatial_dims: number of spatial dimensions (3).
