@@ -175,6 +175,17 @@ def split_cases(
     return train_, val
 
 
+def _nanmean_rows(rows: list[torch.Tensor], n: int) -> np.ndarray:
+    """Mean over cases of (1, n) metric rows, skipping NaN/Inf (empty region) entries."""
+    if not rows:
+        return np.full(n, np.nan)
+    a = torch.cat([r.reshape(-1, n) for r in rows]).numpy().astype(np.float64)
+    a[~np.isfinite(a)] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
+        return np.nanmean(a, axis=0)
+
+
 # --------------------------------------------------------------------------------------------
 # the trainer
 # --------------------------------------------------------------------------------------------
@@ -339,7 +350,11 @@ class _Trainer:
             self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd)
         else:
             self.optimizer = torch.optim.SGD(
-                params, lr=lr, weight_decay=wd, momentum=float(t["momentum"]), nesterov=True
+                params,
+                lr=lr,
+                weight_decay=wd,
+                momentum=float(t["momentum"]),
+                nesterov=float(t["momentum"]) > 0,
             )
         self.autocast, self.scaler = _autocast_factory(self.info.device, bool(t["amp"]))
         n_batches = math.ceil(len(self.train_ds) / self.info.world_size / int(t["batch_size"]))
@@ -411,11 +426,11 @@ class _Trainer:
         conv = self.convention
         regions = conv.kind == "regions"
         names = list(conv.names) if regions else list(conv.names)[1:]
-        dice = DiceMetric(include_background=regions, reduction="mean_batch", ignore_empty=True)
-        hd95 = HausdorffDistanceMetric(
-            include_background=regions, percentile=95, reduction="mean_batch"
-        )
+        dice = DiceMetric(include_background=regions, reduction="none", ignore_empty=True)
+        hd95 = HausdorffDistanceMetric(include_background=regions, percentile=95, reduction="none")
         i = self.cfg["infer"]
+        dice_rows: list[torch.Tensor] = []
+        hd_rows: list[torch.Tensor] = []
         self.model.eval()
         try:
             for item in self.val_ds:
@@ -437,18 +452,18 @@ class _Trainer:
                     n = conv.out_channels
                     pred = one_hot(logits.argmax(1, keepdim=True), num_classes=n)
                     ref = one_hot(label.long(), num_classes=n)
-                dice(y_pred=pred, y=ref)
+                dice_rows.append(dice(y_pred=pred, y=ref).cpu().float())
                 with warnings.catch_warnings():
                     # empty prediction/reference: HD95 is NaN (UserWarning); MONAI 1.5+ calls
                     # its own deprecated get_mask_edges argument (FutureWarning).
                     warnings.simplefilter("ignore", UserWarning)
                     warnings.filterwarnings("ignore", "always_return_as_numpy", FutureWarning)
                     warnings.filterwarnings("ignore", ".*always_return_as_numpy", FutureWarning)
-                    hd95(y_pred=pred, y=ref)
-            d = dice.aggregate().cpu().numpy()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                h = hd95.aggregate().cpu().numpy()
+                    hd_rows.append(hd95(y_pred=pred, y=ref).cpu().float())
+            # Per-case values straight from the metric calls: aggregate() would all-gather
+            # across ranks, but only rank 0 validates.
+            d = _nanmean_rows(dice_rows, len(names))
+            h = _nanmean_rows(hd_rows, len(names))
         finally:
             self.model.train()
         out: dict[str, float] = {}

@@ -1,0 +1,38 @@
+"""The demo: synthesise -> train -> predict -> evaluate, plus its bundled config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invseg.workflows._config import load_config, yaml_load
+from invseg.workflows.demo import DEMO_CONFIG, demo
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_config_in_code_matches_configs_demo_yaml() -> None:
+    assert yaml_load((REPO / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
+
+
+@pytest.mark.parametrize(
+    "name", ["brats_partially_invres", "brats_fully_invres", "iseg_partially_invres", "demo"]
+)
+def test_shipped_configs_validate(name: str) -> None:
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg["model"]["_target_"].startswith("invseg.nets.")
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_writes_predictions_table_and_overlay(tmp_path: Path) -> None:
+    result = demo(tmp_path / "demo", cases=4, minutes=0.02, seed=1)
+    out = tmp_path / "demo"
+    assert set(result["dice"]) == {"TC", "WT", "ET"}
+    assert all(0.0 <= v <= 1.0 for v in result["dice"].values() if np.isfinite(v))
+    assert (out / "overlay.png").stat().st_size > 0
+    assert (out / "dice.csv").exists()
+    preds = sorted(p.name for p in (out / "predictions").glob("*.nii.gz"))
+    assert preds == ["BraTS20_Training_004.nii.gz"]
+    assert (result["run_dir"] / "best.pt").exists()
