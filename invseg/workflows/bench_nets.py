@@ -367,6 +367,12 @@ def run(
         f"{_verdict(max(p_vae.act_bytes, f_vae.act_bytes) < srv.act_bytes)} |",
         f"| invert step time <= 1.35x store | Partially {t_p:.2f}x, Fully {t_f:.2f}x | "
         f"{_verdict(max(t_p, t_f) <= TARGETS['time'])} |",
+        "",
+        f"Fully-InvRes in `invert` mode holds only the input volume (saved by the stem conv, "
+        f"{IN_CHANNELS} channels), the body output ({CHANNELS[0]} channels, saved once for the "
+        f"engine and the head) and the logits (saved by the loss, {OUT_CHANNELS} channels), "
+        "whatever the depth: that floor is why the ratio can exceed 10% with 1 block per "
+        "level while the store twin is still shallow.",
     ]
     if dev.type == "cuda":  # pragma: no cover - needs a GPU
         edges = tuple(range(64, 513, 32))
