@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+# pytest-xdist runs one worker per core; one intra-op thread each avoids oversubscribing them.
+torch.set_num_threads(1)
 
 
 def tiny_config(root: Path, out: Path, **train: Any) -> dict[str, Any]:
