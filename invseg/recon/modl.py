@@ -162,6 +162,13 @@ class MoDL(nn.Module):
     sparse checkpoints); after backward, :attr:`inverse_errors` holds the relative error of
     each rebuilt input measured at the anchors.
 
+    Numerical stability: the closed-form DC inverse multiplies errors in the sampled k-space
+    components by :math:`(1 + \mu)/\mu` (21 for :math:`\mu = 0.05`) per unroll, and a truncated
+    CG solve is not exactly inverted by it (its residual is amplified by :math:`1/\mu`). Pure
+    inversion therefore drifts exponentially with depth (as MEL reports past ~20 unrolls);
+    use ``anchor_every``, enough ``cg_iters``/small ``cg_tol``, and check
+    :attr:`inverse_errors` (or ``drift_tol``). ``memory="checkpoint"`` gives exact gradients.
+
     Args:
         num_unrolls: number of unrolls :math:`N`.
         spatial_dims: 2 for 2D; 3 for 3D slabs and 2D+time.
