@@ -262,3 +262,25 @@ def test_mismatched_context_batch_is_a_value_error() -> None:
 def test_bad_drift_options(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_chain(1, **kwargs)
+
+
+class _LossyScale(nn.Module):
+    """``y = w x`` with a learnable ``w`` and an inverse that is 1% off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y / self.w * 1.01
+
+
+@pytest.mark.parametrize(("anchor_every", "worst"), [(None, 0.04), (2, 0.01), (1, 0.0)])
+def test_anchored_blocks_are_differentiated_at_their_kept_input(anchor_every, worst) -> None:
+    chain = InvertibleSequential(*[_LossyScale() for _ in range(4)], anchor_every=anchor_every)
+    x = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    errors = gradient_parity(chain.double(), x, loss=lambda y: (y.sin() * y).sum())
+    assert max(errors.values()) == pytest.approx(worst, abs=1e-3)
