@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from invseg.data._errors import DataError, check_choice
+from invseg._choices import check_option
+from invseg.data._errors import DataError
 
 __all__ = ["CONVENTIONS", "LabelConvention", "get_convention"]
 
@@ -90,7 +91,7 @@ class LabelConvention:
     et_label: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.kind, ("regions", "classes"), what="convention kind")
+        check_option("convention kind", self.kind, ("regions", "classes"))
         if self.kind == "regions":
             if len(self.regions) != len(self.names) or not self.paint:
                 raise ValueError(
@@ -292,5 +293,5 @@ def get_convention(name: str | LabelConvention | Mapping[str, Any]) -> LabelConv
         return name
     if isinstance(name, Mapping):
         return LabelConvention.from_dict(name)
-    key = check_choice(name, [*CONVENTIONS, *_ALIASES], what="label convention")
+    key = check_option("label convention", name, [*CONVENTIONS, *_ALIASES])
     return CONVENTIONS[_ALIASES.get(key, key)]

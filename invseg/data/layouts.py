@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from invseg.data._errors import DataError, check_choice
+from invseg._choices import check_option
+from invseg.data._errors import DataError
 from invseg.data._naming import (
     BRATS23_RE,
     BRATS_RE,
@@ -402,7 +403,7 @@ def cases_from_paths(
         [('BraTS20_Training_001', 4)]
     """
     if layout is not None:
-        check_choice(layout, LAYOUTS, what="layout")
+        check_option("layout", layout, LAYOUTS)
     if isinstance(paths, str | Path):
         paths = [paths]
     infos: list[DatasetInfo] = []

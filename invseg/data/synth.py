@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invseg.data._errors import check_choice
+from invseg._choices import check_option
 from invseg.data._io import save_image, save_json
 from invseg.data.case import DatasetInfo
 
@@ -241,9 +241,9 @@ def synthesize(
         >>> info.layout, len(info.cases), info.convention.name
         ('brats2020', 2, 'brats')
     """
-    kind = check_choice(kind, ("brats", "iseg"), what="synthetic dataset kind")
+    kind = check_option("synthetic dataset kind", kind, ("brats", "iseg"))
     layouts = _BRATS_LAYOUTS if kind == "brats" else ("iseg",)
-    layout = check_choice(layout or layouts[0], layouts, what=f"layout for {kind}")
+    layout = check_option(f"layout for {kind}", layout or layouts[0], layouts)
     shape3 = tuple(int(s) for s in shape)
     if len(shape3) != 3 or min(shape3) < 16:
         raise ValueError(f"shape must be 3 sizes of at least 16 voxels, got {tuple(shape)}")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Sequence
-
 from torch import nn
 
 MEMORY_MODES: tuple[str, ...] = ("invert", "checkpoint", "store")
@@ -25,22 +22,6 @@ def is_invertible(module: object) -> bool:
         False
     """
     return isinstance(module, nn.Module) and callable(getattr(module, "inverse", None))
-
-
-def check_option(name: str, value: str, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``; otherwise raise a did-you-mean error.
-
-    Example:
-        >>> check_option("memory", "invert", MEMORY_MODES)
-        'invert'
-    """
-    if isinstance(value, str) and value in choices:
-        return value
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}.{hint}"
-    )
 
 
 def check_block(block: object, index: int) -> nn.Module:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from invseg.engine._protocol import check_option
+from invseg._choices import check_option
 from invseg.engine.sequential import Inverted, InvertibleSequential
 
 INITS = ("identity", "haar")

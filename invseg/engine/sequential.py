@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from invseg._choices import check_option
 from invseg.engine._engine import ChainRun, InvertFunction, forward_block, reverse_block
-from invseg.engine._protocol import MEMORY_MODES, check_block, check_option
+from invseg.engine._protocol import MEMORY_MODES, check_block
 from invseg.engine._tape import Tape
 
 ON_DRIFT = ("warn", "checkpoint")

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from invseg.engine._protocol import MEMORY_MODES, check_option
+from invseg._choices import check_option
+from invseg.engine._protocol import MEMORY_MODES
 from invseg.engine.sequential import InvertibleSequential
 
 

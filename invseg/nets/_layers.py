@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 
@@ -11,25 +10,10 @@ from monai.networks.layers.factories import Act, Conv, Dropout, Norm
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import Tensor, nn
 
+from invseg._choices import check_option
+
 DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": False})
 DEFAULT_NORM: tuple = ("group", {"num_groups": 8})
-
-
-def check_option(name: str, value: object, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices`` (case-insensitive); else a did-you-mean error.
-
-    Example:
-        >>> check_option("memory", "store", ("invert", "checkpoint", "store"))
-        'store'
-    """
-    lowered = {c.lower(): c for c in choices}
-    if isinstance(value, str) and value.lower() in lowered:
-        return lowered[value.lower()]
-    close = difflib.get_close_matches(str(value).lower(), list(lowered), n=1)
-    hint = f" Did you mean {lowered[close[0]]!r}?" if close else ""
-    raise ValueError(
-        f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}.{hint}"
-    )
 
 
 def split_args(arg: str | tuple, what: str) -> tuple[str, dict]:

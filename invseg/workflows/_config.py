@@ -19,7 +19,6 @@ Keys of ``data``, ``train``, ``infer`` and ``output`` are checked against :data:
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 import inspect
 import re
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from invseg._choices import did_you_mean
 
 __all__ = ["DEFAULTS", "ConfigError", "apply_overrides", "load_config", "resolve_target"]
 
@@ -101,8 +102,7 @@ class ConfigError(ValueError):
 
 
 def _did_you_mean(key: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    return f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(choices)}."
+    return did_you_mean(key, choices) or f" Valid keys: {', '.join(choices)}."
 
 
 def resolve_target(target: str) -> Any:

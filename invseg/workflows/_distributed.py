@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from invseg._choices import did_you_mean
+
 __all__ = ["DistInfo", "all_reduce_mean", "barrier", "cleanup", "init_from_env"]
 
 
@@ -54,7 +56,6 @@ def resolve_device(device: str) -> torch.device:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
-    import difflib
 
     name = str(device).strip().lower()
     if name == "auto":
@@ -67,8 +68,7 @@ def resolve_device(device: str) -> torch.device:
                 f"device '{device}' requested but CUDA is not available; use --device cpu or auto."
             )
         return torch.device(name)
-    close = difflib.get_close_matches(name, ["auto", "cpu", "cuda"], n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(name, ["auto", "cpu", "cuda"])
     raise ValueError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N.{hint}")
 
 

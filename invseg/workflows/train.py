@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from invseg._choices import check_option, did_you_mean
+from invseg.engine import activation_bytes
 from invseg.workflows._checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from invseg.workflows._config import ConfigError, instantiate_model, load_config
 from invseg.workflows._distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_from_env
@@ -49,17 +51,6 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    import difflib
-
-    v = str(value).lower()
-    if v not in choices:
-        close = difflib.get_close_matches(v, list(choices), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{name}='{value}' is not one of {', '.join(choices)}.{hint}")
-    return v
-
-
 def _log(info: DistInfo, msg: str) -> None:
     if info.is_main:
         from tqdm import tqdm
@@ -67,33 +58,8 @@ def _log(info: DistInfo, msg: str) -> None:
         tqdm.write(msg)
 
 
-def _saved_bytes(fn: Callable[..., Any], *args: Any) -> int:
-    """Bytes saved for backward by one call (fallback for ``invseg.engine.activation_bytes``)."""
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        if isinstance(t, nn.Parameter):
-            return t
-        storage = t.untyped_storage()
-        key = storage.data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*args)
-    return total
-
-
 def activation_memory(model: nn.Module, x: torch.Tensor, autocast: Any) -> int:
     """Activation bytes of one training forward of ``model`` on ``x`` (parameters excluded)."""
-    try:
-        from invseg.engine import activation_bytes
-    except ImportError:  # the engine lands separately; keep train usable without it
-        activation_bytes = _saved_bytes
     with autocast():
         return int(activation_bytes(model, x))
 
@@ -147,14 +113,12 @@ def split_cases(
     """
     ids = [c.case_id for c in cases]
     if val_cases is not None:
-        import difflib
-
         wanted = [str(v) for v in val_cases]
         for v in wanted:
             if v not in ids:
-                close = difflib.get_close_matches(v, ids, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"data.val_cases: no labelled case '{v}' in the dataset.{hint}")
+                raise ConfigError(
+                    f"data.val_cases: no labelled case '{v}' in the dataset.{did_you_mean(v, ids)}"
+                )
         val = [c for c in cases if c.case_id in wanted]
     else:
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -210,8 +174,12 @@ class _Trainer:
                 f"--resume: no checkpoint '{self.last_path}' to resume from; "
                 "start the run without --resume."
             )
-        self.scheduler_kind = _check_choice("train.scheduler", t["scheduler"], _SCHEDULERS)
-        self.optimizer_kind = _check_choice("train.optimizer", t["optimizer"], _OPTIMIZERS)
+        self.scheduler_kind = check_option(
+            "train.scheduler", t["scheduler"], _SCHEDULERS, error=ConfigError
+        )
+        self.optimizer_kind = check_option(
+            "train.optimizer", t["optimizer"], _OPTIMIZERS, error=ConfigError
+        )
         self.accumulation = int(t["accumulation"])
         if self.accumulation < 1:
             raise ConfigError("train.accumulation must be >= 1.")
