@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from invseg.engine import InverseDriftWarning
 from invseg.recon.baselines import cg_sense, zero_filled
 from invseg.recon.denoiser import ResidualDenoiser
 from invseg.recon.modl import DataConsistency, MoDL, MoDLUnroll
@@ -93,7 +94,7 @@ def test_gradient_parity_invert_vs_store_every_parameter_including_mu(shared):
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
     op, x, y = _problem(dtype=torch.complex64)
-    m = MoDL(num_unrolls=3, channels=8, layers=3, cg_iters=5)
+    m = MoDL(num_unrolls=3, channels=8, layers=3)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     losses = []
     for _ in range(8):
@@ -110,6 +111,41 @@ def test_default_arguments_work_in_2d():
     m = MoDL(num_unrolls=10)
     assert m.num_unrolls == 10 and m.memory == "invert"
     assert len({id(u.denoiser) for u in m.chain.blocks}) == 1  # shared weights
+    assert m.chain.anchor_every == 2 and m.chain.drift_tol == 5e-2
+    assert m.chain.blocks[0].dc.refine_steps == 1
+
+
+@pytest.mark.parametrize("mu", [0.05, 0.5])
+def test_dc_refinement_inverts_the_truncated_cg(mu):
+    op, x, y = _problem()
+    z = x + 0.1 * torch.randn(x.shape, dtype=C128, generator=torch.Generator().manual_seed(0))
+    errs = []
+    for steps in (0, 1, 2):
+        dc = DataConsistency(mu, cg_iters=10, cg_tol=0.0, refine_steps=steps).double()
+        with torch.no_grad():
+            errs.append(((dc.inverse(dc(z, y, op), y, op) - z).norm() / z.norm()).item())
+    assert errs[0] > 1e-8  # truncated CG: the closed form alone is off
+    assert errs[1] < 0.1 * errs[0] and errs[2] < 1e-3 * errs[0]
+
+
+def _float32_grads(memory: str, op, x, y, **kw):
+    torch.manual_seed(0)
+    m = MoDL(num_unrolls=12, channels=8, layers=3, memory=memory, **kw)
+    (m(y, op) - x).abs().square().mean().backward()
+    return m, torch.cat([p.grad.flatten() for p in m.parameters()])
+
+
+def test_default_anchored_invert_matches_store_in_float32_where_pure_inversion_drifts():
+    op, x, y = _problem(n=16, coils=2, acc=3.0, dtype=torch.complex64)
+    _, ref = _float32_grads("store", op, x, y)
+    m, got = _float32_grads("invert", op, x, y)  # defaults: anchor_every=2, one DC refinement
+    assert ((got - ref).norm() / ref.norm()).item() <= 1e-3
+    assert set(m.inverse_errors) == set(range(0, 12, 2))
+    assert max(m.inverse_errors.values()) <= m.chain.drift_tol
+    with pytest.warns(InverseDriftWarning, match="at block 0"):
+        pure, got_pure = _float32_grads("invert", op, x, y, anchor_every=None)
+    assert pure.inverse_errors[0] > 1.0  # 12 closed-form inversions: the drift is reported
+    assert not ((got_pure - ref).norm() / ref.norm()).item() <= 1e-3
 
 
 @pytest.mark.parametrize("mu", [0.0, -0.1])
