@@ -188,19 +188,18 @@ class MoDL(nn.Module):
     sparse checkpoints); after backward, :attr:`inverse_errors` holds the relative error of
     each rebuilt input measured at the anchors.
 
-    Numerical stability: the DC layer has condition number :math:`(1 + \mu)/\mu` (21 for
-    :math:`\mu = 0.05`), so its inverse multiplies errors in the sampled k-space components by
-    up to 21 per unroll, and the closed form does not invert a truncated CG exactly (the CG
-    residual comes back divided by :math:`\mu`: 1e-2 relative after 10 CG steps). This is
-    MoDL's maths, not rounding: pure inversion (``anchor_every=None``) drifts as about
-    :math:`21^n` and its gradients are useless past ~5 unrolls even in float64 (measured
-    relative gradient error vs ``"store"`` at 10 unrolls: 1e5; NaN at 20 in float32). The
-    defaults therefore keep every 2nd unroll input (``anchor_every=2``: one complex image per
-    two unrolls, still ~100x below ``"store"``) so at most one unroll is ever inverted, and
-    refine the closed-form DC inverse by one Newton step (``dc_refine_steps=1``); measured
-    gradient error vs ``"store"`` in float32 at 10-30 unrolls: <= 4e-4. ``drift_tol`` (5e-2
-    by default) raises an :class:`~invseg.engine.InverseDriftWarning` when a rebuilt input
-    at an anchor is off by more than that (about where gradient errors reach 1e-3).
+    Numerical stability: the DC layer has condition number :math:`(1 + \mu)/\mu` (21 for :math:`\mu
+    = 0.05`), so its inverse multiplies errors in the sampled k-space components by up to 21 per
+    unroll, and the closed form does not invert a truncated CG exactly (the CG residual comes back
+    divided by :math:`\mu`: 1e-2 relative after 10 CG steps). This is MoDL's maths, not rounding:
+    pure inversion (``anchor_every=None``) drifts as about :math:`21^n` and its gradients are
+    useless past ~5 unrolls even in float64 (measured relative gradient error vs ``"store"``, 2D
+    32x32: 4e3 at 10 unrolls, 1e29 at 30 in float64). The defaults therefore keep every 2nd unroll
+    input (``anchor_every=2``: one complex image per two unrolls, still ~100x below ``"store"``) so
+    at most one unroll is ever inverted, and refine the closed-form DC inverse by one Newton step
+    (``dc_refine_steps=1``); measured gradient error vs ``"store"`` in float32 at 10-30 unrolls: <=
+    4e-4. ``drift_tol`` (5e-2 by default) raises an :class:`~invseg.engine.InverseDriftWarning` when
+    a rebuilt input at an anchor is off by more than that (about where gradient errors reach 1e-3).
     ``memory="checkpoint"`` (or ``anchor_every=1``) gives exact gradients.
 
     Args:

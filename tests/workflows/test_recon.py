@@ -19,7 +19,6 @@ TINY = [
     "model.num_unrolls=2",
     "model.channels=4",
     "model.layers=2",
-    "model.cg_iters=3",
     "train.steps=2",
     "train.val_every=1",
     "train.checkpoint_every=1",
