@@ -188,8 +188,8 @@ class MoDL(nn.Module):
     sparse checkpoints); after backward, :attr:`inverse_errors` holds the relative error of
     each rebuilt input measured at the anchors.
 
-    Numerical stability: the DC layer has condition number :math:`(1 + \mu)/\mu` (21 for :math:`\mu
-    = 0.05`), so its inverse multiplies errors in the sampled k-space components by up to 21 per
+    Numerical stability: the DC layer has condition number :math:`(1 + \mu)/\mu` (21 for mu =
+    0.05), so its inverse multiplies errors in the sampled k-space components by up to 21 per
     unroll, and the closed form does not invert a truncated CG exactly (the CG residual comes back
     divided by :math:`\mu`: 1e-2 relative after 10 CG steps). This is MoDL's maths, not rounding:
     pure inversion (``anchor_every=None``) drifts as about :math:`21^n` and its gradients are
