@@ -54,13 +54,13 @@ def main(tmp_dir: str | Path | None = None, quick: bool = False) -> dict[str, An
     nbytes: dict[str, list[int]] = {"store": [], "invert": []}
     for n in unrolls:
         for memory in nbytes:
-            model = MoDL(num_unrolls=n, channels=16, layers=3, memory=memory, cg_iters=5)
+            model = MoDL(num_unrolls=n, channels=16, layers=3, memory=memory)
             nbytes[memory].append(activation_bytes(loss_of, model))
     print("unrolls        " + "".join(f"{n:>9d}" for n in unrolls))
     for memory, values in nbytes.items():
         print(f"{memory:<14} " + "".join(f"{v / 2**20:8.2f}M" for v in values))
 
-    model = MoDL(num_unrolls=unrolls[1], channels=16, layers=3, memory="invert", cg_iters=5)
+    model = MoDL(num_unrolls=unrolls[1], channels=16, layers=3, memory="invert")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(steps):

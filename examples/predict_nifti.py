@@ -11,8 +11,8 @@ Run it::
 
 The same on the command line::
 
-    invseg predict RUN/best.pt -i DATA -o PRED
-    invseg evaluate PRED DATA
+    invseg predict -m RUN/best.pt -i DATA -o PRED
+    invseg evaluate --pred PRED --ref DATA
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def import_from_bundle(
     """Write an invseg checkpoint (``model`` + ``meta``) from a bundle's weights and config.
 
     The network is described by the bundle's ``network_def`` (after ``overrides``), so
-    ``invseg predict CHECKPOINT INPUTS -o OUT`` rebuilds and runs it.
+    ``invseg predict -m CHECKPOINT -i INPUTS -o OUT`` rebuilds and runs it.
 
     Args:
         bundle_dir: the bundle folder.
