@@ -108,8 +108,8 @@ def demo(
         seed: seed of the data and of training.
 
     Returns:
-        ``{"dice": {region: mean Dice}, "mean_dice": float, "run_dir", "predictions",
-        "overlay", "table", "seconds"}``.
+        A dict with keys ``dice`` (mean Dice per region), ``mean_dice``, ``run_dir``,
+        ``predictions``, ``overlay``, ``table`` and ``seconds``.
 
     Raises:
         ValueError: fewer than 3 cases or a non-positive time budget.
