@@ -2,12 +2,13 @@ r"""Lipschitz-bounded residual CNN denoiser :math:`R(x) = x + f(x)`, invertible 
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
+
+from invseg._choices import closest
 
 __all__ = ["ResidualDenoiser", "channels_to_complex", "complex_to_channels"]
 
@@ -118,10 +119,10 @@ class ResidualDenoiser(nn.Module):
                 f"got {lipschitz}"
             )
         if act.lower() not in _ACTS:
-            hint = difflib.get_close_matches(act.lower(), list(_ACTS), n=1)
+            hint = closest(act.lower(), list(_ACTS))
             raise ValueError(
                 f"unknown act {act!r}; choose one of {sorted(_ACTS)}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + (f" (did you mean {hint!r}?)" if hint else "")
             )
         self.spatial_dims, self.lipschitz = spatial_dims, lipschitz
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d

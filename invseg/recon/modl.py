@@ -18,13 +18,13 @@ and is inverted as in MEL (Kellman et al. 2020; Wang et al. ISMRM 2021):
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from invseg._choices import closest
 from invseg.engine import InvertibleSequential
 from invseg.recon.cg import conjugate_gradient
 from invseg.recon.denoiser import ResidualDenoiser
@@ -262,10 +262,10 @@ class MoDL(nn.Module):
         if isinstance(num_unrolls, bool) or not isinstance(num_unrolls, int) or num_unrolls < 1:
             raise ValueError(f"num_unrolls must be a positive int, got {num_unrolls!r}")
         if init not in _INITS:
-            hint = difflib.get_close_matches(init, _INITS, n=1)
+            hint = closest(init, _INITS)
             raise ValueError(
                 f"unknown init {init!r}; choose one of {_INITS}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + (f" (did you mean {hint!r}?)" if hint else "")
             )
         _check_mu(mu_init)
         self.init = init

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Hashable, Mapping
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from monai.transforms import MapTransform, Randomizable, Transform
 from torch import Tensor
 
+from invseg._choices import closest
 from invseg.recon.simulate import (
     birdcage_maps,
     cartesian_kt_mask,
@@ -59,10 +59,10 @@ class SimulateKSpace(Randomizable, Transform):
         seed: int = 0,
     ) -> None:
         if mask_type not in _MASKS:
-            hint = difflib.get_close_matches(mask_type, _MASKS, n=1)
+            hint = closest(mask_type, _MASKS)
             raise ValueError(
                 f"unknown mask_type {mask_type!r}; choose one of {_MASKS}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + (f" (did you mean {hint!r}?)" if hint else "")
             )
         self.num_coils, self.acceleration, self.mask_type = num_coils, acceleration, mask_type
         self.calib, self.noise_std = calib, noise_std

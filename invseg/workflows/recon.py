@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import difflib
 import math
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from invseg._choices import closest
 from invseg.recon.metrics import nmse, psnr, ssim
 from invseg.recon.modl import MoDL
 from invseg.recon.operators import SenseOperator
@@ -96,8 +96,8 @@ _LOSSES = ("mse", "l1")
 
 
 def _hint(value: str, choices: Sequence[str]) -> str:
-    m = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" (did you mean {m[0]!r}?)" if m else ""
+    m = closest(value, choices)
+    return f" (did you mean {m!r}?)" if m else ""
 
 
 def _merge(base: Mapping[str, Any], update: Mapping[str, Any], prefix: str = "") -> dict:
