@@ -123,9 +123,9 @@ def brats_overlay(out: Path, work: Path, *, quick: bool = False) -> Path:
     """Four modalities, reference labels and a prediction of a briefly trained network."""
     import nibabel as nib
 
+    from invseg.commands.predict import predict
+    from invseg.commands.train import train
     from invseg.data import synthesize
-    from invseg.workflows.predict import predict
-    from invseg.workflows.train import train
 
     shape = (32, 32, 32) if quick else (64, 64, 64)
     info = synthesize("brats", work / "brats", cases=2 if quick else 6, shape=shape, seed=1)

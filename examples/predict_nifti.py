@@ -23,10 +23,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from invseg.commands.evaluate import evaluate
+from invseg.commands.predict import predict
+from invseg.commands.train import train
 from invseg.data import synthesize
-from invseg.workflows.evaluate import evaluate
-from invseg.workflows.predict import predict
-from invseg.workflows.train import train
 
 try:
     from examples._common import QUICK_OVERRIDES, REPO, quick_from_argv, work_dir

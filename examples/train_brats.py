@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from invseg.commands.train import train
 from invseg.data import synthesize
-from invseg.workflows.train import train
 
 try:
     from examples._common import QUICK_OVERRIDES, REPO, quick_from_argv, work_dir

@@ -16,14 +16,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from invseg.workflows.demo import demo
+    from invseg.commands.demo import demo
 
     demo(a.output, cases=a.cases, minutes=a.minutes, seed=a.seed)
     return 0
 
 
 def _train(a: argparse.Namespace) -> int:
-    from invseg.workflows.train import train
+    from invseg.commands.train import train
 
     run_dir = train(a.config, overrides=a.set, resume=a.resume)
     print(f"run written to {run_dir}")
@@ -31,7 +31,7 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _predict(a: argparse.Namespace) -> int:
-    from invseg.workflows.predict import predict
+    from invseg.commands.predict import predict
 
     failed = predict(
         a.model,
@@ -46,7 +46,7 @@ def _predict(a: argparse.Namespace) -> int:
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from invseg.workflows.evaluate import evaluate, format_summary
+    from invseg.commands.evaluate import evaluate, format_summary
 
     frame = evaluate(a.pred, a.ref, labels=a.labels, output_csv=a.csv or a.pred / "metrics.csv")
     print(format_summary(frame))
@@ -70,7 +70,7 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _recon_train(a: argparse.Namespace) -> int:
-    from invseg.workflows.recon import train_recon
+    from invseg.commands.recon import train_recon
 
     run_dir = train_recon(a.config, overrides=a.set, resume=a.resume, output=a.output)
     print(f"run written to {run_dir}")
@@ -78,15 +78,15 @@ def _recon_train(a: argparse.Namespace) -> int:
 
 
 def _recon_predict(a: argparse.Namespace) -> int:
-    from invseg.workflows.recon import predict_recon
+    from invseg.commands.recon import predict_recon
 
     return 1 if predict_recon(a.model, a.input, a.output, fmt=a.format) else 0
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from invseg.workflows import bench_engine, bench_nets, bench_recon
+    from invseg.bench import engine, nets, recon
 
-    suites = {"engine": bench_engine, "nets": bench_nets, "recon": bench_recon}
+    suites = {"engine": engine, "nets": nets, "recon": recon}
     names = list(suites) if a.suite == "all" else [a.suite]
     for name in names:
         print(suites[name].run(quick=a.quick, output=a.output, device=a.device))

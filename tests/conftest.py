@@ -61,7 +61,7 @@ def brats_tiny(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def trained_run(brats_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run folder of a 2-step training on ``brats_tiny`` (with best.pt and last.pt)."""
-    from invseg.workflows.train import train
+    from invseg.commands.train import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     return train(tiny_config(brats_tiny.root, out, measure_memory=True))

@@ -16,12 +16,12 @@ import torch
 pytest.importorskip("ignite", reason="MONAI bundle engines need pytorch-ignite")
 pytest.importorskip("fire", reason="`python -m monai.bundle` needs fire")
 
-from invseg.workflows.bundle import (
+from invseg.commands.bundle import (
     case_name_formatter,
     export_to_bundle,
     import_from_bundle,
 )
-from invseg.workflows.predict import load_model, predict
+from invseg.commands.predict import load_model, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "configs" / "bundle_brats"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invseg.workflows._config import load_config, yaml_load
-from invseg.workflows.demo import DEMO_CONFIG, demo
+from invseg.commands.demo import DEMO_CONFIG, demo
+from invseg.runtime.config import load_config, yaml_load
 
 REPO = Path(__file__).resolve().parents[2]
 

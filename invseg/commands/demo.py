@@ -81,14 +81,14 @@ DEMO_SHAPE = (48, 48, 48)
 
 
 def _dice_table(pred_dir: Path, ref_dir: Path, csv: Path) -> tuple[Any, str]:
-    from invseg.workflows.evaluate import evaluate, format_summary
+    from invseg.commands.evaluate import evaluate, format_summary
 
     df = evaluate(pred_dir, ref_dir, output_csv=csv)
     return df, format_summary(df)
 
 
 def _mean_dice(df: Any) -> dict[str, float]:
-    """Mean Dice per region from an :func:`~invseg.workflows.evaluate.evaluate` table."""
+    """Mean Dice per region from an :func:`~invseg.commands.evaluate.evaluate` table."""
     rows = df[df["case_id"] == "mean"] if "case_id" in df.columns else df.iloc[0:0]
     cols = [c for c in df.columns if str(c).startswith("dice_")]
     if len(rows):
@@ -118,10 +118,10 @@ def demo(
         >>> sorted(DEMO_CONFIG)
         ['data', 'infer', 'model', 'output', 'train']
     """
+    from invseg.commands.predict import predict
+    from invseg.commands.train import train
     from invseg.data import cases_from_paths, synthesize
-    from invseg.workflows._plots import plot_overlay
-    from invseg.workflows.predict import predict
-    from invseg.workflows.train import train
+    from invseg.runtime.plots import plot_overlay
 
     if int(cases) < 3:
         raise ValueError(f"cases={cases}: the demo needs at least 3 cases (train + held-out).")

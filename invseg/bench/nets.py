@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from invseg.bench.harness import describe_device
+from invseg.bench.report import update_section
 from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
-from invseg.workflows._plots import _save
-from invseg.workflows._report import update_section
-from invseg.workflows._timing import describe_device
+from invseg.runtime.plots import save_figure
 
 __all__ = ["run"]
 
@@ -200,7 +200,7 @@ def _plot(sweep: dict[str, dict[int, int]], path: Path, size: int) -> None:
     ax.set_title(f"Activation memory vs depth (1x{IN_CHANNELS}x{size}^3)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

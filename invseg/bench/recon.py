@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from invseg.bench.report import update_section
 from invseg.engine import InverseDriftWarning, activation_bytes
 from invseg.recon.baselines import cg_sense, zero_filled
 from invseg.recon.metrics import psnr
 from invseg.recon.modl import MoDL
 from invseg.recon.operators import SenseOperator
 from invseg.recon.simulate import birdcage_maps, poisson_disc_mask, shepp_logan
-from invseg.workflows._report import update_section
 
 __all__ = ["run"]
 
@@ -129,7 +129,7 @@ def _step_time(cfg, device, reps: int) -> dict[str, float]:
 
 
 def _quality(cfg, device) -> dict[str, float]:
-    from invseg.workflows.recon import _batch, simulate_dataset
+    from invseg.commands.recon import collate, simulate_dataset
 
     d = {
         "kind": "cine",
@@ -149,7 +149,7 @@ def _quality(cfg, device) -> dict[str, float]:
     def val_psnr(fn) -> float:
         vals = []
         for s in val:
-            x, y, op = _batch([s], "cine", device, torch.complex64)
+            x, y, op = collate([s], "cine", device, torch.complex64)
             with torch.no_grad():
                 p = fn(y, op)
             vals.append(psnr(x.abs()[0, 0].cpu(), p.abs()[0, 0].cpu()))
@@ -164,7 +164,7 @@ def _quality(cfg, device) -> dict[str, float]:
         rng = np.random.default_rng(0)
         for _ in range(cfg["cine_steps"]):
             idx = rng.choice(len(train), size=2, replace=False)
-            x, y, op = _batch([train[i] for i in idx], "cine", device, torch.complex64)
+            x, y, op = collate([train[i] for i in idx], "cine", device, torch.complex64)
             opt.zero_grad(set_to_none=True)
             _loss(model, y, op, x).backward()
             opt.step()

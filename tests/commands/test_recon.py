@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from invseg.commands.recon import load_recon_config, predict_recon, train_recon
 from invseg.recon.io import write_fastmri_h5
 from invseg.recon.simulate import birdcage_maps, cartesian_kt_mask, shepp_logan, simulate_kspace
-from invseg.workflows.recon import load_recon_config, predict_recon, train_recon
 
 TINY = [
     "data.shape=[16, 16]",

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from invseg.bench.harness import describe_device, median_step_seconds, mib, peak_cuda_bytes
+from invseg.bench.report import update_section
 from invseg.engine import AdditiveCoupling, InvertibleSequential, activation_bytes, import_memcnn
-from invseg.workflows._report import update_section
-from invseg.workflows._timing import describe_device, median_step_seconds, mib, peak_cuda_bytes
 
 
 def residual_function(channels: int) -> nn.Module:

@@ -11,7 +11,7 @@ import numpy as np
 __all__ = ["plot_curves", "plot_overlay"]
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
@@ -60,7 +60,7 @@ def plot_curves(metrics, path: str | Path) -> Path:
     if ax_dice.get_legend_handles_labels()[0]:
         ax_dice.legend()
     try:
-        return _save(fig, Path(path))
+        return save_figure(fig, Path(path))
     finally:
         plt.close(fig)
 
@@ -132,6 +132,6 @@ def plot_overlay(
     ax.set_axis_off()
     ax.set_title(title or f"slice {index} (green: label, red: prediction)")
     try:
-        return _save(fig, Path(path))
+        return save_figure(fig, Path(path))
     finally:
         plt.close(fig)

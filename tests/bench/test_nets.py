@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invseg.workflows import bench_nets
+from invseg.bench import nets as bench_nets
 
 
 @pytest.fixture

@@ -2,14 +2,14 @@ r"""Move weights between ``invseg train`` checkpoints and the MONAI bundle in co
 
 Both sides store the same ``state_dict``: an invseg checkpoint (``best.pt``/``last.pt``) keeps it
 under the key ``"model"`` next to the optimizer, RNG states and a ``"meta"`` description of the
-network (see :mod:`invseg.workflows._checkpoint`); the bundle's ``CheckpointLoader`` loads
+network (see :mod:`invseg.runtime.checkpoint`); the bundle's ``CheckpointLoader`` loads
 ``load_dict={"model": @network}``, so it accepts an invseg checkpoint as it is *and* a bare
 ``state_dict`` in ``models/model.pt`` (the model-zoo convention).
 
 * :func:`export_to_bundle`: invseg checkpoint -> ``<bundle>/models/model.pt`` plus the
   ``python -m monai.bundle run`` overrides that rebuild the same network.
 * :func:`import_from_bundle`: bundle weights -> an invseg checkpoint that ``invseg predict``
-  (:func:`invseg.workflows.predict.predict`) reads.
+  (:func:`invseg.commands.predict.predict`) reads.
 * :func:`case_name_formatter`: ``SaveImaged(output_name_formatter=...)`` that names predictions
   ``<case_id>.nii.gz`` like ``invseg predict`` does.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from invseg.workflows._checkpoint import load_checkpoint, save_checkpoint
+from invseg.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["case_name_formatter", "export_to_bundle", "import_from_bundle"]
 
@@ -92,7 +92,7 @@ def export_to_bundle(checkpoint: str | Path, bundle_dir: str | Path) -> dict[str
     Example:
         >>> import tempfile, pathlib, torch
         >>> from invseg.nets import PartiallyInvResUNet
-        >>> from invseg.workflows._checkpoint import save_checkpoint
+        >>> from invseg.runtime.checkpoint import save_checkpoint
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> net = PartiallyInvResUNet(3, 4, 3, channels=(4, 8))
         >>> meta = {"target": "invseg.nets.PartiallyInvResUNet", "convention": "brats",
@@ -156,7 +156,7 @@ def import_from_bundle(
     Example:
         >>> import tempfile, pathlib, shutil, torch, invseg
         >>> from invseg.nets import PartiallyInvResUNet
-        >>> from invseg.workflows.predict import load_model
+        >>> from invseg.commands.predict import load_model
         >>> repo = pathlib.Path(invseg.__file__).parents[1]   # a source checkout
         >>> tmp = pathlib.Path(tempfile.mkdtemp())
         >>> _ = shutil.copytree(repo / "configs/bundle_brats/configs", tmp / "configs")
@@ -199,7 +199,7 @@ def import_from_bundle(
     state = torch.load(weights, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
-    from invseg.workflows._config import instantiate_model
+    from invseg.runtime.config import instantiate_model
 
     model = instantiate_model({"_target_": target, **kwargs})
     try:

@@ -11,7 +11,7 @@ softmax plus cross-entropy for class conventions (iSeg); :math:`\mathcal{L}_\mat
 network's own ``vae_loss`` (weighted L2 + KL) when its VAE branch is on.
 
 A run folder (``output.dir``) receives ``last.pt`` and ``best.pt`` (see
-:mod:`invseg.workflows._checkpoint`), ``metrics.csv`` (one row per optimizer step, validation
+:mod:`invseg.runtime.checkpoint`), ``metrics.csv`` (one row per optimizer step, validation
 columns on validation steps), ``config.yaml`` (the resolved config), ``tb/`` (TensorBoard) and
 ``curves.png``.
 """
@@ -33,10 +33,10 @@ from torch import nn
 
 from invseg._choices import check_option, did_you_mean
 from invseg.engine import activation_bytes
-from invseg.workflows._checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from invseg.workflows._config import ConfigError, instantiate_model, load_config
-from invseg.workflows._distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_from_env
-from invseg.workflows._report import atomic_write_text
+from invseg.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from invseg.runtime.config import ConfigError, instantiate_model, load_config
+from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_from_env
+from invseg.runtime.files import atomic_write_text
 
 __all__ = ["NonFiniteLossError", "train"]
 
@@ -695,7 +695,7 @@ class _Trainer:
     def _plot(self, rows: list[dict[str, Any]]) -> None:
         import pandas as pd
 
-        from invseg.workflows._plots import plot_curves
+        from invseg.runtime.plots import plot_curves
 
         if rows:
             plot_curves(pd.DataFrame(rows), self.run_dir / "curves.png")
@@ -725,7 +725,7 @@ def train(
         invseg.data.DataError: unreadable or inconsistent data.
 
     Example:
-        >>> from invseg.workflows.train import split_cases  # full runs: see tests/workflows
+        >>> from invseg.commands.train import split_cases  # full runs: see tests/commands
     """
     cfg = load_config(config, overrides)
     info = init_from_env(cfg["train"]["device"])

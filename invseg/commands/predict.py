@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from invseg.workflows._checkpoint import load_checkpoint
-from invseg.workflows._config import instantiate_model
-from invseg.workflows._distributed import resolve_device
+from invseg.runtime.checkpoint import load_checkpoint
+from invseg.runtime.config import instantiate_model
+from invseg.runtime.distributed import resolve_device
 
 __all__ = ["load_model", "predict"]
 
@@ -184,7 +184,7 @@ def predict(
     """Write a label map for every case found in ``inputs``.
 
     Args:
-        checkpoint: ``best.pt`` or ``last.pt`` written by :func:`invseg.workflows.train.train`.
+        checkpoint: ``best.pt`` or ``last.pt`` written by :func:`invseg.commands.train.train`.
         inputs: case folders, dataset folders or image files (NIfTI ``.nii``/``.nii.gz``,
             Analyze ``.hdr``); several modality files of one case are grouped by the dataset
             naming.
@@ -201,7 +201,7 @@ def predict(
         ValueError: bad checkpoint, device or output folder; inputs that match no image.
 
     Example:
-        >>> from invseg.workflows.predict import predict  # a full run: see tests/workflows
+        >>> from invseg.commands.predict import predict  # a full run: see tests/commands
     """
     from tqdm import tqdm
 

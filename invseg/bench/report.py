@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from invseg.runtime.files import atomic_write_text
 
 HEADER = (
     "# Benchmarks\n\n"
     "Written by `invseg bench`; every table in a section comes from one process, "
     "so rows are directly comparable. Re-run `invseg bench all` to refresh.\n"
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def update_section(path: Path, name: str, markdown: str) -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from invseg.workflows._checkpoint import load_checkpoint
-from invseg.workflows.train import train
+from invseg.commands.train import train
+from invseg.runtime.checkpoint import load_checkpoint
 from tests.conftest import tiny_config
 
 
@@ -38,7 +38,7 @@ def test_two_gloo_processes_match_single_process_with_same_global_batch(brats_ti
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(ddp))
     script = tmp_path / "run_train.py"
-    script.write_text("import sys\nfrom invseg.workflows.train import train\ntrain(sys.argv[1])\n")
+    script.write_text("import sys\nfrom invseg.commands.train import train\ntrain(sys.argv[1])\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
     cmd = [
         sys.executable,

@@ -38,8 +38,8 @@ from invseg.recon.modl import MoDL
 from invseg.recon.operators import SenseOperator
 from invseg.recon.simulate import beating_phantom, mni152_slice, shepp_logan
 from invseg.recon.transforms import SimulateKSpace
-from invseg.workflows._checkpoint import load_checkpoint, save_checkpoint
-from invseg.workflows._report import atomic_write_text
+from invseg.runtime.checkpoint import load_checkpoint, save_checkpoint
+from invseg.runtime.files import atomic_write_text
 
 __all__ = ["RECON_DEFAULTS", "build_model", "load_recon_config", "predict_recon", "train_recon"]
 
@@ -234,7 +234,7 @@ def simulate_dataset(d: Mapping[str, Any], n: int, seed: int) -> list[dict[str, 
     return out
 
 
-def _batch(samples: Sequence[dict[str, Tensor]], kind: str, device, cdtype):
+def collate(samples: Sequence[dict[str, Tensor]], kind: str, device, cdtype):
     y = torch.stack([s["kspace"] for s in samples]).to(device, cdtype)
     S = torch.stack([s["coil_maps"] for s in samples]).to(device, cdtype)
     m = torch.stack([s["mask"] for s in samples]).to(device)
@@ -247,7 +247,7 @@ def _evaluate(model: MoDL, data, kind, device, cdtype) -> dict[str, float]:
     rows = []
     with torch.no_grad():
         for s in data:
-            x, y, op = _batch([s], kind, device, cdtype)
+            x, y, op = collate([s], kind, device, cdtype)
             pred = model(y, op)
             g, p = x.abs()[0, 0].cpu().numpy(), pred.abs()[0, 0].cpu().numpy()
             rows.append((psnr(g, p), ssim(g, p), nmse(g, p)))
@@ -338,7 +338,7 @@ def train_recon(
     rows: list[dict[str, Any]] = []
     while step < t["steps"]:
         idx = rng.choice(len(train_data), size=min(t["batch_size"], len(train_data)), replace=False)
-        x, y, op = _batch([train_data[i] for i in idx], d["kind"], device, cdtype)
+        x, y, op = collate([train_data[i] for i in idx], d["kind"], device, cdtype)
         opt.zero_grad(set_to_none=True)
         err = model(y, op) - x
         loss = err.abs().square().mean() if t["loss"] == "mse" else err.abs().mean()

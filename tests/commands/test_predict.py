@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from invseg.workflows.predict import predict
+from invseg.commands.predict import predict
 
 
 def _case_dirs(root: Path) -> list[Path]:

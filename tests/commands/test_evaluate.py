@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from invseg.commands.evaluate import evaluate, format_summary
 from invseg.data import DataError, synthesize
-from invseg.workflows.evaluate import evaluate, format_summary
 
 SPACING = np.diag([2.0, 1.0, 1.0, 1.0])
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from invseg.workflows import train as train_mod
-from invseg.workflows._checkpoint import load_checkpoint
-from invseg.workflows._config import ConfigError, load_config
-from invseg.workflows.train import NonFiniteLossError, split_cases, train
+from invseg.commands import train as train_mod
+from invseg.commands.train import NonFiniteLossError, split_cases, train
+from invseg.runtime.checkpoint import load_checkpoint
+from invseg.runtime.config import ConfigError, load_config
 from tests.conftest import tiny_config
 
 

@@ -211,7 +211,7 @@ def evaluate(
     df = pd.concat([df, pd.DataFrame([{"case_id": "mean", **mean.to_dict()}])], ignore_index=True)
     df.attrs["convention"] = convention.name
     if output_csv is not None:
-        from invseg.workflows._report import atomic_write_text
+        from invseg.runtime.files import atomic_write_text
 
         atomic_write_text(Path(output_csv), df.to_csv(index=False, float_format="%.6g"))
     return df

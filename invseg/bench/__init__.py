@@ -1,0 +1,1 @@
+"""`invseg bench`: one harness (timing, exact bytes, tables, plots) and its suites."""

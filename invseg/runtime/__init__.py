@@ -1,0 +1,1 @@
+"""What every command shares: config, checkpoints, the training loop, files, devices."""

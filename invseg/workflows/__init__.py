@@ -1,1 +1,0 @@
-"""Workflows: train, predict, evaluate, bench, demo — plain functions the CLI calls."""
