@@ -199,7 +199,9 @@ def _union_error(value: Any, args: tuple, path: str, meta: Mapping[str, Any]) ->
             names.extend(repr(c) for c in typing.get_args(a))
         elif typing.get_origin(a) is list:
             n = meta.get("length")
-            names.append(f"a list of {n or ''} {_describe(typing.get_args(a)[0])}".replace("  ", " "))
+            names.append(
+                f"a list of {n or ''} {_describe(typing.get_args(a)[0])}".replace("  ", " ")
+            )
         else:
             names.append(getattr(a, "__name__", str(a)))
     return _fail(path, value, f"must be {' or '.join(names)}")
@@ -330,7 +332,10 @@ def _apply(raw: dict[str, Any], keys: list[str], value: Any, schema: type) -> No
         if not isinstance(child, dict):
             raise ConfigError(f"override '{'.'.join(keys)}': '{dotted}' is a value, not a section.")
         sub = typing.get_type_hints(cls).get(part) if cls is not None else None
-        node, cls = child, (sub if isinstance(sub, type) and dataclasses.is_dataclass(sub) else None)
+        node, cls = (
+            child,
+            (sub if isinstance(sub, type) and dataclasses.is_dataclass(sub) else None),
+        )
     node[keys[-1]] = value
 
 
@@ -348,7 +353,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return dict(raw)
 
 
-def load(schema: type[T], source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> T:
+def load(
+    schema: type[T], source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> T:
     """Read a config into ``schema``: file or mapping, defaults, overrides, coercion, checks.
 
     Args:
@@ -440,7 +447,9 @@ def resolve_target(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError(f"model._target_ '{target}': cannot import '{module_name}' ({err}).") from err
+        raise ConfigError(
+            f"model._target_ '{target}': cannot import '{module_name}' ({err})."
+        ) from err
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""The config schemas of the two tasks: segmentation (:class:`SegConfig`), MoDL (:class:`ReconConfig`).
+"""Config schemas: segmentation (:class:`SegConfig`) and MoDL (:class:`ReconConfig`).
 
 Both load through :func:`invseg.runtime.config.load`, so both get the same coercion, YAML 1.2
 floats, did-you-mean hints and error messages.
@@ -107,7 +107,8 @@ class Output(Section):
 
 @dataclass
 class SegConfig(Section):
-    """A segmentation run: ``data``, ``model`` (``_target_`` + kwargs), ``train``, ``infer``, ``output``."""
+    """A segmentation run: ``data``, ``model`` (``_target_`` + kwargs), ``train``, ``infer``,
+    ``output``."""
 
     data: SegData = field(SegData())
     model: dict[str, Any] = field({"_target_": "invseg.nets.PartiallyInvResUNet"})
@@ -141,7 +142,9 @@ def check_model_keys(model: Mapping[str, Any]) -> None:
     keys = ["_target_", *params]
     for key in model:
         if key not in keys:
-            raise ConfigError(f"unknown config key 'model.{key}' for {target}." + key_hint(key, keys))
+            raise ConfigError(
+                f"unknown config key 'model.{key}' for {target}." + key_hint(key, keys)
+            )
 
 
 def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> SegConfig:

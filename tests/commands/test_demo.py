@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from invseg.commands.demo import DEMO_CONFIG, demo
-from invseg.runtime.config import load_config, yaml_load
+from invseg.runtime.config import yaml_load
+from invseg.tasks.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

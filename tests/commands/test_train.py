@@ -12,7 +12,8 @@ import yaml
 from invseg.commands import train as train_mod
 from invseg.commands.train import NonFiniteLossError, split_cases, train
 from invseg.runtime.checkpoint import load_checkpoint
-from invseg.runtime.config import ConfigError, load_config
+from invseg.runtime.config import ConfigError
+from invseg.tasks.config import load_config
 from tests.conftest import tiny_config
 
 
