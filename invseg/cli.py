@@ -24,9 +24,24 @@ def _demo(a: argparse.Namespace) -> int:
 
 def _train(a: argparse.Namespace) -> int:
     from invseg.commands.train import train
+    from invseg.runtime.distributed import is_main_process
 
-    run_dir = train(a.config, overrides=a.set, resume=a.resume)
-    print(f"run written to {run_dir}")
+    run_dir = train(a.config, overrides=a.set, resume=a.resume, output=a.output)
+    if is_main_process():  # under torchrun every rank returns here; report once
+        print(f"run written to {run_dir}")
+    return 0
+
+
+def _config(a: argparse.Namespace) -> int:
+    from invseg.runtime.config import find_config, list_configs
+
+    if a.config_command == "list":
+        configs = list_configs()
+        width = max(map(len, configs), default=0)
+        for name, about in configs.items():
+            print(f"{name:<{width}}  {about}")
+        return 0
+    sys.stdout.write(find_config(a.name).read_text())
     return 0
 
 
@@ -72,8 +87,8 @@ def _synth(a: argparse.Namespace) -> int:
 def _recon_train(a: argparse.Namespace) -> int:
     from invseg.commands.recon import train_recon
 
-    run_dir = train_recon(a.config, overrides=a.set, resume=a.resume, output=a.output)
-    print(f"run written to {run_dir}")
+    best = train_recon(a.config, overrides=a.set, resume=a.resume, output=a.output)
+    print(f"run written to {best.parent}")
     return 0
 
 
@@ -112,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("train", help="train a segmentation network from a YAML config")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", help="YAML file or packaged config name (invseg config list)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="run folder (default: output.dir)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -169,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="recon_command", required=True, metavar="COMMAND"
     )
     p = recon.add_parser("train", help="train MoDL with memory-efficient learning")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", help="YAML file or packaged config name (recon_2d, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("-o", "--output", type=Path, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="run folder (default: output.dir)"
+    )
     p.set_defaults(handler=_recon_train)
     p = recon.add_parser("predict", help="reconstruct k-space files (.h5 or .npz)")
     p.add_argument("-m", "--model", type=Path, required=True)
@@ -185,9 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.add_argument("-o", "--output", type=Path, default=Path("docs/benchmarks.md"))
     p.set_defaults(handler=_bench)
+
+    config = sub.add_parser("config", help="list or print the packaged configs").add_subparsers(
+        dest="config_command", required=True, metavar="COMMAND"
+    )
+    p = config.add_parser("list", help="names of the packaged configs")
+    p.set_defaults(handler=_config)
+    p = config.add_parser("show", help="print a config (e.g. invseg config show demo > my.yaml)")
+    p.add_argument("name", help="packaged config name or YAML file")
+    p.set_defaults(handler=_config)
     return parser
+
+
+def _interrupted() -> type[BaseException]:
+    """The loop's TrainingInterrupted when training was imported (keeps --help fast)."""
+    loop = sys.modules.get("invseg.runtime.loop")
+    return loop.TrainingInterrupted if loop is not None else _Never
+
+
+class _Never(Exception):
+    """Never raised."""
 
 
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
@@ -199,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except _interrupted() as stop:
+        print(str(stop), file=sys.stderr)
+        return int(stop.exit_code)
     except KeyboardInterrupt:
         print("invseg: interrupted", file=sys.stderr)
         return 130

@@ -73,7 +73,7 @@ def test_cine_train_runs(tmp_path):
 
 
 def test_bad_config_keys_have_hints():
-    with pytest.raises(ValueError, match="did you mean 'num_unrolls'"):
+    with pytest.raises(ValueError, match="Did you mean 'num_unrolls'"):
         load_recon_config("configs/recon_2d.yaml", ["model.num_unroll=3"])
     with pytest.raises(ValueError, match="spatial_dims"):
         load_recon_config("configs/recon_2d.yaml", ["model.spatial_dims=3"])
