@@ -148,15 +148,19 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def _refusal(path: Path, err: Exception) -> str:
+    """One line for a failed weights-only load (never torch's advice to drop weights_only)."""
     text = str(err)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found or "Weights only load failed" in text:
-        what = f" ({found.group(1)})" if found else ""
+    if found:
         return (
-            f"{path}: refused: the file pickles Python objects{what}, not only tensors and plain "
-            "data; an invseg checkpoint holds weights only. Use a checkpoint written by invseg."
+            f"{path}: refused: the file pickles Python objects ({found.group(1)}), not only "
+            "tensors and plain data; an invseg checkpoint holds weights only."
         )
-    first = text.splitlines()[0] if text else type(err).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Weights only load failed" in text:
+        detail = [ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln]
+        lines = detail or ["unsupported content"]
+    first = lines[0] if lines else type(err).__name__
     return f"{path}: not a readable invseg checkpoint ({first})."
 
 
