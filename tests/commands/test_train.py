@@ -175,3 +175,26 @@ def test_split_is_deterministic_and_disjoint() -> None:
     assert len(a[1]) == 2 and not {c.case_id for c in a[0]} & {c.case_id for c in a[1]}
     with pytest.raises(ConfigError, match="Did you mean 'c1'"):
         split_cases(cases, val_cases=["c1x"], val_fraction=0.0, seed=0)
+
+
+def test_resume_refuses_a_checkpoint_that_pickles_objects(brats_tiny, tmp_path) -> None:
+    marker: list[str] = []
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.append, ("executed",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "step": 1, "x": Payload()}, run / "last.pt")
+    with pytest.raises(ValueError, match="refused") as info:
+        train(tiny_config(brats_tiny.root, run), resume=True)
+    assert marker == [] and "weights_only" not in str(info.value)
+
+
+def test_resume_with_a_changed_model_names_the_keys(brats_tiny, tmp_path) -> None:
+    run = train(tiny_config(brats_tiny.root, tmp_path / "run", steps=1))
+    cfg = tiny_config(brats_tiny.root, run, steps=2)
+    cfg["model"]["channels"] = [4, 6]
+    with pytest.raises(ConfigError, match=r"model.channels: \[4, 8\] -> \[4, 6\]"):
+        train(cfg, resume=True)
