@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -110,15 +111,8 @@ def _bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``invseg`` command."""
-    parser = argparse.ArgumentParser(
-        prog="invseg",
-        description="Memory-efficient invertible 3D networks for medical imaging.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train_parsers(sub: Any) -> None:
+    """``demo`` and ``train``."""
     p = sub.add_parser("demo", help="synthesise BraTS data, train, predict, evaluate (CPU)")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
     p.add_argument("--cases", type=int, default=8, help="synthetic labelled cases")
@@ -140,6 +134,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
     p.set_defaults(handler=_train)
+
+
+def _add_recon_bench_config_parsers(sub: Any) -> None:
+    """``recon train|predict``, ``bench``, ``config list|show``."""
+    recon = sub.add_parser("recon", help="MoDL MRI reconstruction").add_subparsers(
+        dest="recon_command", required=True, metavar="COMMAND"
+    )
+    p = recon.add_parser("train", help="train MoDL with memory-efficient learning")
+    p.add_argument("config", help="YAML file or packaged config name (recon_2d, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="run folder (default: output.dir)"
+    )
+    p.set_defaults(handler=_recon_train)
+    p = recon.add_parser("predict", help="reconstruct k-space files (.h5 or .npz)")
+    p.add_argument("-m", "--model", type=Path, required=True)
+    p.add_argument("-i", "--input", type=Path, nargs="+", action="extend", required=True)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--format", choices=["nifti", "npy"], default="nifti")
+    p.set_defaults(handler=_recon_predict)
+
+    p = sub.add_parser("bench", help="measure memory and speed against the baselines")
+    p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("-o", "--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.set_defaults(handler=_bench)
+
+    config = sub.add_parser("config", help="list or print the packaged configs").add_subparsers(
+        dest="config_command", required=True, metavar="COMMAND"
+    )
+    p = config.add_parser("list", help="names of the packaged configs")
+    p.set_defaults(handler=_config)
+    p = config.add_parser("show", help="print a config (e.g. invseg config show demo > my.yaml)")
+    p.add_argument("name", help="packaged config name or YAML file")
+    p.set_defaults(handler=_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``invseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="invseg",
+        description="Memory-efficient invertible 3D networks for medical imaging.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parsers(sub)
 
     p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
     p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (best.pt)")
@@ -183,39 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", type=int, default=0, help="extra prediction-only cases")
     p.set_defaults(handler=_synth)
 
-    recon = sub.add_parser("recon", help="MoDL MRI reconstruction").add_subparsers(
-        dest="recon_command", required=True, metavar="COMMAND"
-    )
-    p = recon.add_parser("train", help="train MoDL with memory-efficient learning")
-    p.add_argument("config", help="YAML file or packaged config name (recon_2d, ...)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
-    p.add_argument(
-        "-o", "--output", type=Path, default=None, help="run folder (default: output.dir)"
-    )
-    p.set_defaults(handler=_recon_train)
-    p = recon.add_parser("predict", help="reconstruct k-space files (.h5 or .npz)")
-    p.add_argument("-m", "--model", type=Path, required=True)
-    p.add_argument("-i", "--input", type=Path, nargs="+", action="extend", required=True)
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--format", choices=["nifti", "npy"], default="nifti")
-    p.set_defaults(handler=_recon_predict)
-
-    p = sub.add_parser("bench", help="measure memory and speed against the baselines")
-    p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
-    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("-o", "--output", type=Path, default=Path("docs/benchmarks.md"))
-    p.set_defaults(handler=_bench)
-
-    config = sub.add_parser("config", help="list or print the packaged configs").add_subparsers(
-        dest="config_command", required=True, metavar="COMMAND"
-    )
-    p = config.add_parser("list", help="names of the packaged configs")
-    p.set_defaults(handler=_config)
-    p = config.add_parser("show", help="print a config (e.g. invseg config show demo > my.yaml)")
-    p.add_argument("name", help="packaged config name or YAML file")
-    p.set_defaults(handler=_config)
+    _add_recon_bench_config_parsers(sub)
     return parser
 
 

@@ -50,6 +50,29 @@ def _mean_dice(df: Any) -> dict[str, float]:
     return {c[5:]: float(df[c].mean()) for c in cols}
 
 
+def _overlay(case: Any, modalities: Any, pred_dir: Path, path: Path) -> Path:
+    """FLAIR slice of ``case`` with label (green) and prediction (red) outlines."""
+    import nibabel as nib
+
+    from invseg.data import cases_from_paths
+    from invseg.runtime.plots import plot_overlay
+
+    _, found = cases_from_paths([Path(case.images[0]).parent])
+    images = found[0].images
+    names = [m.lower() for m in modalities]
+    k = names.index("flair") if "flair" in names else 0
+    image = np.asarray(nib.load(str(images[k])).dataobj, dtype=np.float32)
+    label = np.asarray(nib.load(str(case.label)).dataobj)
+    pred = np.asarray(nib.load(str(pred_dir / f"{case.case_id}.nii.gz")).dataobj)
+    return plot_overlay(
+        image,
+        path,
+        label=label,
+        prediction=pred,
+        title=f"{case.case_id}: label (green) vs prediction (red)",
+    )
+
+
 def demo(
     output: str | Path = Path("demo_output"), *, cases: int = 8, minutes: float = 4.0, seed: int = 0
 ) -> dict[str, Any]:
@@ -75,9 +98,8 @@ def demo(
     """
     from invseg.commands.predict import predict
     from invseg.commands.train import train
-    from invseg.data import cases_from_paths, synthesize
+    from invseg.data import synthesize
     from invseg.runtime.config import read_yaml
-    from invseg.runtime.plots import plot_overlay
 
     if int(cases) < 3:
         raise ValueError(f"cases={cases}: the demo needs at least 3 cases (train + held-out).")
@@ -113,24 +135,7 @@ def demo(
         df, table = _dice_table(pred_dir, ref_dir, out / "dice.csv")
         print(table)
         dice = _mean_dice(df)
-        # overlay of the first held-out case
-        import nibabel as nib
-
-        case = held_cases[0]
-        _, found = cases_from_paths([Path(case.images[0]).parent])
-        images = found[0].images
-        modalities = [m.lower() for m in info.modalities]
-        k = modalities.index("flair") if "flair" in modalities else 0
-        image = np.asarray(nib.load(str(images[k])).dataobj, dtype=np.float32)
-        label = np.asarray(nib.load(str(case.label)).dataobj)
-        pred = np.asarray(nib.load(str(pred_dir / f"{case.case_id}.nii.gz")).dataobj)
-        overlay = plot_overlay(
-            image,
-            out / "overlay.png",
-            label=label,
-            prediction=pred,
-            title=f"{case.case_id}: label (green) vs prediction (red)",
-        )
+        overlay = _overlay(held_cases[0], info.modalities, pred_dir, out / "overlay.png")
     finally:
         torch.set_num_threads(threads)
     values = [v for v in dice.values() if np.isfinite(v)]

@@ -31,7 +31,9 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "read_rows",
     "remove_stale_temps",
+    "write_rows",
 ]
 
 _STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
@@ -126,3 +128,35 @@ def remove_stale_temps(folder: str | Path) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write a table of rows (dicts; missing keys stay empty) as CSV, atomically."""
+    import pandas as pd
+
+    return atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
+
+
+def read_rows(path: str | Path, up_to_step: int) -> list[dict[str, Any]]:
+    """The rows of a CSV written by :func:`write_rows` whose ``step`` is ``<= up_to_step``.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> p = write_rows(pathlib.Path(tempfile.mkdtemp()) / "m.csv",
+        ...                [{"step": 1, "loss": 0.5}, {"step": 2, "dice": 0.1}])
+        >>> read_rows(p, 1)
+        [{'step': 1, 'loss': 0.5}]
+    """
+    import math
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    df = pd.read_csv(path)
+    df = df[df["step"] <= up_to_step]
+    return [
+        {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+        for r in df.to_dict("records")
+    ]

@@ -7,8 +7,7 @@ run folder:
 * ``last.pt``: written every ``checkpoint_every`` optimizer steps and at each epoch end, but only
   once the next loss is finite (the weights are validated by a finite loss after them), and at
   the end of the run; ``best.pt``: the best validation score (:attr:`Task.score`);
-* ``metrics.csv`` (one row per optimizer step, always matching ``last.pt``), ``config.yaml``,
-  ``tb/`` (TensorBoard);
+* ``metrics.csv`` (a row per optimizer step, matching ``last.pt``), ``config.yaml``, ``tb/``;
 * SIGINT / SIGTERM finish the current step, write ``last.pt`` and raise
   :class:`TrainingInterrupted` (exit status 130 / 143 in the CLI), so a preempted job resumes
   where it stopped;
@@ -23,10 +22,9 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sized
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sized
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,116 +39,23 @@ from invseg.runtime.checkpoint import (
 from invseg.runtime.config import ConfigError, yaml_dump
 from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier
-from invseg.runtime.files import atomic_write, atomic_write_text, remove_stale_temps
+from invseg.runtime.files import (
+    atomic_write,
+    atomic_write_text,
+    read_rows,
+    remove_stale_temps,
+    write_rows,
+)
+from invseg.runtime.task import (
+    LoopSettings,
+    NonFiniteLossError,
+    Task,
+    TrainingInterrupted,
+    apply_hparams,
+    resume_changes,
+)
 
 __all__ = ["Loop", "LoopSettings", "NonFiniteLossError", "Task", "TrainingInterrupted"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; the last checkpoint with a finite loss is kept."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped training after writing a checkpoint.
-
-    Attributes:
-        exit_code: ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM).
-    """
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + int(signum)
-
-
-class Task(Protocol):
-    """What a training task supplies to :class:`Loop`."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any  # a LambdaLR or None
-    score: str  # validation metric that selects best.pt (larger is better)
-    has_validation: bool
-
-    def describe(self, amp: Amp) -> list[str]:
-        """Lines printed at the start (model, data, memory)."""
-
-    def batches(self, epoch: int) -> Iterable[Any]:
-        """This rank's batches of ``epoch``, deterministic for a seed (``len()`` must work)."""
-
-    def loss(self, model: nn.Module, batch: Any, amp: Amp) -> torch.Tensor:
-        """Scalar loss of one micro-batch (``model`` may be wrapped in DDP)."""
-
-    def validate(self, amp: Amp) -> dict[str, float]:
-        """Validation metrics (rank 0 only)."""
-
-    def step_metrics(self) -> dict[str, float]:
-        """Extra per-step CSV columns."""
-
-    def meta(self) -> dict[str, Any] | None:
-        """The checkpoint's ``meta`` entry."""
-
-    def finish(self, rows: list[dict[str, Any]], run_dir: Path) -> None:
-        """Called on rank 0 after the run (plots)."""
-
-
-@dataclass
-class LoopSettings:
-    """How :class:`Loop` runs a task.
-
-    Attributes:
-        run_dir: the run folder. total_steps: optimizer steps to reach.
-        config: the resolved config (plain data) stored in config.yaml and checkpoints.
-        resume_mutable: dotted config keys a ``--resume`` may change; other changes are refused.
-        val_every_epochs / val_every_steps: validation period (either or both).
-        lr, weight_decay: applied to a resumed optimizer when the config changed them.
-        resume_hint: the command that continues a run (for messages).
-    """
-
-    run_dir: Path
-    total_steps: int
-    config: dict[str, Any]
-    accumulation: int = 1
-    checkpoint_every: int | None = None
-    val_every_epochs: int | None = None
-    val_every_steps: int | None = None
-    max_minutes: float | None = None
-    amp: bool = False
-    grad_clip: float | None = None
-    progress: bool = True
-    resume: bool = False
-    lr: float | None = None
-    weight_decay: float | None = None
-    resume_mutable: tuple[str, ...] = ()
-    resume_hint: str = "invseg train CONFIG --resume"
-    csv_columns: tuple[str, ...] = field(default=("step", "epoch", "loss", "lr", "time_s"))
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def resume_changes(old: dict[str, Any], new: dict[str, Any], mutable: Iterable[str]) -> list[str]:
-    """Config keys whose value differs between a checkpoint and now and may not change.
-
-    Example:
-        >>> resume_changes({"train": {"lr": 1, "bs": 1}}, {"train": {"lr": 2, "bs": 2}},
-        ...                ["train.lr"])
-        ['train.bs: 1 -> 2']
-    """
-    a, b = _flatten(old), _flatten(new)
-    allowed = tuple(mutable)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key) and not any(
-            key == m or key.startswith(m + ".") for m in allowed
-        ):
-            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return out
 
 
 class Loop:
@@ -172,6 +77,7 @@ class Loop:
         self.saved_step = -1  # step of the last.pt on disk (-1: none)
         self.pending: tuple[int, bytes, int] | None = None  # (step, checkpoint bytes, rows)
         self.signum = 0
+        self.last_val_step = -1
         self.writer: Any = None
 
     # ------------------------------------------------------------------ messages
@@ -223,22 +129,7 @@ class Loop:
         self.saved_step, self.pending = step, None
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        import pandas as pd
-
-        atomic_write_text(self.s.run_dir / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
-
-    def _read_rows(self, step: int) -> list[dict[str, Any]]:
-        path = self.s.run_dir / "metrics.csv"
-        if not path.exists() or path.stat().st_size == 0:
-            return []
-        import pandas as pd
-
-        df = pd.read_csv(path)
-        df = df[df["step"] <= step]
-        return [
-            {k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
-            for r in df.to_dict("records")
-        ]
+        write_rows(self.s.run_dir / "metrics.csv", rows)
 
     # ------------------------------------------------------------------ start
     def _resume(self) -> tuple[int, int, int]:
@@ -263,26 +154,18 @@ class Loop:
         restore_rng(ckpt["rng"])
         step = int(ckpt["step"])
         self.saved_step = step
-        self.rows = self._read_rows(step)
+        self.rows = read_rows(self.s.run_dir / "metrics.csv", step)
         self.log(f"resuming {self.last_path} at step {step} (epoch {int(ckpt['epoch'])})")
         return int(ckpt["epoch"]), step, int(ckpt["batch_in_epoch"])
 
     def _apply_hparams(self, old: dict[str, Any]) -> None:
         """Put a changed ``train.lr`` / ``train.weight_decay`` into the restored optimizer."""
         old_t, t = old.get("train", {}), self.s.config.get("train", {})
-        sched, groups = self.task.scheduler, self.task.optimizer.param_groups
-        if self.s.lr is not None and old_t.get("lr") != t.get("lr"):
-            for k, g in enumerate(groups):
-                g["initial_lr"] = self.s.lr
-                scale = 1.0
-                if sched is not None:
-                    sched.base_lrs[k] = self.s.lr
-                    scale = sched.lr_lambdas[k](sched.last_epoch)
-                g["lr"] = self.s.lr * scale
-            self.log(f"resume: train.lr {old_t.get('lr')} -> {self.s.lr} applied")
-        if self.s.weight_decay is not None and old_t.get("weight_decay") != t.get("weight_decay"):
-            for g in groups:
-                g["weight_decay"] = self.s.weight_decay
+        lr = self.s.lr if old_t.get("lr") != t.get("lr") else None
+        wd = self.s.weight_decay if old_t.get("weight_decay") != t.get("weight_decay") else None
+        apply_hparams(self.task.optimizer, self.task.scheduler, lr=lr, weight_decay=wd)
+        if lr is not None:
+            self.log(f"resume: train.lr {old_t.get('lr')} -> {lr} applied")
 
     def _start(self) -> tuple[int, int, int]:
         s = self.s
@@ -419,8 +302,6 @@ class Loop:
                 save_checkpoint(self._state(epoch, step, batch), self.best_path)
         barrier(self.info)
         self.last_val_step = step
-
-    last_val_step = -1
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
