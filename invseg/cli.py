@@ -74,14 +74,15 @@ def _synth(a: argparse.Namespace) -> int:
 
     info = synthesize(
         a.kind,
-        a.out,
+        a.output,
         cases=a.cases,
-        shape=a.shape,
+        shape="native" if a.native else a.shape,
         seed=a.seed,
         layout=a.layout,
         unlabeled=a.unlabeled,
+        preset=a.preset,
     )
-    print(f"wrote {len(info.cases)} {info.layout} cases to {info.root}")
+    print(f"wrote {len(info.cases)} {a.preset} {info.layout} cases to {info.root}")
     return 0
 
 
@@ -215,9 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = data.add_parser("synth", help="write a synthetic dataset in the real on-disk layout")
     p.add_argument("--kind", choices=["brats", "iseg"], required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder")
+    p.add_argument(
+        "--preset",
+        choices=["easy", "hard"],
+        default="easy",
+        help="easy: one distinct ellipsoid tumour (demos); hard: irregular multifocal lesions, "
+        "overlapping contrasts, artefacts (benchmarks); iSeg hard: isointense phase",
+    )
     p.add_argument("--cases", type=int, default=6)
-    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 48), metavar=("X", "Y", "Z"))
+    geometry = p.add_mutually_exclusive_group()
+    geometry.add_argument(
+        "--shape", type=int, nargs=3, default=(64, 64, 48), metavar=("X", "Y", "Z")
+    )
+    geometry.add_argument(
+        "--native",
+        action="store_true",
+        help="real geometry at 1 mm: BraTS 240x240x155, iSeg 144x192x256",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--layout", default=None, help="brats2020 (default), brats2021, brats2023, msd or nnunet"

@@ -65,7 +65,7 @@ def test_data_synth_then_discover(tmp_path: Path, capsys) -> None:
             "synth",
             "--kind",
             "brats",
-            "--out",
+            "-o",
             str(out),
             "--cases",
             "2",
@@ -75,7 +75,7 @@ def test_data_synth_then_discover(tmp_path: Path, capsys) -> None:
             "16",
         ]
     )
-    assert status == 0 and "2 brats2020 cases" in capsys.readouterr().out
+    assert status == 0 and "2 easy brats2020 cases" in capsys.readouterr().out
     info = discover(out)
     assert info.layout == "brats2020" and len(info.cases) == 2
 
