@@ -164,6 +164,8 @@ class SegTask:
         from monai.losses import DiceCELoss
 
         t, mcfg, conv = self.cfg.train, dict(self.cfg.model), self.data.convention
+        if self.cfg.data.crop == "auto" and mcfg.get("vae"):
+            mcfg["input_image_size"] = list(self.data.crop)  # the VAE is built for the crop
         self.model = instantiate_model(mcfg).to(self.info.device)
         mods = self.data.modalities
         in_ch = mcfg.get("in_channels")
@@ -215,6 +217,8 @@ class SegTask:
             f"{len(d.train_cases)} training / {len(d.val_cases)} validation cases; "
             f"{self.total_steps} optimizer steps on {self.info.device} x {self.info.world_size}"
         ]
+        if self.cfg.data.crop == "auto":
+            lines.append(f"data.crop auto: {d.crop} fits train.memory_budget {t.memory_budget}")
         if t.measure_memory and self.info.is_main:
             channels = len(d.modalities) or int(self.cfg.model.get("in_channels", 1))
             x = torch.zeros(t.batch_size, channels, *d.crop, device=self.info.device)

@@ -15,7 +15,51 @@ from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo
 from invseg.tasks.config import SegConfig
 
-__all__ = ["SegData", "nanmean_rows", "validation_metrics"]
+__all__ = ["SegData", "nanmean_rows", "plan_crop", "validation_metrics"]
+
+
+def plan_crop(cfg: SegConfig, info: DistInfo, modalities: int) -> list[int]:
+    """``data.crop: auto``: the largest cube whose training step fits ``train.memory_budget``.
+
+    The network of ``model`` is measured by :func:`invseg.runtime.planner.plan_model` at the
+    configured batch size and precision on this process's device.
+
+    Raises:
+        ConfigError: no budget given, or not even the smallest cube fits.
+    """
+    from invseg.runtime.config import instantiate_model
+    from invseg.runtime.planner import parse_bytes, plan_model
+
+    t = cfg.train
+    if not t.memory_budget:
+        raise ConfigError(
+            "data.crop: 'auto' needs train.memory_budget (e.g. --set train.memory_budget=12GB), "
+            "or give the crop as a list of 3 integers."
+        )
+    try:
+        budget = parse_bytes(t.memory_budget)
+    except ValueError as err:
+        raise ConfigError(
+            f"train.memory_budget: {t.memory_budget!r} is not a size like 12GB"
+        ) from err
+    model = dict(cfg.model)
+
+    def build(size: int) -> torch.nn.Module:
+        if model.get("vae"):
+            model["input_image_size"] = [size] * 3
+        return instantiate_model(model)
+
+    amp = None if not t.amp else ("fp16" if info.device.type == "cuda" else "bf16")
+    channels = modalities or int(model.get("in_channels", 1))
+    plan = plan_model(
+        build, channels, budget_bytes=budget, batch=t.batch_size, amp=amp, device=info.device
+    )
+    if plan.max_cube is None:
+        raise ConfigError(
+            f"train.memory_budget: {t.memory_budget} is too small for one "
+            f"{plan.multiple}^3 crop at batch {t.batch_size} (needs {plan.total_bytes} bytes)"
+        )
+    return [int(plan.max_cube)] * 3
 
 
 class SegData:
@@ -63,12 +107,8 @@ class SegData:
         self.train_cases, self.val_cases = split(
             labelled, val_cases=d.val_cases, val_fraction=d.val_fraction, seed=cfg.train.seed
         )
-        if d.crop == "auto":
-            raise ConfigError(
-                "data.crop: 'auto' needs the memory planner (train.memory_budget); give the "
-                "crop as a list of 3 integers, e.g. [128, 128, 128]."
-            )
-        self.spacing, self.crop = list(d.spacing), list(d.crop)
+        self.spacing = list(d.spacing)
+        self.crop = plan_crop(cfg, info, len(self.modalities)) if d.crop == "auto" else list(d.crop)
         tr = train_transforms(
             self.convention,
             crop=self.crop,

@@ -83,3 +83,18 @@ def test_roi_size_auto_is_the_crop_on_cpu(brats_tiny, tmp_path) -> None:
     run = train(cfg)
     meta = torch.load(run / "last.pt", weights_only=True)["meta"]
     assert meta["roi_size"] == [16, 24, 16]
+
+
+def test_crop_auto_plans_the_largest_cube_within_the_memory_budget(tmp_path) -> None:
+    from invseg.runtime.config import ConfigError
+    from invseg.tasks.config import load_config
+    from invseg.tasks.seg_data import plan_crop
+
+    cfg = load_config(tiny_config(tmp_path, tmp_path / "o"), ["data.crop=auto"])
+    with pytest.raises(ConfigError, match="needs train.memory_budget"):
+        plan_crop(cfg, DistInfo(), 4)
+    small = plan_crop(load_config(cfg.to_dict(), ["train.memory_budget=20MB"]), DistInfo(), 4)
+    large = plan_crop(load_config(cfg.to_dict(), ["train.memory_budget=200MB"]), DistInfo(), 4)
+    assert small[0] % 8 == 0 and small == [small[0]] * 3 and large[0] > small[0]
+    with pytest.raises(ConfigError, match="too small"):
+        plan_crop(load_config(cfg.to_dict(), ["train.memory_budget=1KB"]), DistInfo(), 4)
