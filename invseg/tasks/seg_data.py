@@ -18,6 +18,15 @@ from invseg.tasks.config import SegConfig
 __all__ = ["SegData", "nanmean_rows", "plan_crop", "validation_metrics"]
 
 
+def _resampled_side(case: Any, spacing: list[float]) -> int:
+    """Longest side, in voxels at ``spacing``, of a case's first image (header only)."""
+    import nibabel as nib
+
+    img = nib.load(str(case.images[0]))
+    zooms = img.header.get_zooms()[:3]
+    return max(round(n * z / s) for n, z, s in zip(img.shape[:3], zooms, spacing))
+
+
 def plan_crop(cfg: SegConfig, info: DistInfo, modalities: int) -> list[int]:
     """``data.crop: auto``: the largest cube whose training step fits ``train.memory_budget``.
 
@@ -108,7 +117,12 @@ class SegData:
             labelled, val_cases=d.val_cases, val_fraction=d.val_fraction, seed=cfg.train.seed
         )
         self.spacing = list(d.spacing)
-        self.crop = plan_crop(cfg, info, len(self.modalities)) if d.crop == "auto" else list(d.crop)
+        if d.crop == "auto":  # no larger than the largest (resampled) training volume
+            side = max(_resampled_side(c, self.spacing) for c in self.train_cases[:1])
+            cube = plan_crop(cfg, info, len(self.modalities))[0]
+            self.crop = [min(cube, -(-side // 8) * 8)] * 3
+        else:
+            self.crop = list(d.crop)
         tr = train_transforms(
             self.convention,
             crop=self.crop,

@@ -98,3 +98,12 @@ def test_crop_auto_plans_the_largest_cube_within_the_memory_budget(tmp_path) -> 
     assert small[0] % 8 == 0 and small == [small[0]] * 3 and large[0] > small[0]
     with pytest.raises(ConfigError, match="too small"):
         plan_crop(load_config(cfg.to_dict(), ["train.memory_budget=1KB"]), DistInfo(), 4)
+
+
+def test_crop_auto_is_capped_at_the_volume_and_trains(brats_tiny, tmp_path) -> None:
+    cfg = tiny_config(brats_tiny.root, tmp_path / "run", steps=1)
+    cfg["data"]["crop"] = "auto"
+    cfg["train"]["memory_budget"] = "200MB"
+    run = train(cfg)
+    meta = torch.load(run / "last.pt", weights_only=True)["meta"]
+    assert meta["crop"] == [32, 32, 32]  # the plan (112^3) capped at the 32^3 volumes
