@@ -165,7 +165,6 @@ def import_from_bundle(
     """
     from monai.bundle import ConfigParser
 
-
     bundle_dir = Path(bundle_dir)
     weights = Path(weights) if weights is not None else bundle_dir / "models" / "model.pt"
     config_file = (

@@ -68,8 +68,9 @@ def train_recon(
     Raises:
         ConfigError: bad config, an existing run without ``resume``, ``resume`` without a run.
     """
-    over = list(overrides) + ([f"output.dir={Path(output)}"] if output is not None else [])
-    cfg = load_recon_config(config, over)
+    cfg = load_recon_config(config, overrides)
+    if output is not None:  # set directly: a path is no YAML value (``#``, ``:`` in names)
+        cfg.output.dir = str(output)
     t = cfg.train
     info = DistInfo(device=resolve_device(t.device))
     task = ReconTask(cfg, info)

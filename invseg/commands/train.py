@@ -50,8 +50,9 @@ def train(
     Example:
         >>> from invseg.commands.train import split_cases  # full runs: see tests/commands
     """
-    over = list(overrides) + ([f"output.dir={Path(output)}"] if output is not None else [])
-    cfg = load_config(config, over)
+    cfg = load_config(config, overrides)
+    if output is not None:  # set directly: a path is no YAML value (``#``, ``:`` in names)
+        cfg.output.dir = str(output)
     info = init_from_env(cfg.train.device)
     try:
         task = SegTask(cfg, info)

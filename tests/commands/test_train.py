@@ -198,3 +198,19 @@ def test_resume_with_a_changed_model_names_the_keys(brats_tiny, tmp_path) -> Non
     cfg["model"]["channels"] = [4, 6]
     with pytest.raises(ConfigError, match=r"model.channels: \[4, 8\] -> \[4, 6\]"):
         train(cfg, resume=True)
+
+
+def test_output_flag_takes_any_folder_name(brats_tiny, tmp_path) -> None:
+    out = tmp_path / "run #1: ü"
+    run = train(tiny_config(brats_tiny.root, tmp_path / "unused", steps=1), output=out)
+    assert run == out and (out / "last.pt").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["output"]["dir"] == str(out)
+    assert (out / "last.pt").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
