@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,9 +25,24 @@ def _demo(a: argparse.Namespace) -> int:
 
 def _train(a: argparse.Namespace) -> int:
     from invseg.commands.train import train
+    from invseg.runtime.distributed import is_main_process
 
-    run_dir = train(a.config, overrides=a.set, resume=a.resume)
-    print(f"run written to {run_dir}")
+    run_dir = train(a.config, overrides=a.set, resume=a.resume, output=a.output)
+    if is_main_process():  # under torchrun every rank returns here; report once
+        print(f"run written to {run_dir}")
+    return 0
+
+
+def _config(a: argparse.Namespace) -> int:
+    from invseg.runtime.config import find_config, list_configs
+
+    if a.config_command == "list":
+        configs = list_configs()
+        width = max(map(len, configs), default=0)
+        for name, about in configs.items():
+            print(f"{name:<{width}}  {about}")
+        return 0
+    sys.stdout.write(find_config(a.name).read_text())
     return 0
 
 
@@ -58,22 +74,23 @@ def _synth(a: argparse.Namespace) -> int:
 
     info = synthesize(
         a.kind,
-        a.out,
+        a.output,
         cases=a.cases,
-        shape=a.shape,
+        shape="native" if a.native else a.shape,
         seed=a.seed,
         layout=a.layout,
         unlabeled=a.unlabeled,
+        preset=a.preset,
     )
-    print(f"wrote {len(info.cases)} {info.layout} cases to {info.root}")
+    print(f"wrote {len(info.cases)} {a.preset} {info.layout} cases to {info.root}")
     return 0
 
 
 def _recon_train(a: argparse.Namespace) -> int:
     from invseg.commands.recon import train_recon
 
-    run_dir = train_recon(a.config, overrides=a.set, resume=a.resume, output=a.output)
-    print(f"run written to {run_dir}")
+    best = train_recon(a.config, overrides=a.set, resume=a.resume, output=a.output)
+    print(f"run written to {best.parent}")
     return 0
 
 
@@ -95,15 +112,8 @@ def _bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``invseg`` command."""
-    parser = argparse.ArgumentParser(
-        prog="invseg",
-        description="Memory-efficient invertible 3D networks for medical imaging.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train_parsers(sub: Any) -> None:
+    """``demo`` and ``train``."""
     p = sub.add_parser("demo", help="synthesise BraTS data, train, predict, evaluate (CPU)")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
     p.add_argument("--cases", type=int, default=8, help="synthetic labelled cases")
@@ -112,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("train", help="train a segmentation network from a YAML config")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", help="YAML file or packaged config name (invseg config list)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="run folder (default: output.dir)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -122,6 +135,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
     p.set_defaults(handler=_train)
+
+
+def _add_recon_bench_config_parsers(sub: Any) -> None:
+    """``recon train|predict``, ``bench``, ``config list|show``."""
+    recon = sub.add_parser("recon", help="MoDL MRI reconstruction").add_subparsers(
+        dest="recon_command", required=True, metavar="COMMAND"
+    )
+    p = recon.add_parser("train", help="train MoDL with memory-efficient learning")
+    p.add_argument("config", help="YAML file or packaged config name (recon_2d, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, help="run folder (default: output.dir)"
+    )
+    p.set_defaults(handler=_recon_train)
+    p = recon.add_parser("predict", help="reconstruct k-space files (.h5 or .npz)")
+    p.add_argument("-m", "--model", type=Path, required=True)
+    p.add_argument("-i", "--input", type=Path, nargs="+", action="extend", required=True)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--format", choices=["nifti", "npy"], default="nifti")
+    p.set_defaults(handler=_recon_predict)
+
+    p = sub.add_parser("bench", help="measure memory and speed against the baselines")
+    p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("-o", "--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.set_defaults(handler=_bench)
+
+    config = sub.add_parser("config", help="list or print the packaged configs").add_subparsers(
+        dest="config_command", required=True, metavar="COMMAND"
+    )
+    p = config.add_parser("list", help="names of the packaged configs")
+    p.set_defaults(handler=_config)
+    p = config.add_parser("show", help="print a config (e.g. invseg config show demo > my.yaml)")
+    p.add_argument("name", help="packaged config name or YAML file")
+    p.set_defaults(handler=_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``invseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="invseg",
+        description="Memory-efficient invertible 3D networks for medical imaging.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parsers(sub)
 
     p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
     p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (best.pt)")
@@ -155,9 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = data.add_parser("synth", help="write a synthetic dataset in the real on-disk layout")
     p.add_argument("--kind", choices=["brats", "iseg"], required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder")
+    p.add_argument(
+        "--preset",
+        choices=["easy", "hard"],
+        default="easy",
+        help="easy: one distinct ellipsoid tumour (demos); hard: irregular multifocal lesions, "
+        "overlapping contrasts, artefacts (benchmarks); iSeg hard: isointense phase",
+    )
     p.add_argument("--cases", type=int, default=6)
-    p.add_argument("--shape", type=int, nargs=3, default=(64, 64, 48), metavar=("X", "Y", "Z"))
+    geometry = p.add_mutually_exclusive_group()
+    geometry.add_argument(
+        "--shape", type=int, nargs=3, default=(64, 64, 48), metavar=("X", "Y", "Z")
+    )
+    geometry.add_argument(
+        "--native",
+        action="store_true",
+        help="real geometry at 1 mm: BraTS 240x240x155, iSeg 144x192x256",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--layout", default=None, help="brats2020 (default), brats2021, brats2023, msd or nnunet"
@@ -165,29 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabeled", type=int, default=0, help="extra prediction-only cases")
     p.set_defaults(handler=_synth)
 
-    recon = sub.add_parser("recon", help="MoDL MRI reconstruction").add_subparsers(
-        dest="recon_command", required=True, metavar="COMMAND"
-    )
-    p = recon.add_parser("train", help="train MoDL with memory-efficient learning")
-    p.add_argument("config", type=Path)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("-o", "--output", type=Path, default=None)
-    p.set_defaults(handler=_recon_train)
-    p = recon.add_parser("predict", help="reconstruct k-space files (.h5 or .npz)")
-    p.add_argument("-m", "--model", type=Path, required=True)
-    p.add_argument("-i", "--input", type=Path, nargs="+", action="extend", required=True)
-    p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--format", choices=["nifti", "npy"], default="nifti")
-    p.set_defaults(handler=_recon_predict)
-
-    p = sub.add_parser("bench", help="measure memory and speed against the baselines")
-    p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
-    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
-    p.set_defaults(handler=_bench)
+    _add_recon_bench_config_parsers(sub)
     return parser
+
+
+def _interrupted() -> type[BaseException]:
+    """The loop's TrainingInterrupted when training was imported (keeps --help fast)."""
+    loop = sys.modules.get("invseg.runtime.loop")
+    return loop.TrainingInterrupted if loop is not None else _Never
+
+
+class _Never(Exception):
+    """Never raised."""
 
 
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
@@ -199,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except _interrupted() as stop:
+        print(str(stop), file=sys.stderr)
+        return int(stop.exit_code)
     except KeyboardInterrupt:
         print("invseg: interrupted", file=sys.stderr)
         return 130

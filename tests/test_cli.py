@@ -65,7 +65,7 @@ def test_data_synth_then_discover(tmp_path: Path, capsys) -> None:
             "synth",
             "--kind",
             "brats",
-            "--out",
+            "-o",
             str(out),
             "--cases",
             "2",
@@ -75,6 +75,63 @@ def test_data_synth_then_discover(tmp_path: Path, capsys) -> None:
             "16",
         ]
     )
-    assert status == 0 and "2 brats2020 cases" in capsys.readouterr().out
+    assert status == 0 and "2 easy brats2020 cases" in capsys.readouterr().out
     info = discover(out)
     assert info.layout == "brats2020" and len(info.cases) == 2
+
+
+def test_config_list_and_show(capsys) -> None:
+    assert main(["config", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "brats_partially_invres" in out and "recon_2d" in out
+    assert main(["config", "show", "demo"]) == 0
+    from invseg.runtime.config import yaml_load
+
+    assert yaml_load(capsys.readouterr().out)["data"]["crop"] == [32, 32, 32]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=two", "train.batch_size: 'two' is not an integer"),
+        ("train.batch_size=0", "train.batch_size: 0 must be >= 1"),
+        ("data.crop=16", "data.crop: 16 must be a list of 3 integers"),
+        ("data.augment='no'", "data.augment: 'no' must be true or false"),
+        ("train.lr=abc", "train.lr: 'abc' is not a number"),
+    ],
+)
+def test_bad_override_is_one_line_exit_2(override: str, message: str, capsys) -> None:
+    status = main(["train", "brats_partially_invres", "--set", override])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith(f"invseg: error: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("override", ["train.batch_size=0", "train.steps=0", "train.lr=abc"])
+def test_recon_bad_override_is_one_line_exit_2(override: str, capsys) -> None:
+    assert main(["recon", "train", "recon_2d", "--set", override]) == 2
+    assert capsys.readouterr().err.startswith(f"invseg: error: {override.split('=')[0]}: ")
+
+
+def test_train_and_bench_take_output_flags() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["train", "demo", "-o", "r"]).output == Path("r")
+    assert parser.parse_args(["recon", "train", "recon_2d", "--output", "r"]).output == Path("r")
+    assert parser.parse_args(["bench", "nets", "-o", "b.md"]).output == Path("b.md")
+
+
+def test_only_rank_0_reports_the_run_folder(brats_tiny, tmp_path, monkeypatch, capsys) -> None:
+    import yaml
+
+    from tests.conftest import tiny_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(brats_tiny.root, tmp_path / "x", steps=1)))
+    import invseg.commands.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: tmp_path / "x")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", str(config), "-o", str(tmp_path / "x")]) == 0
+    assert "run written to" not in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", str(config)]) == 0
+    assert "run written to" in capsys.readouterr().out

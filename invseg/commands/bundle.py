@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from invseg.runtime.checkpoint import load_checkpoint, save_checkpoint
+from invseg.runtime.checkpoint import RunMeta, load_checkpoint, save_checkpoint
 
 __all__ = ["case_name_formatter", "export_to_bundle", "import_from_bundle"]
 
@@ -105,12 +105,7 @@ def export_to_bundle(checkpoint: str | Path, bundle_dir: str | Path) -> dict[str
         True
     """
     ckpt = load_checkpoint(checkpoint)
-    meta = ckpt.get("meta")
-    if not isinstance(meta, Mapping) or "target" not in meta:
-        raise ValueError(
-            f"{checkpoint}: no 'meta' network description; export a best.pt/last.pt written by "
-            "`invseg train`."
-        )
+    meta = RunMeta.from_dict(ckpt.get("meta"), source=checkpoint)
     out = Path(bundle_dir) / "models" / "model.pt"
     save_checkpoint(ckpt["model"], out)
     kwargs = dict(meta.get("kwargs", {}))
@@ -170,8 +165,6 @@ def import_from_bundle(
     """
     from monai.bundle import ConfigParser
 
-    import invseg
-
     bundle_dir = Path(bundle_dir)
     weights = Path(weights) if weights is not None else bundle_dir / "models" / "model.pt"
     config_file = (
@@ -215,19 +208,17 @@ def import_from_bundle(
         return parser.get_parsed_content(key) if key in parser else default
 
     roi = [int(r) for r in value("roi_size", [128, 128, 128])]
-    meta = {
-        "target": target,
-        "kwargs": kwargs,
-        "convention": str(value("convention", "brats")),
-        "modalities": _MODALITIES.get(str(value("convention", "brats")), []),
-        "layout": None,
-        "spacing": [float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
-        "crop": roi,
-        "roi_size": roi,
-        "sw_batch_size": int(value("sw_batch_size", 1)),
-        "overlap": float(value("overlap", 0.5)),
-        "tta": False,
-        "amp": bool(value("amp", False)),
-        "invseg_version": invseg.__version__,
-    }
+    convention = str(value("convention", "brats"))
+    meta = RunMeta(
+        target=target,
+        kwargs=kwargs,
+        convention=convention,
+        modalities=_MODALITIES.get(convention, []),
+        spacing=[float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
+        crop=roi,
+        roi_size=roi,
+        sw_batch_size=int(value("sw_batch_size", 1)),
+        overlap=float(value("overlap", 0.5)),
+        amp=bool(value("amp", False)),
+    )
     return save_checkpoint({"model": model.state_dict(), "meta": meta}, output)

@@ -2,7 +2,7 @@
 
 Everything runs offline on 2 CPU cores: a BraTS-2020-format dataset is generated
 (:func:`invseg.data.synthesize`), a small Partially-InvRes U-Net is trained for a few minutes
-(:data:`DEMO_CONFIG`, identical to ``configs/demo.yaml``), the held-out cases are predicted
+(the packaged ``demo`` config, ``invseg config show demo``), the held-out cases are predicted
 back into their own geometry and label values, and a Dice table plus an overlay PNG are written.
 
 Folder written (``output``)::
@@ -17,7 +17,6 @@ Folder written (``output``)::
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from pathlib import Path
@@ -26,55 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DEMO_CONFIG", "demo"]
+__all__ = ["DEMO_CONFIG_NAME", "demo"]
 
-#: The demo's training config; ``configs/demo.yaml`` holds the same values.
-DEMO_CONFIG: dict[str, Any] = {
-    "data": {
-        "root": None,
-        "layout": None,
-        "convention": "brats",
-        "spacing": [1.0, 1.0, 1.0],
-        "crop": [32, 32, 32],
-        "num_samples": 2,
-        "augment": True,
-        "val_fraction": 0.25,
-        "val_cases": None,
-        "cache_rate": 1.0,
-    },
-    "model": {
-        "_target_": "invseg.nets.PartiallyInvResUNet",
-        "spatial_dims": 3,
-        "in_channels": 4,
-        "out_channels": 3,
-        "channels": [8, 16, 32],
-        "blocks": 1,
-        "norm": ["group", {"num_groups": 4}],
-        "memory": "invert",
-    },
-    "train": {
-        "epochs": 1000,
-        "steps": None,
-        "max_minutes": 4.0,
-        "batch_size": 2,
-        "accumulation": 1,
-        "optimizer": "adamw",
-        "lr": 5.0e-3,
-        "weight_decay": 1.0e-5,
-        "scheduler": "constant",
-        "warmup_steps": 10,
-        "amp": False,
-        "seed": 0,
-        "val_every": 10,
-        "num_workers": 0,
-        "device": "cpu",
-        "measure_memory": True,
-        "progress": True,
-        "loss": {"dice": 1.0, "ce": 0.0, "vae": 1.0},
-    },
-    "infer": {"roi_size": [48, 48, 48], "sw_batch_size": 1, "overlap": 0.25, "tta": False},
-    "output": {"dir": "demo_output/run"},
-}
+#: The demo's training config: the packaged ``demo`` config (``invseg config show demo``).
+DEMO_CONFIG_NAME = "demo"
 
 #: Volume shape of the synthetic cases.
 DEMO_SHAPE = (48, 48, 48)
@@ -96,6 +50,29 @@ def _mean_dice(df: Any) -> dict[str, float]:
     return {c[5:]: float(df[c].mean()) for c in cols}
 
 
+def _overlay(case: Any, modalities: Any, pred_dir: Path, path: Path) -> Path:
+    """FLAIR slice of ``case`` with label (green) and prediction (red) outlines."""
+    import nibabel as nib
+
+    from invseg.data import cases_from_paths
+    from invseg.runtime.plots import plot_overlay
+
+    _, found = cases_from_paths([Path(case.images[0]).parent])
+    images = found[0].images
+    names = [m.lower() for m in modalities]
+    k = names.index("flair") if "flair" in names else 0
+    image = np.asarray(nib.load(str(images[k])).dataobj, dtype=np.float32)
+    label = np.asarray(nib.load(str(case.label)).dataobj)
+    pred = np.asarray(nib.load(str(pred_dir / f"{case.case_id}.nii.gz")).dataobj)
+    return plot_overlay(
+        image,
+        path,
+        label=label,
+        prediction=pred,
+        title=f"{case.case_id}: label (green) vs prediction (red)",
+    )
+
+
 def demo(
     output: str | Path = Path("demo_output"), *, cases: int = 8, minutes: float = 4.0, seed: int = 0
 ) -> dict[str, Any]:
@@ -115,13 +92,14 @@ def demo(
         ValueError: fewer than 3 cases or a non-positive time budget.
 
     Example:
-        >>> sorted(DEMO_CONFIG)
-        ['data', 'infer', 'model', 'output', 'train']
+        >>> from invseg.tasks.config import load_config
+        >>> load_config(DEMO_CONFIG_NAME).data.crop
+        [32, 32, 32]
     """
     from invseg.commands.predict import predict
     from invseg.commands.train import train
-    from invseg.data import cases_from_paths, synthesize
-    from invseg.runtime.plots import plot_overlay
+    from invseg.data import synthesize
+    from invseg.runtime.config import read_yaml
 
     if int(cases) < 3:
         raise ValueError(f"cases={cases}: the demo needs at least 3 cases (train + held-out).")
@@ -135,11 +113,9 @@ def demo(
         info = synthesize("brats", out / "data", cases=int(cases), shape=DEMO_SHAPE, seed=seed)
         ids = sorted(c.case_id for c in info.cases)
         held = ids[-max(1, len(ids) // 4) :]
-        cfg = copy.deepcopy(DEMO_CONFIG)
-        cfg["data"]["root"] = str(out / "data")
-        cfg["data"]["val_cases"] = held
-        cfg["train"]["max_minutes"] = float(minutes)
-        cfg["train"]["seed"] = int(seed)
+        cfg = read_yaml(DEMO_CONFIG_NAME)
+        cfg["data"].update(root=str(out / "data"), val_cases=held)
+        cfg["train"].update(max_minutes=float(minutes), seed=int(seed))
         cfg["output"]["dir"] = str(out / "run")
         run_dir = out / "run"
         if (run_dir / "last.pt").exists():  # a previous demo run: start over
@@ -159,24 +135,7 @@ def demo(
         df, table = _dice_table(pred_dir, ref_dir, out / "dice.csv")
         print(table)
         dice = _mean_dice(df)
-        # overlay of the first held-out case
-        import nibabel as nib
-
-        case = held_cases[0]
-        _, found = cases_from_paths([Path(case.images[0]).parent])
-        images = found[0].images
-        modalities = [m.lower() for m in info.modalities]
-        k = modalities.index("flair") if "flair" in modalities else 0
-        image = np.asarray(nib.load(str(images[k])).dataobj, dtype=np.float32)
-        label = np.asarray(nib.load(str(case.label)).dataobj)
-        pred = np.asarray(nib.load(str(pred_dir / f"{case.case_id}.nii.gz")).dataobj)
-        overlay = plot_overlay(
-            image,
-            out / "overlay.png",
-            label=label,
-            prediction=pred,
-            title=f"{case.case_id}: label (green) vs prediction (red)",
-        )
+        overlay = _overlay(held_cases[0], info.modalities, pred_dir, out / "overlay.png")
     finally:
         torch.set_num_threads(threads)
     values = [v for v in dice.values() if np.isfinite(v)]

@@ -26,36 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from invseg.runtime.checkpoint import load_checkpoint
-from invseg.runtime.config import instantiate_model
+from invseg.runtime.checkpoint import load_model
 from invseg.runtime.distributed import resolve_device
 
 __all__ = ["load_model", "predict"]
-
-
-def load_model(
-    checkpoint: str | Path, *, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in a checkpoint (``weights_only=True`` load).
-
-    Returns:
-        ``(model in eval mode on device, meta)`` where ``meta`` holds the convention, modalities,
-        spacing, roi size and sliding-window settings used in training.
-
-    Raises:
-        ValueError: not an invseg checkpoint.
-    """
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    meta = ckpt.get("meta")
-    if not isinstance(meta, dict) or "target" not in meta:
-        raise ValueError(
-            f"{checkpoint}: checkpoint has no model description ('meta'); was it "
-            "written by `invseg train`?"
-        )
-    model = instantiate_model({"_target_": meta["target"], **meta["kwargs"]})
-    model.load_state_dict(ckpt["model"])
-    dev = torch.device(device) if isinstance(device, str) else device
-    return model.to(dev).eval(), meta
 
 
 def _nifti_write(arr: np.ndarray, affine: np.ndarray, header: Any, path: Path) -> None:

@@ -1,6 +1,8 @@
-"""MoDL reconstruction workflows: train on simulated k-space, predict from HDF5/NPZ files.
+"""``invseg recon train`` and ``invseg recon predict``: MoDL on simulated k-space, and inference.
 
-Config (YAML, every hyper-parameter; unknown keys are errors with a did-you-mean hint):
+Config (YAML, every hyper-parameter; unknown keys are errors with a did-you-mean hint): see
+:class:`invseg.tasks.config.ReconConfig`; the task itself is :class:`invseg.tasks.recon.ReconTask`,
+trained by :class:`invseg.runtime.loop.Loop` like segmentation.
 
 .. code-block:: yaml
 
@@ -9,379 +11,86 @@ Config (YAML, every hyper-parameter; unknown keys are errors with a did-you-mean
     model:  {num_unrolls: 10, channels: 64, layers: 5, memory: invert, ...}  # MoDL arguments
     train:  {steps: 200, batch_size: 2, lr: 1.0e-3, loss: mse, ...}
     output: {dir: runs/recon_2d}
-
-``data.kind``: ``2d`` (image ``(H, W)``), ``3d`` (slab ``(D, H, W)``, Poisson-disc ky-kz mask,
-3D FFT) or ``cine`` (2D+time ``(T, H, W)``, beating phantom, ky-t mask, 2D FFT per frame).
-Every sample is normalised so that its zero-filled image has maximum magnitude 1; prediction
-applies the same normalisation and undoes it.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 
-from invseg._choices import closest
-from invseg.recon.metrics import nmse, psnr, ssim
-from invseg.recon.modl import MoDL
+from invseg._choices import did_you_mean
 from invseg.recon.operators import SenseOperator
-from invseg.recon.simulate import beating_phantom, mni152_slice, shepp_logan
-from invseg.recon.transforms import SimulateKSpace
-from invseg.runtime.checkpoint import load_checkpoint, save_checkpoint
-from invseg.runtime.files import atomic_write_text
+from invseg.runtime.checkpoint import load_checkpoint, load_weights
+from invseg.runtime.distributed import DistInfo, resolve_device
+from invseg.runtime.files import atomic_path, atomic_save_numpy
+from invseg.runtime.loop import Loop, LoopSettings
+from invseg.tasks.config import load_recon_config
+from invseg.tasks.recon import RESUME_MUTABLE, ReconTask, build_model, collate, simulate_dataset
 
-__all__ = ["RECON_DEFAULTS", "build_model", "load_recon_config", "predict_recon", "train_recon"]
-
-#: Every key of a recon config, with its default.
-RECON_DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {
-        "kind": "2d",  # 2d | 3d | cine
-        "phantom": "shepp_logan",  # shepp_logan | mni152 (2d only); cine uses a beating phantom
-        "shape": [32, 32],  # (H, W), (D, H, W) or (T, H, W)
-        "num_coils": 4,
-        "acceleration": 4.0,
-        "mask": "poisson",  # poisson | cartesian | kt
-        "calib": 8,  # calibration box side / central lines
-        "noise_std": 0.0,  # complex noise per k-space sample (before normalisation)
-        "train_samples": 16,
-        "val_samples": 4,
-        "seed": 0,
-    },
-    "model": {
-        "num_unrolls": 10,
-        "spatial_dims": 2,
-        "channels": 64,
-        "layers": 5,
-        "shared_weights": True,
-        "memory": "invert",
-        "cg_iters": 10,
-        "cg_tol": 1.0e-6,
-        "mu_init": 0.05,
-        "anchor_every": 2,
-        "lipschitz": 0.9,
-        "init": "adjoint",
-        "fixed_point_iters": 50,
-        "fixed_point_tol": 1.0e-6,
-        "drift_tol": 5.0e-2,
-        "dc_refine_steps": 1,
-    },
-    "train": {
-        "steps": 200,
-        "batch_size": 2,
-        "lr": 1.0e-3,
-        "loss": "mse",  # mse | l1 (on the complex image)
-        "grad_clip": None,
-        "seed": 0,
-        "val_every": 50,
-        "checkpoint_every": 50,
-        "device": "cpu",  # cpu | cuda | auto
-        "dtype": "float32",  # float32 | float64
-    },
-    "output": {"dir": "runs/recon"},
-}
-
-_KINDS = ("2d", "3d", "cine")
-_LOSSES = ("mse", "l1")
+__all__ = [
+    "build_model",
+    "collate",
+    "load_recon_config",
+    "predict_recon",
+    "simulate_dataset",
+    "train_recon",
+]
 
 
-def _hint(value: str, choices: Sequence[str]) -> str:
-    m = closest(value, choices)
-    return f" (did you mean {m!r}?)" if m else ""
-
-
-def _merge(base: Mapping[str, Any], update: Mapping[str, Any], prefix: str = "") -> dict:
-    out = copy.deepcopy(dict(base))
-    for k, v in update.items():
-        if k not in base:
-            raise ValueError(f"unknown recon config key '{prefix}{k}'" + _hint(k, list(base)))
-        if isinstance(base[k], dict):
-            if not isinstance(v, Mapping):
-                raise ValueError(f"recon config '{prefix}{k}' must be a section (a mapping)")
-            out[k] = _merge(base[k], v, f"{prefix}{k}.")
-        else:
-            out[k] = v
-    return out
-
-
-def load_recon_config(
-    path: Path | Mapping[str, Any], overrides: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Read a recon YAML config, fill defaults, apply ``key=value`` overrides, validate.
-
-    Args:
-        path: YAML file or a mapping.
-        overrides: dotted ``key=value`` strings, values parsed as YAML (``train.lr=3e-4``).
-
-    Returns:
-        The resolved config.
-
-    Raises:
-        ValueError: missing file, unknown key (with a hint) or bad value.
-
-    Example:
-        >>> cfg = load_recon_config({"data": {"kind": "2d"}}, ["train.steps=3"])
-        >>> cfg["train"]["steps"], cfg["model"]["num_unrolls"]
-        (3, 10)
-    """
-    if isinstance(path, Mapping):
-        raw: Any = copy.deepcopy(dict(path))
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config '{path}' does not exist; try configs/recon_2d.yaml")
-        raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, Mapping):
-        raise ValueError("a recon config is a mapping with sections data, model, train, output")
-    upd: dict[str, Any] = copy.deepcopy(dict(raw))
-    for item in overrides:
-        key, sep, value = str(item).partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
-        *parents, leaf = key.strip().split(".")
-        node = upd
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value) if value.strip() else None
-    cfg = _merge(RECON_DEFAULTS, upd)
-    d, t = cfg["data"], cfg["train"]
-    if d["kind"] not in _KINDS:
-        raise ValueError(
-            f"data.kind must be one of {_KINDS}, got {d['kind']!r}" + _hint(d["kind"], _KINDS)
-        )
-    if t["loss"] not in _LOSSES:
-        raise ValueError(f"train.loss must be one of {_LOSSES}" + _hint(t["loss"], _LOSSES))
-    ndim = 2 if d["kind"] == "2d" else 3
-    if len(d["shape"]) != ndim:
-        raise ValueError(f"data.shape must have {ndim} sizes for kind={d['kind']!r}")
-    if cfg["model"]["spatial_dims"] != ndim:
-        raise ValueError(
-            f"model.spatial_dims must be {ndim} for data.kind={d['kind']!r} "
-            "(3 for 3D slabs and 2D+time)"
-        )
-    if d["kind"] == "cine" and d["mask"] != "kt":
-        raise ValueError("data.kind='cine' needs data.mask='kt' (a ky-t mask per frame)")
-    if t["dtype"] not in ("float32", "float64"):
-        raise ValueError("train.dtype must be 'float32' or 'float64'")
-    return cfg
-
-
-def build_model(cfg: Mapping[str, Any]) -> MoDL:
-    """A :class:`MoDL` from the ``model`` section of a resolved config."""
-    return MoDL(**cfg["model"])
-
-
-# ----------------------------------------------------------------------------- data
-def _image(d: Mapping[str, Any], rng: np.random.Generator) -> Tensor:
-    shape = tuple(d["shape"])
-    if d["kind"] == "cine":
-        img = beating_phantom(
-            shape[0],
-            shape[1:],
-            cycles=float(rng.uniform(0.7, 1.5)),
-            amplitude=float(rng.uniform(0.15, 0.3)),
-        )
-        img = torch.roll(img, int(rng.integers(-shape[0], shape[0])), dims=0)
-    elif d["kind"] == "3d":
-        img = shepp_logan(shape, ndim=3)
-    elif d["phantom"] == "mni152":
-        img = mni152_slice(shape, index=float(rng.uniform(0.35, 0.65)))
-    elif d["phantom"] == "shepp_logan":
-        img = shepp_logan(shape)
-    else:
-        raise ValueError(
-            f"data.phantom must be 'shepp_logan' or 'mni152', got {d['phantom']!r}"
-            + _hint(d["phantom"], ("shepp_logan", "mni152"))
-        )
-    for dim in (-1, -2):  # random flips and small shifts: a family of phantoms
-        if rng.random() < 0.5:
-            img = img.flip(dim)
-        img = torch.roll(img, int(rng.integers(-2, 3)), dims=dim)
-    img = img * float(rng.uniform(0.7, 1.3))
-    phase = float(rng.uniform(-math.pi, math.pi))
-    return img.to(torch.complex64) * complex(math.cos(phase), math.sin(phase))
-
-
-def simulate_dataset(d: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Tensor]]:
-    """``n`` normalised samples ``{"target", "kspace", "mask", "coil_maps"}`` for a data section."""
-    rng = np.random.default_rng(seed)
-    sim = SimulateKSpace(
-        d["num_coils"],
-        d["acceleration"],
-        mask_type=d["mask"],
-        calib=d["calib"],
-        noise_std=d["noise_std"],
-        seed=int(rng.integers(2**31 - 1)),
-    )
-    out = []
-    for _ in range(n):
-        x = _image(d, rng)
-        k, m, S = sim(x[None])
-        fft_ndim = 3 if d["kind"] == "3d" else 2
-        op = SenseOperator(S[None], m[None], fft_ndim=fft_ndim)
-        scale = op.A_adjoint(k[None]).abs().max().clamp_min(1e-12)
-        out.append({"target": x[None] / scale, "kspace": k / scale, "mask": m, "coil_maps": S})
-    return out
-
-
-def collate(samples: Sequence[dict[str, Tensor]], kind: str, device, cdtype):
-    y = torch.stack([s["kspace"] for s in samples]).to(device, cdtype)
-    S = torch.stack([s["coil_maps"] for s in samples]).to(device, cdtype)
-    m = torch.stack([s["mask"] for s in samples]).to(device)
-    x = torch.stack([s["target"] for s in samples]).to(device, cdtype)
-    return x, y, SenseOperator(S, m, fft_ndim=3 if kind == "3d" else 2)
-
-
-def _evaluate(model: MoDL, data, kind, device, cdtype) -> dict[str, float]:
-    model.eval()
-    rows = []
-    with torch.no_grad():
-        for s in data:
-            x, y, op = collate([s], kind, device, cdtype)
-            pred = model(y, op)
-            g, p = x.abs()[0, 0].cpu().numpy(), pred.abs()[0, 0].cpu().numpy()
-            rows.append((psnr(g, p), ssim(g, p), nmse(g, p)))
-    model.train()
-    a = np.asarray(rows)
-    return {
-        "val_psnr": float(a[:, 0].mean()),
-        "val_ssim": float(a[:, 1].mean()),
-        "val_nmse": float(a[:, 2].mean()),
-    }
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("train.device is cuda but CUDA is not available; use train.device=cpu")
-    return torch.device(name)
-
-
-# ----------------------------------------------------------------------------- train
 def train_recon(
-    config: Path,
+    config: str | Path | Mapping[str, Any],
     *,
     overrides: Sequence[str] = (),
     resume: bool = False,
-    output: Path | None = None,
+    output: str | Path | None = None,
 ) -> Path:
     """Train MoDL (with MEL) on simulated multi-coil k-space described by a config.
 
     Writes ``<output>/last.pt`` and ``best.pt`` (atomic; loadable with
-    ``torch.load(weights_only=True)``), ``metrics.csv`` (step, loss, mu, validation PSNR/SSIM/NMSE,
-    seconds) and ``config.yaml``.
+    ``torch.load(weights_only=True)``), ``metrics.csv`` (step, loss, mu, validation PSNR/SSIM/NMSE)
+    and ``config.yaml``, like ``invseg train``.
 
     Args:
-        config: YAML config (e.g. ``configs/recon_2d.yaml``).
+        config: YAML config, packaged name (``recon_2d``) or mapping.
         overrides: ``key=value`` overrides (``train.steps=2``).
-        resume: continue from ``<output>/last.pt``.
+        resume: continue from ``<output>/last.pt``; without it an existing run is refused.
         output: run folder (default: ``output.dir`` of the config).
 
     Returns:
-        Path of the best checkpoint.
+        Path of the best checkpoint (``last.pt`` when no validation improved).
 
     Raises:
-        ValueError: bad config, or ``resume`` without a ``last.pt``.
+        ConfigError: bad config, an existing run without ``resume``, ``resume`` without a run.
     """
     cfg = load_recon_config(config, overrides)
-    out = Path(output) if output is not None else Path(cfg["output"]["dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    d, t = cfg["data"], cfg["train"]
-    device = _device(t["device"])
-    rdtype = torch.float64 if t["dtype"] == "float64" else torch.float32
-    cdtype = torch.complex128 if rdtype == torch.float64 else torch.complex64
-    torch.manual_seed(t["seed"])
-    model = build_model(cfg).to(device, rdtype)
-    opt = torch.optim.Adam(model.parameters(), lr=t["lr"])
-    train_data = simulate_dataset(d, d["train_samples"], d["seed"])
-    val_data = simulate_dataset(d, d["val_samples"], d["seed"] + 10_000)
-    step, best = 0, -math.inf
-    metrics_path = out / "metrics.csv"
-    fields = ["step", "loss", "mu", "val_psnr", "val_ssim", "val_nmse", "seconds"]
-    if resume:
-        last = out / "last.pt"
-        if not last.is_file():
-            raise ValueError(f"resume=True but {last} does not exist; train without resume first")
-        state = load_checkpoint(last, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, best = int(state["step"]), float(state["best"])
-    else:
-        atomic_write_text(metrics_path, ",".join(fields) + "\n")
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    rng = np.random.default_rng(t["seed"] + step)
-    t0 = time.perf_counter()
-
-    def save(name: str) -> Path:
-        return save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "step": step,
-                "best": best,
-                "config": cfg,
-            },
-            out / name,
-        )
-
-    rows: list[dict[str, Any]] = []
-    while step < t["steps"]:
-        idx = rng.choice(len(train_data), size=min(t["batch_size"], len(train_data)), replace=False)
-        x, y, op = collate([train_data[i] for i in idx], d["kind"], device, cdtype)
-        opt.zero_grad(set_to_none=True)
-        err = model(y, op) - x
-        loss = err.abs().square().mean() if t["loss"] == "mse" else err.abs().mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; lower train.lr")
-        loss.backward()
-        if t["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-        opt.step()
-        step += 1
-        row: dict[str, Any] = {
-            "step": step,
-            "loss": f"{loss.item():.6g}",
-            "mu": f"{model.chain.blocks[0].dc.mu.item():.5g}",
-        }
-        if step % t["val_every"] == 0 or step == t["steps"]:
-            m = _evaluate(model, val_data, d["kind"], device, cdtype)
-            row.update({k: f"{v:.5g}" for k, v in m.items()})
-            if m["val_psnr"] > best:
-                best = m["val_psnr"]
-                save("best.pt")
-        row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        rows.append(row)
-        if step % t["checkpoint_every"] == 0 or step == t["steps"]:
-            _append_rows(metrics_path, fields, rows)
-            rows = []
-            save("last.pt")
-    _append_rows(metrics_path, fields, rows)
-    if not (out / "best.pt").exists():
-        save("best.pt")
-    return out / "best.pt"
-
-
-def _append_rows(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    text = path.read_text() if path.exists() else ",".join(fields) + "\n"
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writerows(rows)
-    atomic_write_text(path, text + buf.getvalue())
+    if output is not None:  # set directly: a path is no YAML value (``#``, ``:`` in names)
+        cfg.output.dir = str(output)
+    t = cfg.train
+    info = DistInfo(device=resolve_device(t.device))
+    task = ReconTask(cfg, info)
+    settings = LoopSettings(
+        run_dir=Path(cfg.output.dir).expanduser(),
+        total_steps=task.total_steps,
+        config=cfg.to_dict(),
+        checkpoint_every=t.checkpoint_every,
+        val_every_steps=t.val_every,
+        grad_clip=t.grad_clip,
+        progress=t.progress,
+        resume=resume,
+        lr=t.lr,
+        resume_mutable=RESUME_MUTABLE,
+        resume_hint=f"invseg recon train {config if not isinstance(config, Mapping) else 'CONFIG'}"
+        " --resume",
+    )
+    run_dir = Loop(task, settings, info).run()
+    best = run_dir / "best.pt"
+    return best if best.exists() else run_dir / "last.pt"
 
 
 # ----------------------------------------------------------------------------- predict
@@ -437,13 +146,13 @@ def predict_recon(
     """
     fmts = ("nifti", "npy")
     if fmt not in fmts:
-        raise ValueError(f"fmt must be one of {fmts}, got {fmt!r}" + _hint(fmt, fmts))
+        raise ValueError(f"fmt must be one of {fmts}, got {fmt!r}." + did_you_mean(fmt, fmts))
     state = load_checkpoint(checkpoint)
     if "config" not in state:
         raise ValueError(f"{checkpoint}: not a recon checkpoint (no config entry)")
     cfg = load_recon_config(state["config"])
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], source=checkpoint)
     model.eval()
     kind = cfg["data"]["kind"]
     output = Path(output)
@@ -477,30 +186,11 @@ def predict_recon(
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_numpy(path, arr)
 
 
 def _save_nifti(path: Path, arr: np.ndarray) -> None:
-    import os
-    import tempfile
-
     import nibabel as nib
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nii.gz")
-    os.close(fd)
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,28 +1,94 @@
-"""Checkpoints that load with ``torch.load(weights_only=True)`` and are written atomically.
+"""Checkpoints that load with ``torch.load(weights_only=True)`` and the :class:`RunMeta` they hold.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
-* ``model``, ``optimizer``, ``scheduler``, ``scaler``: ``state_dict()`` of each (``scaler`` may be
-  ``None``);
+* ``model``, ``optimizer``, ``scheduler``, ``scaler``: ``state_dict()`` of each (``scaler`` and
+  ``scheduler`` may be ``None``);
 * ``epoch``, ``step`` (optimizer steps done), ``batch_in_epoch`` (micro-batches consumed in the
   current epoch, for an exact resume), ``best_metric``, ``best_step``;
 * ``rng``: torch (CPU and CUDA), numpy and python RNG states as tensors;
-* ``config``: the resolved run config; ``meta``: what prediction needs (model target and kwargs,
-  label convention, modalities, spacing, roi size).
+* ``config``: the resolved run config; ``meta``: a :class:`RunMeta` as a dict (segmentation:
+  what prediction needs).
+
+:class:`RunMeta` is written (:meth:`RunMeta.to_dict`) and read (:meth:`RunMeta.from_dict`) only
+here; ``train``, ``bundle`` and :func:`load_model` go through it.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["capture_rng", "load_checkpoint", "restore_rng", "save_checkpoint"]
+from invseg.runtime.config import Section, instantiate_model
+from invseg.runtime.files import atomic_save_torch
+
+__all__ = [
+    "RunMeta",
+    "capture_rng",
+    "load_checkpoint",
+    "load_model",
+    "load_weights",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+
+@dataclass
+class RunMeta(Section):
+    """What a segmentation checkpoint says about its network and its data.
+
+    Attributes:
+        target: full dotted class of the network; ``kwargs`` its arguments.
+        convention: label convention name (``brats``, ``brats2023``, ``msd``, ``iseg``).
+        modalities: input channel names in order; ``layout``: dataset layout trained on.
+        spacing, crop, roi_size, sw_batch_size, overlap, tta, amp: preprocessing and inference.
+    """
+
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    convention: str = "brats"
+    modalities: list[str] = field(default_factory=list)
+    layout: str | None = None
+    spacing: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    crop: list[int] = field(default_factory=lambda: [128, 128, 128])
+    roi_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    sw_batch_size: int = 1
+    overlap: float = 0.5
+    tta: bool = False
+    amp: bool = False
+    invseg_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.invseg_version:
+            import invseg
+
+            self.invseg_version = invseg.__version__
+
+    @classmethod
+    def from_dict(cls, meta: Any, *, source: str | Path = "checkpoint") -> RunMeta:
+        """Read the ``meta`` entry of a checkpoint.
+
+        Raises:
+            ValueError: no network description (not written by ``invseg train``).
+        """
+        if not isinstance(meta, Mapping) or "target" not in meta:
+            raise ValueError(
+                f"{source}: checkpoint has no model description ('meta'); was it written by "
+                "`invseg train`?"
+            )
+        return cls.build({k: v for k, v in meta.items() if k in cls.__dataclass_fields__}, "meta")
+
+    def build_model(self) -> nn.Module:
+        """The network, freshly initialised."""
+        return instantiate_model({"_target_": self.target, **self.kwargs})
 
 
 def capture_rng() -> dict[str, Any]:
@@ -66,9 +132,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` with :func:`torch.save` through a temporary file and :func:`os.replace`.
-
-    A crash while writing leaves the previous file untouched.
+    """Write ``state`` with :func:`torch.save` atomically (a crash leaves the old file).
 
     Example:
         >>> import tempfile, pathlib
@@ -77,19 +141,27 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         >>> load_checkpoint(p)["step"]
         3
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    state = dict(state)
+    if isinstance(state.get("meta"), RunMeta):
+        state["meta"] = state["meta"].to_dict()
+    return atomic_save_torch(path, state)
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    """One line for a failed weights-only load (never torch's advice to drop weights_only)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"{path}: refused: the file pickles Python objects ({found.group(1)}), not only "
+            "tensors and plain data; an invseg checkpoint holds weights only."
+        )
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Weights only load failed" in text:
+        detail = [ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln]
+        lines = detail or ["unsupported content"]
+    first = lines[0] if lines else type(err).__name__
+    return f"{path}: not a readable invseg checkpoint ({first})."
 
 
 def load_checkpoint(
@@ -98,7 +170,7 @@ def load_checkpoint(
     """Load a checkpoint with ``weights_only=True`` (no pickled code is executed).
 
     Raises:
-        ValueError: the file is missing or is not an invseg checkpoint.
+        ValueError: the file is missing, pickles objects, or is not an invseg checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -109,8 +181,60 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: not a readable invseg checkpoint ({msg}).") from err
+        raise ValueError(_refusal(path, err)) from err
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: not an invseg checkpoint (no 'model' entry).")
     return state
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Any], *, source: str | Path) -> None:
+    """``model.load_state_dict(state)``, with one line naming the keys that do not fit.
+
+    Raises:
+        ValueError: missing, unexpected or differently shaped keys.
+
+    Example:
+        >>> load_weights(  # doctest: +ELLIPSIS
+        ...     nn.Linear(2, 3), nn.Linear(2, 4).state_dict(), source="x.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: x.pt: the weights do not fit the model (shape differs: weight [4, 2] vs...
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [
+        f"{k} {list(state[k].shape)} vs {list(v.shape)}"
+        for k, v in own.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shape)):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 4 else ""
+            parts.append(f"{name}: {', '.join(keys[:4])}{more}")
+    if parts:
+        raise ValueError(
+            f"{source}: the weights do not fit the model ({'; '.join(parts)}); "
+            "was the model config changed?"
+        )
+    model.load_state_dict(state)
+
+
+def load_model(
+    checkpoint: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, RunMeta]:
+    """Rebuild the network stored in a segmentation checkpoint (``weights_only=True`` load).
+
+    Returns:
+        ``(model in eval mode on device, meta)``; ``meta`` reads like a dict too.
+
+    Raises:
+        ValueError: not an invseg checkpoint, or weights that do not fit the description.
+    """
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    meta = RunMeta.from_dict(ckpt.get("meta"), source=checkpoint)
+    model = meta.build_model()
+    load_weights(model, ckpt["model"], source=checkpoint)
+    dev = torch.device(device) if isinstance(device, str) else device
+    return model.to(dev).eval(), meta

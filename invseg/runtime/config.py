@@ -1,83 +1,58 @@
-"""Segmentation run configs: YAML file + defaults + ``--set key=value`` overrides.
+"""One typed config for every command: YAML file + defaults + ``--set key=value`` overrides.
 
-A config has five sections. Every hyper-parameter of a run lives here; the CLI only chooses the
-file and applies overrides.
+A config is a dataclass with one dataclass per section (:class:`Section`). Every field carries
+its type and its bounds; :func:`load` reads YAML 1.2 (``3e-4`` is a float), fills the defaults,
+applies overrides and coerces every value once. An error names the key path, the value and what
+is allowed::
 
-.. code-block:: yaml
+    train.batch_size: 'two' is not an integer
+    train.batch_size: 0 must be >= 1
+    data.crop: 16 must be a list of 3 integers
+    unknown config key 'train.lrr'. Did you mean 'lr'?
 
-    data:   {root: ..., layout: null, convention: brats, spacing: [1, 1, 1], crop: [128, 128, 128],
-             val_fraction: 0.2, val_cases: null, cache_rate: 0.0}
-    model:  {_target_: invseg.nets.PartiallyInvResUNet, in_channels: 4, out_channels: 3, ...}
-    train:  {epochs: 100, steps: null, batch_size: 1, lr: 1.0e-4, ...}
-    infer:  {roi_size: [128, 128, 128], sw_batch_size: 1, overlap: 0.5, tta: false}
-    output: {dir: runs/brats}
-
-Keys of ``data``, ``train``, ``infer`` and ``output`` are checked against :data:`DEFAULTS`; keys of
-``model`` against the signature of its ``_target_`` class.
+Tasks declare their schemas (:mod:`invseg.tasks.config`); this module knows no task. Sections
+read like dicts too (``cfg["train"]["lr"] == cfg.train.lr``) so older code keeps working.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
-import inspect
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from invseg._choices import did_you_mean
+from invseg.runtime.coerce import ConfigError, coerce, field
 
-__all__ = ["DEFAULTS", "ConfigError", "apply_overrides", "load_config", "resolve_target"]
+__all__ = [
+    "ConfigError",
+    "Section",
+    "field",
+    "find_config",
+    "instantiate_model",
+    "key_hint",
+    "list_configs",
+    "load",
+    "parse_overrides",
+    "resolve_target",
+    "yaml_dump",
+    "yaml_load",
+]
 
-#: Every key a config may contain (``model`` aside), with its default.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {
-        "root": None,  # dataset folder as the challenge ships it
-        "layout": None,  # auto-detected when null
-        "convention": "brats",  # brats | brats2023 | msd | iseg
-        "spacing": [1.0, 1.0, 1.0],  # mm, resampling target
-        "crop": [128, 128, 128],  # training patch (D, H, W)
-        "num_samples": 1,  # crops per loaded volume
-        "augment": True,
-        "val_fraction": 0.2,  # used when val_cases is null
-        "val_cases": None,  # explicit list of validation case ids
-        "cache_rate": 0.0,  # fraction of cases cached after the deterministic transforms
-    },
-    "model": {"_target_": "invseg.nets.PartiallyInvResUNet"},
-    "train": {
-        "epochs": 100,  # passes over the training cases (ignored when steps is set)
-        "steps": None,  # optimizer steps; overrides epochs when set
-        "max_minutes": None,  # wall-clock budget; stops cleanly with a checkpoint
-        "batch_size": 1,  # per process (global batch = batch_size x world size)
-        "accumulation": 1,  # micro-batches per optimizer step
-        "optimizer": "adamw",  # adamw | adam | sgd
-        "lr": 1.0e-4,
-        "weight_decay": 1.0e-5,
-        "momentum": 0.99,  # sgd only
-        "scheduler": "cosine",  # cosine | poly | constant
-        "warmup_steps": 0,
-        "grad_clip": None,  # max gradient norm
-        "amp": True,  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
-        "seed": 0,
-        "deterministic": True,
-        "val_every": 1,  # epochs between validations
-        "checkpoint_every": None,  # optimizer steps between "last" checkpoints (and each epoch)
-        "num_workers": 2,
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-        "measure_memory": True,  # print activation bytes of one training forward at start
-        "progress": True,  # tqdm bars on rank 0
-        "loss": {"dice": 1.0, "ce": 1.0, "vae": 1.0},
-    },
-    "infer": {"roi_size": [128, 128, 128], "sw_batch_size": 1, "overlap": 0.5, "tta": False},
-    "output": {"dir": "runs/invseg"},
-}
+T = TypeVar("T")
+
+#: Folder of the configs shipped inside the package (``invseg train NAME`` finds them).
+PACKAGED = Path(__file__).resolve().parent.parent / "configs"
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 safe loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+    """YAML safe loader that reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
 
 
 _Loader.add_implicit_resolver(
@@ -97,12 +72,216 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says how to fix it."""
+def yaml_dump(obj: Any) -> str:
+    """YAML text of plain data (sections are turned into dicts), keys in their given order."""
+    return yaml.safe_dump(to_plain(obj), sort_keys=False)
 
 
-def _did_you_mean(key: str, choices: Sequence[str]) -> str:
+class Section:
+    """Base of config sections: dataclasses that also read like dicts (``s["lr"]``)."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.keys():
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self.keys():
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``getattr`` with a default, like :meth:`dict.get`."""
+        return getattr(self, key) if key in self.keys() else default
+
+    def keys(self) -> list[str]:
+        """The field names, in declaration order."""
+        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts/lists/scalars (what YAML and ``torch.save`` store)."""
+        return to_plain(self)
+
+    @classmethod
+    def build(cls: type[T], raw: Mapping[str, Any] | None, path: str) -> T:
+        """Coerce a mapping into this section; unknown keys get a did-you-mean error."""
+        raw = {} if raw is None else raw
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{path}: {raw!r} must be a section (a mapping)")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for key in raw:
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown config key '{path}.{key}'." + key_hint(str(key), list(fields))
+                )
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            if name not in raw:
+                continue
+            tp, sub = hints[name], f"{path}.{name}"
+            if isinstance(tp, type) and issubclass(tp, Section):
+                values[name] = tp.build(raw[name], sub)
+            else:
+                values[name] = coerce(raw[name], tp, sub, f.metadata)
+        out = cls(**values)
+        check = getattr(out, "check", None)
+        if check is not None:
+            check(path)
+        return out
+
+
+def key_hint(key: str, choices: Sequence[str]) -> str:
+    """`` Did you mean ...?`` for an unknown key, else the list of valid keys."""
     return did_you_mean(key, choices) or f" Valid keys: {', '.join(choices)}."
+
+
+def to_plain(obj: Any) -> Any:
+    """Sections and tuples turned into dicts and lists, recursively."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------------------------ loading
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """``["train.lr=3e-4"]`` -> ``[(["train", "lr"], 0.0003)]``; values are YAML 1.2.
+
+    Raises:
+        ConfigError: an item without ``=`` or with an invalid YAML value.
+
+    Example:
+        >>> parse_overrides(["train.lr=3e-4", "data.crop=[8, 8, 8]"])
+        [(['train', 'lr'], 0.0003), (['data', 'crop'], [8, 8, 8])]
+    """
+    out = []
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or "" in key.split("."):
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4.")
+        try:
+            value = yaml_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML.") from err
+        out.append((key.split("."), value))
+    return out
+
+
+def _apply(raw: dict[str, Any], keys: list[str], value: Any, schema: type) -> None:
+    node, cls = raw, schema
+    for depth, part in enumerate(keys[:-1]):
+        dotted = ".".join(keys[: depth + 1])
+        names = [f.name for f in dataclasses.fields(cls)] if cls is not None else None
+        if names is not None and part not in names:
+            raise ConfigError(f"unknown config key '{dotted}'." + key_hint(part, names))
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{'.'.join(keys)}': '{dotted}' is a value, not a section.")
+        sub = typing.get_type_hints(cls).get(part) if cls is not None else None
+        node, cls = (
+            child,
+            (sub if isinstance(sub, type) and dataclasses.is_dataclass(sub) else None),
+        )
+    node[keys[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file (a path, or the name of a packaged config)."""
+    path = find_config(path)
+    try:
+        raw = yaml_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())}).") from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: the config must be a YAML mapping of sections.")
+    return dict(raw)
+
+
+def load(
+    schema: type[T], source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> T:
+    """Read a config into ``schema``: file or mapping, defaults, overrides, coercion, checks.
+
+    Args:
+        schema: a :class:`Section` dataclass whose fields are the sections.
+        source: YAML file, packaged config name (``invseg config list``) or a mapping.
+        overrides: ``key=value`` strings with dotted keys.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown key, bad value.
+    """
+    raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_yaml(source)
+    raw = to_plain(raw)
+    for keys, value in parse_overrides(overrides):
+        _apply(raw, keys, value, schema)
+    names = [f.name for f in dataclasses.fields(schema)]  # type: ignore[arg-type]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{key}'." + key_hint(str(key), names))
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for name in names:
+        tp = hints[name]
+        if isinstance(tp, type) and issubclass(tp, Section):
+            values[name] = tp.build(raw.get(name), name)
+        else:
+            values[name] = coerce(raw[name], tp, name) if name in raw else None
+    values = {k: v for k, v in values.items() if v is not None}
+    cfg = schema(**values)
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check("")
+    return cfg
+
+
+def list_configs() -> dict[str, str]:
+    """Packaged config names with the first comment line of each file.
+
+    Example:
+        >>> "demo" in list_configs()
+        True
+    """
+    out = {}
+    for path in sorted(PACKAGED.glob("*.yaml")):
+        first = path.read_text().splitlines()[:1]
+        out[path.stem] = first[0].lstrip("# ").strip() if first else ""
+    return out
+
+
+def find_config(name: str | Path) -> Path:
+    """A config file: an existing path, else a packaged config by name (``brats_fully_invres``).
+
+    Raises:
+        ConfigError: neither a file nor a packaged name (with a did-you-mean hint).
+
+    Example:
+        >>> find_config("demo").name
+        'demo.yaml'
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    packaged = PACKAGED / f"{stem}.yaml"
+    if path.parent in (Path("."), Path("configs")) and packaged.is_file():
+        return packaged
+    names = list(list_configs())
+    raise ConfigError(
+        f"config file '{name}' does not exist and is no packaged config name "
+        f"({', '.join(names)}).{did_you_mean(stem, names)}"
+    )
 
 
 def resolve_target(target: str) -> Any:
@@ -130,169 +309,13 @@ def resolve_target(target: str) -> Any:
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ConfigError(
-            f"model._target_ '{target}': '{module_name}' has no '{attr}'."
-            + _did_you_mean(attr, names)
+            f"model._target_ '{target}': '{module_name}' has no '{attr}'." + key_hint(attr, names)
         )
     return getattr(module, attr)
 
 
-def _model_keys(model: Mapping[str, Any]) -> list[str] | None:
-    """Keyword names accepted by the model class, or None when it takes ``**kwargs``."""
-    target = model.get("_target_")
-    if target is None:
-        raise ConfigError(
-            "model._target_ is missing: name the network class by its full dotted "
-            "path, e.g. 'invseg.nets.PartiallyInvResUNet'."
-        )
-    cls = resolve_target(target)
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return ["_target_", *params]
-
-
-def _check_keys(cfg: Mapping[str, Any], ref: Mapping[str, Any], prefix: str) -> None:
-    for key, value in cfg.items():
-        if key not in ref:
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}'." + _did_you_mean(key, list(ref))
-            )
-        if isinstance(ref[key], dict) and isinstance(value, Mapping):
-            _check_keys(value, ref[key], f"{prefix}{key}.")
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "model":
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Check every key of ``cfg`` against :data:`DEFAULTS` and the model signature.
-
-    Raises:
-        ConfigError: unknown key (with a did-you-mean hint) or a missing section.
-    """
-    _check_keys({k: v for k, v in cfg.items() if k != "model"}, DEFAULTS, "")
-    model = cfg.get("model")
-    if not isinstance(model, Mapping):
-        raise ConfigError("config section 'model' is missing: give at least model._target_.")
-    keys = _model_keys(model)
-    if keys is not None:
-        for key in model:
-            if key not in keys:
-                raise ConfigError(
-                    f"unknown config key 'model.{key}' for {model['_target_']}."
-                    + _did_you_mean(key, keys)
-                )
-
-
-def apply_overrides(cfg: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides with dotted keys; values are parsed as YAML.
-
-    Args:
-        cfg: a config (not modified).
-        overrides: e.g. ``["train.lr=3e-4", "data.crop=[64,64,64]", "model.vae=true"]``.
-
-    Returns:
-        A new config dict.
-
-    Raises:
-        ConfigError: malformed override or unknown key (with a did-you-mean hint).
-
-    Example:
-        >>> cfg = {"train": {"lr": 1.0e-4}, "model": {"_target_": "torch.nn.Identity"}}
-        >>> apply_overrides(cfg, ["train.lr=0.01"])["train"]["lr"]
-        0.01
-    """
-    out = copy.deepcopy(dict(cfg))
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key or "" in key.split("."):
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4.")
-        try:
-            value = yaml_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override '{item}': the value is not valid YAML.") from err
-        *parents, leaf = key.split(".")
-        node: dict[str, Any] = out
-        ref: Any = DEFAULTS
-        for depth, part in enumerate(parents):
-            if isinstance(ref, dict) and parents[0] != "model" and part not in ref:
-                dotted = ".".join(parents[: depth + 1])
-                raise ConfigError(
-                    f"unknown config key '{dotted}'." + _did_you_mean(part, list(ref))
-                )
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                dotted = ".".join(parents[: depth + 1])
-                raise ConfigError(f"override '{item}': '{dotted}' is a value, not a section.")
-            node, ref = child, (ref.get(part) if isinstance(ref, dict) else None)
-        if isinstance(ref, dict) and (not parents or parents[0] != "model") and leaf not in ref:
-            raise ConfigError(f"unknown config key '{key}'." + _did_you_mean(leaf, list(ref)))
-        node[leaf] = value
-    return out
-
-
-def load_config(
-    path: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Read a YAML config, fill in :data:`DEFAULTS`, apply overrides and validate every key.
-
-    Args:
-        path: YAML file, or an already-loaded mapping.
-        overrides: ``key=value`` strings (see :func:`apply_overrides`).
-
-    Returns:
-        The resolved config as plain dicts/lists/scalars.
-
-    Raises:
-        ConfigError: missing file, invalid YAML, unknown key.
-
-    Example:
-        >>> cfg = load_config({"model": {"_target_": "torch.nn.Identity"}}, ["train.lr=0.5"])
-        >>> cfg["train"]["lr"], cfg["infer"]["overlap"]
-        (0.5, 0.5)
-    """
-    if isinstance(path, Mapping):
-        raw: Any = copy.deepcopy(dict(path))
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file '{path}' does not exist; pass a YAML file such as "
-                "configs/brats_partially_invres.yaml."
-            )
-        try:
-            raw = yaml_load(path.read_text())
-        except yaml.YAMLError as err:
-            msg = str(err).replace("\n", " ")
-            raise ConfigError(f"{path}: invalid YAML ({msg}).") from err
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"{path}: the config must be a YAML mapping with sections "
-            "data, model, train, infer, output."
-        )
-    _check_keys({k: v for k, v in raw.items() if k != "model"}, DEFAULTS, "")
-    cfg = _merge(DEFAULTS, raw)
-    cfg = apply_overrides(cfg, overrides)
-    validate(cfg)
-    return cfg
-
-
 def instantiate_model(model_cfg: Mapping[str, Any]) -> Any:
-    """Build the network described by a ``model`` section with :class:`monai.bundle.ConfigParser`.
-
-    Args:
-        model_cfg: ``{"_target_": "full.dotted.Class", **kwargs}``.
+    """Build the network of a ``model`` section with :class:`monai.bundle.ConfigParser`.
 
     Raises:
         ConfigError: the class cannot be found or rejects the arguments.
@@ -309,5 +332,4 @@ def instantiate_model(model_cfg: Mapping[str, Any]) -> Any:
     try:
         return ConfigParser({"model": copy.deepcopy(dict(model_cfg))}).get_parsed_content("model")
     except (TypeError, ValueError, RuntimeError) as err:
-        msg = " ".join(str(err).split())
-        raise ConfigError(f"cannot build model {target}: {msg}") from err
+        raise ConfigError(f"cannot build model {target}: {' '.join(str(err).split())}") from err

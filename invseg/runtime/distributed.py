@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from invseg._choices import did_you_mean
+from invseg.runtime.device import resolve_device
 
-__all__ = ["DistInfo", "all_reduce_mean", "barrier", "cleanup", "init_from_env"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean",
+    "barrier",
+    "cleanup",
+    "init_from_env",
+    "is_main_process",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)
@@ -44,32 +52,6 @@ class DistInfo:
     def distributed(self) -> bool:
         """True when more than one process takes part."""
         return self.world_size > 1
-
-
-def resolve_device(device: str) -> torch.device:
-    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a :class:`torch.device`.
-
-    Raises:
-        ValueError: unknown name, or CUDA asked for but not available.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device '{device}' requested but CUDA is not available; use --device cpu or auto."
-            )
-        return torch.device(name)
-    hint = did_you_mean(name, ["auto", "cpu", "cuda"])
-    raise ValueError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N.{hint}")
 
 
 def init_from_env(device: str = "auto") -> DistInfo:
@@ -118,3 +100,8 @@ def cleanup(info: DistInfo) -> None:
     """Leave the process group if this module joined one."""
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """True unless torchrun says this process is not rank 0 (``RANK`` environment variable)."""
+    return os.environ.get("RANK", "0") == "0"

@@ -7,14 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invseg.commands.demo import DEMO_CONFIG, demo
-from invseg.runtime.config import load_config, yaml_load
+from invseg.commands.demo import demo
+from invseg.runtime.config import PACKAGED, find_config
+from invseg.tasks.config import load_config, load_recon_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_config_in_code_matches_configs_demo_yaml() -> None:
-    assert yaml_load((REPO / "configs" / "demo.yaml").read_text()) == DEMO_CONFIG
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")))
+def test_repo_configs_are_links_to_the_packaged_ones(path: Path) -> None:
+    assert path.is_symlink() and path.resolve() == (PACKAGED / path.name).resolve()
+    assert find_config(path.stem) == PACKAGED / path.name
+
+
+def test_packaged_recon_configs_load_by_name() -> None:
+    assert load_recon_config("recon_cine").data.kind == "cine"
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,39 @@ def test_cine_train_runs(tmp_path):
     assert best.exists()
 
 
+def test_existing_run_needs_resume(tmp_path):
+    run = tmp_path / "run"
+    train_recon("recon_2d", overrides=[*TINY, "train.steps=1"], output=run)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match="--resume"):
+        train_recon("recon_2d", overrides=[*TINY, "train.steps=1"], output=run)
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_lr_without_a_dot_is_a_float(tmp_path):
+    best = train_recon("recon_2d", overrides=[*TINY, "train.lr=3e-4"], output=tmp_path / "r")
+    assert torch.load(best, weights_only=True)["config"]["train"]["lr"] == pytest.approx(3e-4)
+
+
+def test_malicious_checkpoint_is_refused_by_predict_and_resume(tmp_path):
+    marker = []
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.append, ("executed",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "step": 1, "x": Payload()}, run / "last.pt")
+    with pytest.raises(ValueError, match="refused"):
+        predict_recon(run / "last.pt", [], tmp_path / "o")
+    with pytest.raises(ValueError, match="refused"):
+        train_recon("recon_2d", overrides=TINY, output=run, resume=True)
+    assert marker == []
+
+
 def test_bad_config_keys_have_hints():
-    with pytest.raises(ValueError, match="did you mean 'num_unrolls'"):
+    with pytest.raises(ValueError, match="Did you mean 'num_unrolls'"):
         load_recon_config("configs/recon_2d.yaml", ["model.num_unroll=3"])
     with pytest.raises(ValueError, match="spatial_dims"):
         load_recon_config("configs/recon_2d.yaml", ["model.spatial_dims=3"])

@@ -9,10 +9,12 @@ import pytest
 import torch
 import yaml
 
-from invseg.commands import train as train_mod
 from invseg.commands.train import NonFiniteLossError, split_cases, train
 from invseg.runtime.checkpoint import load_checkpoint
-from invseg.runtime.config import ConfigError, load_config
+from invseg.runtime.config import ConfigError
+from invseg.runtime.loop import Loop
+from invseg.tasks.config import load_config
+from invseg.tasks.seg import SegTask
 from tests.conftest import tiny_config
 
 
@@ -47,7 +49,7 @@ def test_existing_run_needs_resume(trained_run: Path, brats_tiny) -> None:
 
 def _run_with_interrupt(monkeypatch, cfg: dict, at_step: int) -> None:
     calls = {"n": 0}
-    original = train_mod._Trainer._optimizer_step
+    original = Loop._optimizer_step
 
     def step_then_maybe_crash(self) -> None:
         calls["n"] += 1
@@ -55,29 +57,30 @@ def _run_with_interrupt(monkeypatch, cfg: dict, at_step: int) -> None:
             raise KeyboardInterrupt("simulated crash")
         original(self)
 
-    monkeypatch.setattr(train_mod._Trainer, "_optimizer_step", step_then_maybe_crash)
+    monkeypatch.setattr(Loop, "_optimizer_step", step_then_maybe_crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
-    monkeypatch.setattr(train_mod._Trainer, "_optimizer_step", original)
+    monkeypatch.setattr(Loop, "_optimizer_step", original)
 
 
 @pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(brats_tiny, tmp_path, monkeypatch) -> None:
-    # 3 training cases, batch 1: 3 steps per epoch; crash in step 3, resume mid-epoch.
+    # 3 training cases, batch 1: 3 steps per epoch; crash in step 5's optimizer step, after its
+    # finite loss committed the checkpoint of step 4; resume mid-epoch.
     ref_dir = train(
         tiny_config(
-            brats_tiny.root, tmp_path / "ref", steps=4, checkpoint_every=1, scheduler="cosine"
+            brats_tiny.root, tmp_path / "ref", steps=5, checkpoint_every=1, scheduler="cosine"
         )
     )
     cfg = tiny_config(
-        brats_tiny.root, tmp_path / "crash", steps=4, checkpoint_every=1, scheduler="cosine"
+        brats_tiny.root, tmp_path / "crash", steps=5, checkpoint_every=1, scheduler="cosine"
     )
-    _run_with_interrupt(monkeypatch, cfg, at_step=3)
-    assert load_checkpoint(tmp_path / "crash" / "last.pt")["step"] == 2
+    _run_with_interrupt(monkeypatch, cfg, at_step=5)
+    assert load_checkpoint(tmp_path / "crash" / "last.pt")["step"] == 4
     train(cfg, resume=True)
     ref = load_checkpoint(ref_dir / "last.pt")
     got = load_checkpoint(tmp_path / "crash" / "last.pt")
-    assert got["step"] == ref["step"] == 4
+    assert got["step"] == ref["step"] == 5
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
     for (k, a), b in zip(ref["optimizer"]["state"].items(), got["optimizer"]["state"].values()):
@@ -85,25 +88,39 @@ def test_resume_after_crash_matches_uninterrupted_run(brats_tiny, tmp_path, monk
             assert torch.equal(a[name], b[name]), (k, name)
     assert ref["scheduler"]["last_epoch"] == got["scheduler"]["last_epoch"]
     steps = pd.read_csv(tmp_path / "crash" / "metrics.csv")["step"].tolist()
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2, 3, 4, 5]
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(
+def test_nan_loss_keeps_the_last_checkpoint_followed_by_a_finite_loss(
     brats_tiny, tmp_path, monkeypatch
 ) -> None:
-    original = train_mod._Trainer.compute_loss
+    original = SegTask.loss
     calls = {"n": 0}
 
-    def nan_on_third(self, model, image, target):
+    def nan_on_third(self, model, batch, amp):
         calls["n"] += 1
-        loss = original(self, model, image, target)
+        loss = original(self, model, batch, amp)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_mod._Trainer, "compute_loss", nan_on_third)
+    monkeypatch.setattr(SegTask, "loss", nan_on_third)
     cfg = tiny_config(brats_tiny.root, tmp_path / "nan", steps=4, checkpoint_every=1)
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*step 2\) is kept"):
+    # the weights after step 2 produced the NaN: the checkpoint of step 1 is the one kept
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*step 1\), is kept"):
         train(cfg)
-    assert load_checkpoint(tmp_path / "nan" / "last.pt")["step"] == 2
+    assert load_checkpoint(tmp_path / "nan" / "last.pt")["step"] == 1
+    assert pd.read_csv(tmp_path / "nan" / "metrics.csv")["step"].tolist() == [1]
+
+
+def test_nan_before_any_checkpoint_does_not_advise_resume(brats_tiny, tmp_path, monkeypatch):
+    original = SegTask.loss
+    monkeypatch.setattr(
+        SegTask, "loss", lambda self, m, b, amp: original(self, m, b, amp) * float("nan")
+    )
+    with pytest.raises(NonFiniteLossError) as info:
+        train(tiny_config(brats_tiny.root, tmp_path / "nan0", steps=2))
+    assert "no checkpoint had been written yet" in str(info.value)
+    assert "--resume" not in str(info.value)
+    assert not (tmp_path / "nan0" / "last.pt").exists()
 
 
 def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
@@ -123,7 +140,7 @@ def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
     assert cfg["data"]["crop"] == [16, 16, 16]
     assert cfg["model"]["channels"] == [8, 16]
     assert cfg["train"]["amp"] is True
-    assert cfg["train"]["loss"] == {"dice": 1.0, "ce": 1.0, "vae": 0.5}
+    assert cfg.train.loss == {"dice": 1.0, "ce": 1.0, "vae": 0.5}
     assert cfg["infer"]["overlap"] == 0.25  # from the file; untouched defaults filled in
 
 
@@ -158,3 +175,42 @@ def test_split_is_deterministic_and_disjoint() -> None:
     assert len(a[1]) == 2 and not {c.case_id for c in a[0]} & {c.case_id for c in a[1]}
     with pytest.raises(ConfigError, match="Did you mean 'c1'"):
         split_cases(cases, val_cases=["c1x"], val_fraction=0.0, seed=0)
+
+
+def test_resume_refuses_a_checkpoint_that_pickles_objects(brats_tiny, tmp_path) -> None:
+    marker: list[str] = []
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.append, ("executed",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": {}, "step": 1, "x": Payload()}, run / "last.pt")
+    with pytest.raises(ValueError, match="refused") as info:
+        train(tiny_config(brats_tiny.root, run), resume=True)
+    assert marker == [] and "weights_only" not in str(info.value)
+
+
+def test_resume_with_a_changed_model_names_the_keys(brats_tiny, tmp_path) -> None:
+    run = train(tiny_config(brats_tiny.root, tmp_path / "run", steps=1))
+    cfg = tiny_config(brats_tiny.root, run, steps=2)
+    cfg["model"]["channels"] = [4, 6]
+    with pytest.raises(ConfigError, match=r"model.channels: \[4, 8\] -> \[4, 6\]"):
+        train(cfg, resume=True)
+
+
+def test_output_flag_takes_any_folder_name(brats_tiny, tmp_path) -> None:
+    out = tmp_path / "run #1: ü"
+    run = train(tiny_config(brats_tiny.root, tmp_path / "unused", steps=1), output=out)
+    assert run == out and (out / "last.pt").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["output"]["dir"] == str(out)
+    assert (out / "last.pt").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

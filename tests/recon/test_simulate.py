@@ -68,6 +68,7 @@ def test_noise_level_and_seed():
     ],
 )
 def test_simulate_kspace_transform(shape, mask_type, mask_shape):
+    torch.manual_seed(0)
     t = SimulateKSpace(3, 3.0, mask_type=mask_type, calib=4, seed=0)
     k, m, S = t(torch.rand(*shape))
     assert k.shape == S.shape == (3, *shape[1:]) and m.shape == mask_shape

@@ -1,0 +1,400 @@
+"""The one training loop: AMP, DDP, exact resume, NaN guard, signals, progress, TensorBoard + CSV.
+
+A task (:class:`Task`: segmentation in :mod:`invseg.tasks.seg`, MoDL in :mod:`invseg.tasks.recon`)
+supplies the model, optimizer, batches, loss and validation; :class:`Loop` runs it and owns the
+run folder:
+
+* ``last.pt``: written every ``checkpoint_every`` optimizer steps and at each epoch end, but only
+  once the next loss is finite (the weights are validated by a finite loss after them), and at
+  the end of the run; ``best.pt``: the best validation score (:attr:`Task.score`);
+* ``metrics.csv`` (a row per optimizer step, matching ``last.pt``), ``config.yaml``, ``tb/``;
+* SIGINT / SIGTERM finish the current step, write ``last.pt`` and raise
+  :class:`TrainingInterrupted` (exit status 130 / 143 in the CLI), so a preempted job resumes
+  where it stopped;
+* stale ``.NAME.*.tmp`` files of killed writes are removed at the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sized
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from invseg.runtime.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+)
+from invseg.runtime.config import ConfigError, yaml_dump
+from invseg.runtime.device import Amp
+from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier
+from invseg.runtime.files import (
+    atomic_write,
+    atomic_write_text,
+    read_rows,
+    remove_stale_temps,
+    write_rows,
+)
+from invseg.runtime.task import (
+    LoopSettings,
+    NonFiniteLossError,
+    Task,
+    TrainingInterrupted,
+    apply_hparams,
+    resume_changes,
+)
+
+__all__ = ["Loop", "LoopSettings", "NonFiniteLossError", "Task", "TrainingInterrupted"]
+
+
+class Loop:
+    """Run a :class:`Task` to ``settings.total_steps`` optimizer steps.
+
+    Args:
+        task: model, optimizer, scheduler, batches, loss, validation.
+        settings: run folder, schedule, checkpoints, resume.
+        info: this process's rank and device.
+    """
+
+    def __init__(self, task: Task, settings: LoopSettings, info: DistInfo) -> None:
+        self.task, self.s, self.info = task, settings, info
+        self.amp = Amp(info.device, settings.amp)
+        self.last_path = settings.run_dir / "last.pt"
+        self.best_path = settings.run_dir / "best.pt"
+        self.rows: list[dict[str, Any]] = []
+        self.best_metric, self.best_step = -math.inf, -1
+        self.saved_step = -1  # step of the last.pt on disk (-1: none)
+        self.pending: tuple[int, bytes, int] | None = None  # (step, checkpoint bytes, rows)
+        self.signum = 0
+        self.last_val_step = -1
+        self.writer: Any = None
+
+    # ------------------------------------------------------------------ messages
+    def log(self, msg: str) -> None:
+        """Print on rank 0 without breaking the progress bar."""
+        if self.info.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(msg)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, step: int, batch_in_epoch: int) -> dict[str, Any]:
+        t = self.task
+        return {
+            "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+            "scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
+            "epoch": epoch,
+            "step": step,
+            "batch_in_epoch": batch_in_epoch,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "rng": capture_rng(),
+            "config": self.s.config,
+            "meta": t.meta(),
+        }
+
+    def checkpoint(self, epoch: int, step: int, batch_in_epoch: int, *, final: bool) -> None:
+        """Stage ``last.pt`` (written once the next loss is finite), or write it now (``final``)."""
+        if self.info.is_main:
+            buf = io.BytesIO()
+            torch.save(self._state(epoch, step, batch_in_epoch), buf)
+            self.pending = (step, buf.getvalue(), len(self.rows))
+            if final:
+                finite = all(bool(torch.isfinite(p).all()) for p in self.task.model.parameters())
+                if finite:
+                    self._commit()
+                else:
+                    self.pending = None
+        barrier(self.info)
+
+    def _commit(self) -> None:
+        if self.pending is None:
+            return
+        step, data, n_rows = self.pending
+        atomic_write(self.last_path, lambda f: f.write(data), fsync=True)
+        self._write_rows(self.rows[:n_rows])
+        self.saved_step, self.pending = step, None
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        write_rows(self.s.run_dir / "metrics.csv", rows)
+
+    # ------------------------------------------------------------------ start
+    def _resume(self) -> tuple[int, int, int]:
+        ckpt = load_checkpoint(self.last_path, map_location=self.info.device)
+        changed = resume_changes(ckpt.get("config") or {}, self.s.config, self.s.resume_mutable)
+        if changed:
+            raise ConfigError(
+                f"--resume: {'; '.join(changed)} differs from the checkpoint's config; a resumed "
+                f"run may change only {', '.join(self.s.resume_mutable)}. Start a new run "
+                "folder (-o DIR) for other changes."
+            )
+        t = self.task
+        load_weights(t.model, ckpt["model"], source=self.last_path)
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+        if t.scheduler is not None and ckpt.get("scheduler"):
+            t.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.amp.scaler is not None and ckpt.get("scaler"):
+            self.amp.scaler.load_state_dict(ckpt["scaler"])
+        self._apply_hparams(ckpt.get("config") or {})
+        self.best_metric = float(ckpt.get("best_metric", -math.inf))
+        self.best_step = int(ckpt.get("best_step", -1))
+        restore_rng(ckpt["rng"])
+        step = int(ckpt["step"])
+        self.saved_step = step
+        self.rows = read_rows(self.s.run_dir / "metrics.csv", step)
+        self.log(f"resuming {self.last_path} at step {step} (epoch {int(ckpt['epoch'])})")
+        return int(ckpt["epoch"]), step, int(ckpt["batch_in_epoch"])
+
+    def _apply_hparams(self, old: dict[str, Any]) -> None:
+        """Put a changed ``train.lr`` / ``train.weight_decay`` into the restored optimizer."""
+        old_t, t = old.get("train", {}), self.s.config.get("train", {})
+        lr = self.s.lr if old_t.get("lr") != t.get("lr") else None
+        wd = self.s.weight_decay if old_t.get("weight_decay") != t.get("weight_decay") else None
+        apply_hparams(self.task.optimizer, self.task.scheduler, lr=lr, weight_decay=wd)
+        if lr is not None:
+            self.log(f"resume: train.lr {old_t.get('lr')} -> {lr} applied")
+
+    def _start(self) -> tuple[int, int, int]:
+        s = self.s
+        if not s.resume and self.last_path.exists():
+            raise ConfigError(
+                f"run folder '{s.run_dir}' already holds a checkpoint; pass --resume to "
+                "continue it or choose another folder with -o/--output."
+            )
+        if s.resume and not self.last_path.exists():
+            raise ConfigError(
+                f"--resume: no checkpoint '{self.last_path}' to resume from; start the run "
+                "without --resume."
+            )
+        if self.info.is_main:
+            s.run_dir.mkdir(parents=True, exist_ok=True)
+            removed = remove_stale_temps(s.run_dir)
+            if removed:
+                self.log(f"removed {removed} unfinished temporary file(s) of an earlier run")
+        for line in self.task.describe(self.amp):
+            self.log(line)
+        position = self._resume() if s.resume else (0, 0, 0)
+        if self.info.is_main:
+            atomic_write_text(s.run_dir / "config.yaml", yaml_dump(s.config))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(s.run_dir / "tb"))
+        return position
+
+    # ------------------------------------------------------------------ signals
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.signum = signum
+            signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    # ------------------------------------------------------------------ steps
+    def _micro_batches(self, model: nn.Module, epoch: int, skip: int) -> Iterator[tuple]:
+        """Yield ``(batch index, batches in epoch, summed loss)`` after every optimizer group."""
+        acc = self.s.accumulation
+        loader = self.task.batches(epoch)
+        n = len(loader) if isinstance(loader, Sized) else 0
+        total = 0.0
+        for bi, batch in enumerate(loader):
+            if bi < skip:
+                continue
+            g0 = (bi // acc) * acc
+            group = min(acc, n - g0)
+            sync = (bi + 1 - g0) == group
+            ctx = (
+                model.no_sync()
+                if (self.info.distributed and not sync)
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                loss = self.task.loss(model, batch, self.amp) / group
+                if self.amp.scaler is not None:
+                    self.amp.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total += float(loss.detach())
+            if sync:
+                yield bi, n, total
+                total = 0.0
+
+    def _optimizer_step(self) -> None:
+        opt, clip, scaler = self.task.optimizer, self.s.grad_clip, self.amp.scaler
+        if scaler is not None:
+            if clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), clip)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), clip)
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if self.task.scheduler is not None:
+            self.task.scheduler.step()
+
+    def _nan_error(self, loss: float, step: int, epoch: int) -> NonFiniteLossError:
+        if self.saved_step >= 0:
+            advice = (
+                f"the last checkpoint with a finite loss after it, {self.last_path} (step "
+                f"{self.saved_step}), is kept. Lower train.lr, set train.amp=false or check the "
+                f"input data, then continue with {self.s.resume_hint} --set train.lr=..."
+            )
+        else:
+            advice = (
+                "no checkpoint had been written yet. Lower train.lr, set train.amp=false or "
+                "check the input data for NaN voxels, then start the run again."
+            )
+        return NonFiniteLossError(
+            f"training stopped: loss is {loss} at step {step} (epoch {epoch}); {advice}"
+        )
+
+    def _after_step(self, step: int, epoch: int, loss: float, lr: float, start: float) -> None:
+        row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr}
+        row.update(self.task.step_metrics())
+        row["time_s"] = time.monotonic() - start
+        self.rows.append(row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def validate(self, step: int, epoch: int, batch: int) -> None:
+        """Validate on rank 0, log the metrics, write ``best.pt`` when the score improves."""
+        if self.info.is_main and self.task.has_validation:
+            metrics = self.task.validate(self.amp)
+            if self.rows and self.rows[-1]["step"] == step:
+                self.rows[-1].update(metrics)
+            else:
+                self.rows.append({"step": step, **metrics})
+            if self.writer is not None:
+                for k, v in metrics.items():
+                    if math.isfinite(v):
+                        self.writer.add_scalar(f"val/{k}", v, step)
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            self.log(f"step {step}: validation {summary}")
+            score = metrics.get(self.task.score, float("nan"))
+            if math.isfinite(score) and score > self.best_metric:
+                self.best_metric, self.best_step = score, step
+                save_checkpoint(self._state(epoch, step, batch), self.best_path)
+        barrier(self.info)
+        self.last_val_step = step
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        """Train, checkpoint, validate; returns the run folder.
+
+        Raises:
+            NonFiniteLossError: NaN/Inf loss (the last checkpoint with a finite loss is kept).
+            TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is written).
+        """
+        from tqdm import tqdm
+
+        epoch, step, skip = self._start()
+        model: nn.Module = self.task.model
+        if self.info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            cuda = self.info.device.type == "cuda"
+            model = DistributedDataParallel(
+                model, device_ids=[self.info.local_rank] if cuda else None
+            )
+        bar = tqdm(
+            total=self.s.total_steps,
+            initial=step,
+            desc="train",
+            unit="step",
+            disable=not (self.info.is_main and self.s.progress),
+            dynamic_ncols=True,
+        )
+        model.train()
+        try:
+            with self._signals():
+                epoch, step = self._epochs(model, bar, epoch, step, skip)
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        if self.signum:
+            name = signal.Signals(self.signum).name
+            raise TrainingInterrupted(
+                f"invseg: {name} at step {step}: checkpoint {self.last_path} written; continue "
+                f"with `{self.s.resume_hint}`",
+                self.signum,
+            )
+        if self.info.is_main:
+            self.task.finish(self.rows, self.s.run_dir)
+            best = (
+                f"best {self.task.score} {self.best_metric:.4f} at step {self.best_step}"
+                if self.best_step >= 0
+                else "no validation"
+            )
+            self.log(f"done: {step} steps; {best}; run folder {self.s.run_dir}")
+        barrier(self.info)
+        return self.s.run_dir
+
+    def _epochs(self, model: nn.Module, bar: Any, epoch: int, step: int, skip: int) -> tuple:
+        s, start = self.s, time.monotonic()
+        budget = s.max_minutes * 60 if s.max_minutes is not None else math.inf
+        stop, mid = False, 0
+        while step < s.total_steps and not stop:
+            for bi, n, loss_sum in self._micro_batches(model, epoch, skip):
+                flags = torch.tensor([loss_sum, float(self.signum > 0)], device=self.info.device)
+                loss, interrupted = (float(v) for v in all_reduce_mean(flags, self.info))
+                if not math.isfinite(loss):
+                    raise self._nan_error(loss, step + 1, epoch)
+                if self.info.is_main:
+                    self._commit()  # the staged checkpoint is followed by a finite loss
+                lr = self.task.optimizer.param_groups[0]["lr"]
+                self._optimizer_step()
+                step += 1
+                self._after_step(step, epoch, loss, lr, start)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
+                if s.val_every_steps and (step % s.val_every_steps == 0 or step == s.total_steps):
+                    self.validate(step, epoch, bi + 1 if bi + 1 < n else 0)
+                if interrupted > 0:
+                    self.signum = self.signum or signal.SIGTERM
+                if step >= s.total_steps or time.monotonic() - start > budget or self.signum:
+                    stop, mid = True, (bi + 1 if bi + 1 < n else 0)
+                    break
+                if s.checkpoint_every and step % s.checkpoint_every == 0 and bi + 1 < n:
+                    self.checkpoint(epoch, step, bi + 1, final=False)
+            if mid:
+                break
+            epoch, skip = epoch + 1, 0
+            every = s.val_every_epochs
+            if every and (epoch % every == 0 or (stop and not self.signum)):
+                if self.last_val_step != step:
+                    self.validate(step, epoch, 0)
+            self.checkpoint(epoch, step, 0, final=stop or step >= s.total_steps)
+        if mid:
+            if s.val_every_epochs and self.last_val_step != step and not self.signum:
+                self.validate(step, epoch, mid)
+            self.checkpoint(epoch, step, mid, final=True)
+        elif self.pending is not None and self.info.is_main:
+            self._commit()
+        return epoch, step

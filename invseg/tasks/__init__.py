@@ -1,0 +1,1 @@
+"""Tasks: what differs between segmentation and reconstruction (model, loss, data, metrics)."""

@@ -1,0 +1,240 @@
+"""Config schemas: segmentation (:class:`SegConfig`) and MoDL (:class:`ReconConfig`).
+
+Both load through :func:`invseg.runtime.config.load`, so both get the same coercion, YAML 1.2
+floats, did-you-mean hints and error messages.
+
+Example:
+    >>> cfg = load_config({"model": {"_target_": "torch.nn.Identity"}}, ["train.lr=3e-4"])
+    >>> cfg.train.lr, cfg["infer"]["overlap"]
+    (0.0003, 0.5)
+    >>> load_recon_config({}, ["train.steps=3"]).train.steps
+    3
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from invseg.runtime.config import ConfigError, Section, field, key_hint, load, resolve_target
+
+__all__ = ["ReconConfig", "SegConfig", "load_config", "load_recon_config"]
+
+Auto = Literal["auto"]
+
+
+# ------------------------------------------------------------------------------ segmentation
+@dataclass
+class SegData(Section):
+    """``data``: where the cases are and how a training patch is cut."""
+
+    root: str | None = None  # dataset folder as the challenge ships it
+    layout: str | None = None  # auto-detected when null
+    convention: str | None = "brats"  # brats | brats2023 | msd | iseg
+    spacing: list[float] = field([1.0, 1.0, 1.0], length=3)  # mm, resampling target
+    crop: list[int] | Auto = field([128, 128, 128], length=3)  # training patch (D, H, W)
+    num_samples: int = field(1, ge=1)  # crops per loaded volume
+    augment: bool = True
+    val_fraction: float = field(0.2, ge=0.0, lt=1.0)  # used when val_cases is null
+    val_cases: list[str] | None = None  # explicit validation case ids
+    cache_rate: float = field(0.0, ge=0.0, le=1.0)
+
+    def check(self, path: str) -> None:
+        """Positive crop and spacing."""
+        if self.crop != "auto" and min(self.crop) < 1:
+            raise ConfigError(f"data.crop: {self.crop} must be positive sizes")
+        if min(self.spacing) <= 0:
+            raise ConfigError(f"data.spacing: {self.spacing} must be positive")
+
+
+@dataclass
+class SegTrain(Section):
+    """``train``: optimisation, schedule, checkpoints, device."""
+
+    epochs: int = field(100, ge=1)  # ignored when steps is set
+    steps: int | None = field(None, ge=1)  # optimizer steps; overrides epochs
+    max_minutes: float | None = field(None, gt=0)  # wall-clock budget; stops with a checkpoint
+    batch_size: int = field(1, ge=1)  # per process
+    accumulation: int = field(1, ge=1)  # micro-batches per optimizer step
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = field(1.0e-4, gt=0)
+    weight_decay: float = field(1.0e-5, ge=0)
+    momentum: float = field(0.99, ge=0, lt=1)  # sgd only
+    scheduler: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = field(0, ge=0)
+    grad_clip: float | None = field(None, gt=0)
+    amp: bool = True  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
+    seed: int = 0
+    deterministic: bool = True
+    val_every: int = field(1, ge=1)  # epochs between validations
+    checkpoint_every: int | None = field(100, ge=1)  # optimizer steps between last.pt writes
+    num_workers: int | Auto = field("auto", ge=0)  # auto: min(4, CPUs - 1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    measure_memory: bool = True
+    progress: bool = True
+    memory_budget: str | None = None  # with data.crop=auto: e.g. 12GB
+    loss: dict[str, float] = field({"dice": 1.0, "ce": 1.0, "vae": 1.0})
+
+    def check(self, path: str) -> None:
+        """Only the known loss weights."""
+        for key in self.loss:
+            if key not in ("dice", "ce", "vae"):
+                raise ConfigError(
+                    f"unknown config key 'train.loss.{key}'." + key_hint(key, ["dice", "ce", "vae"])
+                )
+        self.loss = {"dice": 1.0, "ce": 1.0, "vae": 1.0, **self.loss}
+
+
+@dataclass
+class SegInfer(Section):
+    """``infer``: sliding-window prediction (also used by validation)."""
+
+    roi_size: list[int] | Auto = field("auto", length=3)  # auto: the crop on CPU
+    sw_batch_size: int = field(1, ge=1)
+    overlap: float = field(0.5, ge=0, lt=1)
+    tta: bool = False
+
+
+@dataclass
+class Output(Section):
+    """``output``: the run folder."""
+
+    dir: str = "runs/invseg"
+
+
+@dataclass
+class SegConfig(Section):
+    """A segmentation run: ``data``, ``model`` (``_target_`` + kwargs), ``train``, ``infer``,
+    ``output``."""
+
+    data: SegData = field(SegData())
+    model: dict[str, Any] = field({"_target_": "invseg.nets.PartiallyInvResUNet"})
+    train: SegTrain = field(SegTrain())
+    infer: SegInfer = field(SegInfer())
+    output: Output = field(Output())
+
+    def check(self, path: str) -> None:
+        """The model keys must be arguments of ``model._target_``."""
+        check_model_keys(self.model)
+
+
+def check_model_keys(model: Mapping[str, Any]) -> None:
+    """Every key of a ``model`` section is an argument of its ``_target_`` class.
+
+    Raises:
+        ConfigError: missing ``_target_`` or unknown key (with a did-you-mean hint).
+    """
+    target = model.get("_target_")
+    if target is None:
+        raise ConfigError(
+            "model._target_ is missing: name the network class by its full dotted "
+            "path, e.g. 'invseg.nets.PartiallyInvResUNet'."
+        )
+    try:
+        params = inspect.signature(resolve_target(target)).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    keys = ["_target_", *params]
+    for key in model:
+        if key not in keys:
+            raise ConfigError(
+                f"unknown config key 'model.{key}' for {target}." + key_hint(key, keys)
+            )
+
+
+def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> SegConfig:
+    """A segmentation config from a YAML file, packaged name or mapping, plus overrides."""
+    return load(SegConfig, source, overrides)
+
+
+# ------------------------------------------------------------------------------ reconstruction
+@dataclass
+class ReconData(Section):
+    """``data``: the simulated k-space."""
+
+    kind: Literal["2d", "3d", "cine"] = "2d"
+    phantom: Literal["shepp_logan", "mni152"] = "shepp_logan"  # 2d only; cine: beating phantom
+    shape: list[int] = field([32, 32])  # (H, W), (D, H, W) or (T, H, W)
+    num_coils: int = field(4, ge=1)
+    acceleration: float = field(4.0, ge=1)
+    mask: Literal["poisson", "cartesian", "kt"] = "poisson"
+    calib: int = field(8, ge=0)
+    noise_std: float = field(0.0, ge=0)
+    train_samples: int = field(16, ge=1)
+    val_samples: int = field(4, ge=1)
+    seed: int = 0
+
+
+@dataclass
+class ReconModel(Section):
+    """``model``: the arguments of :class:`invseg.recon.MoDL`."""
+
+    num_unrolls: int = field(10, ge=1)
+    spatial_dims: Literal[2, 3] = 2
+    channels: int = field(64, ge=1)
+    layers: int = field(5, ge=2)
+    shared_weights: bool = True
+    memory: Literal["invert", "checkpoint", "store"] = "invert"
+    cg_iters: int = field(10, ge=1)
+    cg_tol: float = field(1.0e-6, gt=0)
+    mu_init: float = field(0.05, gt=0)
+    anchor_every: int | None = field(2, ge=1)
+    lipschitz: float = field(0.9, gt=0, lt=1)
+    init: Literal["adjoint", "sense"] = "adjoint"
+    fixed_point_iters: int = field(50, ge=1)
+    fixed_point_tol: float = field(1.0e-6, gt=0)
+    drift_tol: float | None = field(5.0e-2, gt=0)
+    dc_refine_steps: int = field(1, ge=0)
+
+
+@dataclass
+class ReconTrain(Section):
+    """``train``: optimisation of MoDL."""
+
+    steps: int = field(200, ge=1)
+    batch_size: int = field(2, ge=1)
+    lr: float = field(1.0e-3, gt=0)
+    loss: Literal["mse", "l1"] = "mse"  # on the complex image
+    grad_clip: float | None = field(None, gt=0)
+    seed: int = 0
+    val_every: int = field(50, ge=1)  # optimizer steps between validations
+    checkpoint_every: int | None = field(50, ge=1)
+    device: str = "cpu"  # cpu | cuda | auto
+    dtype: Literal["float32", "float64"] = "float32"
+    progress: bool = False
+
+
+@dataclass
+class ReconConfig(Section):
+    """A MoDL run on simulated k-space: ``data``, ``model``, ``train``, ``output``."""
+
+    data: ReconData = field(ReconData())
+    model: ReconModel = field(ReconModel())
+    train: ReconTrain = field(ReconTrain())
+    output: Output = field(Output("runs/recon"))
+
+    def check(self, path: str) -> None:
+        """Shapes, dimensions and masks that fit ``data.kind``."""
+        d = self.data
+        ndim = 2 if d.kind == "2d" else 3
+        if len(d.shape) != ndim:
+            raise ConfigError(f"data.shape: {d.shape} must have {ndim} sizes for kind {d.kind!r}")
+        if self.model.spatial_dims != ndim:
+            raise ConfigError(
+                f"model.spatial_dims: {self.model.spatial_dims} must be {ndim} for data.kind "
+                f"{d.kind!r} (3 for 3D slabs and 2D+time)"
+            )
+        if d.kind == "cine" and d.mask != "kt":
+            raise ConfigError(f"data.mask: {d.mask!r} must be 'kt' for data.kind 'cine'")
+
+
+def load_recon_config(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> ReconConfig:
+    """A MoDL config from a YAML file, packaged name or mapping, plus overrides."""
+    return load(ReconConfig, source, overrides)

@@ -1,0 +1,254 @@
+"""Segmentation data for training: cases, split, MONAI datasets, loaders, validation metrics."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from invseg.runtime.config import ConfigError
+from invseg.runtime.device import Amp
+from invseg.runtime.distributed import DistInfo
+from invseg.tasks.config import SegConfig
+
+__all__ = ["SegData", "nanmean_rows", "plan_crop", "validation_metrics"]
+
+
+def _resampled_side(case: Any, spacing: list[float]) -> int:
+    """Longest side, in voxels at ``spacing``, of a case's first image (header only)."""
+    import nibabel as nib
+
+    img = nib.load(str(case.images[0]))
+    zooms = img.header.get_zooms()[:3]
+    return max(round(n * z / s) for n, z, s in zip(img.shape[:3], zooms, spacing))
+
+
+def plan_crop(cfg: SegConfig, info: DistInfo, modalities: int) -> list[int]:
+    """``data.crop: auto``: the largest cube whose training step fits ``train.memory_budget``.
+
+    The network of ``model`` is measured by :func:`invseg.runtime.planner.plan_model` at the
+    configured batch size and precision on this process's device.
+
+    Raises:
+        ConfigError: no budget given, or not even the smallest cube fits.
+    """
+    from invseg.runtime.config import instantiate_model
+    from invseg.runtime.planner import parse_bytes, plan_model
+
+    t = cfg.train
+    if not t.memory_budget:
+        raise ConfigError(
+            "data.crop: 'auto' needs train.memory_budget (e.g. --set train.memory_budget=12GB), "
+            "or give the crop as a list of 3 integers."
+        )
+    try:
+        budget = parse_bytes(t.memory_budget)
+    except ValueError as err:
+        raise ConfigError(
+            f"train.memory_budget: {t.memory_budget!r} is not a size like 12GB"
+        ) from err
+    model = dict(cfg.model)
+
+    def build(size: int) -> torch.nn.Module:
+        if model.get("vae"):
+            model["input_image_size"] = [size] * 3
+        return instantiate_model(model)
+
+    amp = None if not t.amp else ("fp16" if info.device.type == "cuda" else "bf16")
+    channels = modalities or int(model.get("in_channels", 1))
+    plan = plan_model(
+        build, channels, budget_bytes=budget, batch=t.batch_size, amp=amp, device=info.device
+    )
+    if plan.max_cube is None:
+        raise ConfigError(
+            f"train.memory_budget: {t.memory_budget} is too small for one "
+            f"{plan.multiple}^3 crop at batch {t.batch_size} (needs {plan.total_bytes} bytes)"
+        )
+    return [int(plan.max_cube)] * 3
+
+
+class SegData:
+    """The labelled cases of ``data.root``, split and wrapped in MONAI datasets.
+
+    Args:
+        cfg: the resolved config.
+        info: rank and device.
+        split: ``split_cases(cases, val_cases=, val_fraction=, seed=)``.
+    """
+
+    def __init__(self, cfg: SegConfig, info: DistInfo, split: Callable[..., Any]) -> None:
+        from invseg.data import (
+            case_dicts,
+            cases_from_paths,
+            discover,
+            eval_transforms,
+            get_convention,
+            train_transforms,
+        )
+
+        d, self.cfg, self.info = cfg.data, cfg, info
+        if not d.root:
+            raise ConfigError(
+                "data.root is not set: point it at the dataset folder, e.g. "
+                "--set data.root=/data/BraTS2020_TrainingData."
+            )
+        root = Path(d.root).expanduser()
+        if d.layout:
+            ds_info, cases = cases_from_paths([root], layout=d.layout)
+        else:
+            ds_info = discover(root)
+            cases = list(ds_info.cases)
+        self.modalities = tuple(ds_info.modalities) if ds_info is not None else ()
+        self.layout = ds_info.layout if ds_info is not None else str(d.layout)
+        if d.convention:
+            self.convention = get_convention(d.convention)
+        elif ds_info is not None:
+            self.convention = ds_info.convention
+        else:
+            raise ConfigError("data.convention is not set: use brats, brats2023, msd or iseg.")
+        labelled = [c for c in cases if c.label is not None]
+        if not labelled:
+            raise ConfigError(f"{root}: no case has a label file; training needs labelled cases.")
+        self.train_cases, self.val_cases = split(
+            labelled, val_cases=d.val_cases, val_fraction=d.val_fraction, seed=cfg.train.seed
+        )
+        self.spacing = list(d.spacing)
+        if d.crop == "auto":  # no larger than the largest (resampled) training volume
+            side = max(_resampled_side(c, self.spacing) for c in self.train_cases[:1])
+            cube = plan_crop(cfg, info, len(self.modalities))[0]
+            self.crop = [min(cube, -(-side // 8) * 8)] * 3
+        else:
+            self.crop = list(d.crop)
+        tr = train_transforms(
+            self.convention,
+            crop=self.crop,
+            spacing=self.spacing,
+            num_samples=d.num_samples,
+            augment=d.augment,
+        )
+        ev = eval_transforms(self.convention, spacing=self.spacing)
+        self.train_ds = self._dataset(case_dicts(self.train_cases), tr)
+        self.val_ds = self._dataset(case_dicts(self.val_cases), ev) if self.val_cases else None
+
+    def _dataset(self, items: list[dict], transform: Any) -> Any:
+        from monai.data import CacheDataset, Dataset
+
+        rate = self.cfg.data.cache_rate
+        if rate > 0:
+            return CacheDataset(items, transform, cache_rate=rate, num_workers=0, progress=False)
+        return Dataset(items, transform)
+
+    def loader(self, epoch: int, num_workers: int) -> Any:
+        """The training loader of ``epoch`` (this rank's shard, seeded by seed, epoch, rank)."""
+        from monai.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+
+        info, seed = self.info, self.cfg.train.seed
+        sampler = DistributedSampler(
+            self.train_ds,
+            num_replicas=info.world_size,
+            rank=info.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=False,
+        )
+        sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + info.rank)
+        return DataLoader(
+            self.train_ds,
+            batch_size=self.cfg.train.batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            generator=gen,
+            pin_memory=info.device.type == "cuda",
+        )
+
+    def raise_non_finite(self, batch: dict[str, Any]) -> None:
+        """Raise a :class:`~invseg.data.DataError` naming the files of a batch with NaN/Inf."""
+        from invseg.data import DataError
+
+        image = batch["image"]
+        meta = getattr(image, "meta", {}) or {}
+        names = meta.get("filename_or_obj")
+        bad = [k for k in range(image.shape[0]) if not bool(torch.isfinite(image[k]).all())]
+        files: list[str] = []
+        for k in bad:
+            entry = names[k] if isinstance(names, (list, tuple)) and len(names) > k else names
+            files.append(str(entry))
+        raise DataError(
+            f"non-finite (NaN/Inf) voxel in the training input {', '.join(files) or '?'}; "
+            "fix or remove that case."
+        )
+
+
+def validation_metrics(
+    model: torch.nn.Module,
+    data: SegData,
+    amp: Amp,
+    *,
+    roi_size: list[int],
+    sw_batch_size: int,
+    overlap: float,
+) -> dict[str, float]:
+    """Per-region mean Dice and HD95 (in mm at ``data.spacing``) over the validation cases."""
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric
+    from monai.networks.utils import one_hot
+
+    conv, device = data.convention, data.info.device
+    regions = conv.kind == "regions"
+    names = list(conv.names) if regions else list(conv.names)[1:]
+    dice = DiceMetric(include_background=regions, reduction="none", ignore_empty=True)
+    hd95 = HausdorffDistanceMetric(include_background=regions, percentile=95, reduction="none")
+    dice_rows: list[torch.Tensor] = []
+    hd_rows: list[torch.Tensor] = []
+    for item in data.val_ds:
+        image = torch.as_tensor(item["image"])[None].to(device)
+        label = torch.as_tensor(item["label"])[None].to(device)
+        with amp():
+            logits = sliding_window_inference(
+                image,
+                roi_size=roi_size,
+                sw_batch_size=sw_batch_size,
+                predictor=model,
+                overlap=overlap,
+            )
+        logits = torch.as_tensor(logits).float()
+        if regions:
+            pred, ref = (torch.sigmoid(logits) > 0.5).float(), label.float()
+        else:
+            n = conv.out_channels
+            pred = one_hot(logits.argmax(1, keepdim=True), num_classes=n)
+            ref = one_hot(label.long(), num_classes=n)
+        dice_rows.append(dice(y_pred=pred, y=ref).cpu().float())
+        with warnings.catch_warnings():
+            # empty prediction/reference: HD95 is NaN (UserWarning); MONAI 1.5+ calls its own
+            # deprecated get_mask_edges argument (FutureWarning).
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings("ignore", ".*always_return_as_numpy", FutureWarning)
+            hd_rows.append(hd95(y_pred=pred, y=ref, spacing=list(data.spacing)).cpu().float())
+    d = nanmean_rows(dice_rows, len(names))
+    h = nanmean_rows(hd_rows, len(names))
+    out: dict[str, float] = {}
+    for k, name in enumerate(names):
+        out[f"dice_{name}"] = float(d[k])
+        out[f"hd95_{name}"] = float(h[k])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["dice_mean"] = float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
+    return out
+
+
+def nanmean_rows(rows: list[torch.Tensor], n: int) -> np.ndarray:
+    """Mean over cases of (1, n) metric rows, skipping NaN/Inf (empty region) entries."""
+    if not rows:
+        return np.full(n, np.nan)
+    a = torch.cat([r.reshape(-1, n) for r in rows]).numpy().astype(np.float64)
+    a[~np.isfinite(a)] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
+        return np.nanmean(a, axis=0)

@@ -1,0 +1,90 @@
+"""The typed config: coercion once, errors naming key path, value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from invseg.runtime.config import ConfigError, find_config, list_configs, yaml_load
+from invseg.tasks.config import load_config, load_recon_config
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def seg(tmp_path: Path) -> dict:
+    return tiny_config(tmp_path, tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=two", "train.batch_size: 'two' is not an integer"),
+        ("train.batch_size=0", "train.batch_size: 0 must be >= 1"),
+        ("data.crop=16", "data.crop: 16 must be a list of 3 integers"),
+        ("data.augment='no'", "data.augment: 'no' must be true or false"),
+        ("train.lr=abc", "train.lr: 'abc' is not a number"),
+        ("train.lr=-1", "train.lr: -1.0 must be > 0"),
+        ("train.optimizer=adamm", "train.optimizer: 'adamm' is not allowed; choose adamw"),
+        ("data.val_fraction=1.5", "data.val_fraction: 1.5 must be < 1"),
+        ("train.num_workers=-1", "train.num_workers: -1 must be >= 0"),
+        ("infer.roi_size=[8, 8]", "infer.roi_size: [8, 8] must be a list of 3 integers"),
+        ("train.loss.vea=1", "unknown config key 'train.loss.vea'. Did you mean 'vae'?"),
+    ],
+)
+def test_bad_value_names_key_value_and_what_is_allowed(seg, override, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(seg, [override])
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_values_are_coerced_once_at_load(seg) -> None:
+    cfg = load_config(seg, ["train.lr=3e-4", "train.steps=1e2", "data.val_cases=[1, 2]"])
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.steps == 100 and isinstance(cfg.train.steps, int)
+    assert cfg.data.val_cases == ["1", "2"]
+    assert cfg["train"]["lr"] == cfg.train.lr  # sections read like dicts too
+
+
+def test_yaml_files_read_floats_without_a_dot_as_yaml_1_2(tmp_path: Path, seg) -> None:
+    seg["train"]["lr"] = "PLACEHOLDER"
+    text = yaml.safe_dump(seg).replace("PLACEHOLDER", "3e-4")
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(tmp_path / "c.yaml").train.lr == pytest.approx(3e-4)
+    assert yaml_load("a: 1e-3")["a"] == pytest.approx(1e-3)
+
+
+def test_recon_config_uses_the_same_machinery() -> None:
+    assert load_recon_config("recon_2d", ["train.lr=3e-4"]).train.lr == pytest.approx(3e-4)
+    for override, message in [
+        ("train.batch_size=0", "train.batch_size: 0 must be >= 1"),
+        ("train.steps=0", "train.steps: 0 must be >= 1"),
+        ("train.lr=abc", "train.lr: 'abc' is not a number"),
+        ("model.num_unroll=3", "Did you mean 'num_unrolls'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_recon_config("recon_2d", [override])
+
+
+def test_unknown_section_and_model_key_get_did_you_mean(seg) -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'trian'. Did you mean 'train'"):
+        load_config(seg, ["trian.lr=1"])
+    with pytest.raises(ConfigError, match="Did you mean 'channels'"):
+        load_config(seg, ["model.chanels=[4]"])
+
+
+def test_packaged_configs_are_found_by_name_and_listed() -> None:
+    names = list_configs()
+    assert {"demo", "brats_partially_invres", "recon_2d"} <= set(names)
+    assert load_config("brats_fully_invres").model["_target_"] == "invseg.nets.FullyInvResUNet"
+    assert find_config("configs/demo.yaml").name == "demo.yaml"
+    with pytest.raises(ConfigError, match="Did you mean 'demo'"):
+        find_config("demoo")
+
+
+@pytest.mark.parametrize("name", ["brats_partially_invres", "brats_fully_invres", "demo"])
+def test_shipped_configs_checkpoint_regularly(name: str) -> None:
+    cfg = load_config(name)
+    assert cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every <= 100
