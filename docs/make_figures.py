@@ -8,7 +8,9 @@ Every number in them is measured when this runs, on CPU, with :func:`invseg.engi
   against the number of unrolls (``store`` vs ``invert``);
 * ``brats_overlay.png``: a synthetic BraTS case (four modalities), its reference labels and the
   prediction of a small network trained for a few minutes by this script;
-* ``iseg_overlay.png``: a synthetic iSeg subject (T1, T2) and its tissue labels.
+* ``iseg_overlay.png``: a synthetic iSeg subject (T1, T2) and its tissue labels;
+* ``synth_easy_vs_hard.png``: one slice per modality of the ``easy`` and ``hard`` synthetic
+  presets, BraTS and iSeg, with label outlines.
 
 Run ``python docs/make_figures.py`` (a few minutes on 2 CPU cores) and commit the PNGs;
 ``--quick`` makes tiny versions for the tests.
@@ -204,6 +206,55 @@ def iseg_overlay(out: Path, work: Path, *, quick: bool = False) -> Path:
     return _save(fig, "iseg_overlay.png", out)
 
 
+def synth_easy_vs_hard(out: Path, work: Path, *, quick: bool = False) -> Path:
+    """One slice per modality, easy vs hard preset, BraTS and iSeg, with label outlines."""
+    from invseg.data import read_image, synthesize
+    from invseg.data.synth import label_statistics
+
+    shape = (32, 32, 32) if quick else (96, 112, 80)
+    n = 2 if quick else 6
+    rows = []
+    for kind in ("brats", "iseg"):
+        for preset in ("easy", "hard"):
+            info = synthesize(
+                kind, work / f"{kind}_{preset}", cases=n, shape=shape, seed=2, preset=preset
+            )
+            stats = label_statistics(info)
+            pick = int(stats["lesions"].idxmax()) if kind == "brats" else 0
+            case = info.cases[pick]
+            images = [read_image(p)[0].astype(np.float32) for p in case.images]
+            label = read_image(case.label)[0].astype(int)
+            rows.append((f"{kind} {preset}", info.modalities, images, label))
+
+    plt = _plt()
+    fig, axes = plt.subplots(4, 4, figsize=(6.4, 7.2))
+    outlines = {
+        "brats": (((1, 2, 4), "lime"), ((1, 4), "red"), ((4,), "yellow")),
+        "iseg": (((10,), "deepskyblue"), ((150,), "red"), ((250,), "yellow")),
+    }
+    for row, (title, modalities, images, label) in zip(axes, rows):
+        kind = title.split()[0]
+        tumour = (label > 0).sum(axis=(0, 1))
+        z = int(np.argmax(tumour)) if kind == "brats" else label.shape[2] // 2
+        for k, ax in enumerate(row):
+            ax.axis("off")
+            if k >= len(images):
+                continue
+            ax.imshow(images[k][:, :, z].T, cmap="gray", origin="lower")
+            for values, colour in outlines[kind]:
+                mask = np.isin(label[:, :, z], values).T.astype(float)
+                if mask.any():
+                    ax.contour(mask, levels=[0.5], colors=colour, linewidths=0.7)
+            ax.set_title(f"{title}: {modalities[k]}", fontsize=7)
+    handles = [
+        plt.Line2D([0], [0], color=c, lw=1.5) for c in ("lime", "red", "yellow", "deepskyblue")
+    ]
+    names = ["WT / -", "TC / GM", "ET / WM", "- / CSF"]
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, title="BraTS / iSeg")
+    fig.subplots_adjust(bottom=0.07, hspace=0.15, wspace=0.05)
+    return _save(fig, "synth_easy_vs_hard.png", out)
+
+
 def main(out: str | Path = FIGURES, *, quick: bool = False) -> list[Path]:
     """Write all figures into ``out`` and return their paths."""
     out = Path(out)
@@ -213,6 +264,7 @@ def main(out: str | Path = FIGURES, *, quick: bool = False) -> list[Path]:
             memory_vs_depth(out, quick=quick),
             iseg_overlay(out, work, quick=quick),
             brats_overlay(out, work, quick=quick),
+            synth_easy_vs_hard(out, work, quick=quick),
         ]
 
 

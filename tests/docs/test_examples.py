@@ -69,6 +69,7 @@ def test_figure_script_draws_memory_and_overlay_plots(tmp_path: Path) -> None:
     paths = [
         figures.memory_vs_depth(tmp_path, quick=True),
         figures.iseg_overlay(tmp_path, tmp_path / "work", quick=True),
+        figures.synth_easy_vs_hard(tmp_path, tmp_path / "work", quick=True),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

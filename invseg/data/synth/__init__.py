@@ -112,8 +112,7 @@ def synthesize(
         ``discover(root)``.
 
     Raises:
-        ValueError: unknown ``kind``/``layout``/``preset``, fewer than 1 case, a shape under
-            16 voxels.
+        ValueError: unknown ``kind``/``layout``/``preset``, no case, a shape under 16 voxels.
 
     Example:
         >>> import tempfile
@@ -130,12 +129,10 @@ def synthesize(
         raise ValueError(f"need cases >= 1 and unlabeled >= 0, got {cases} and {unlabeled}")
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be 3 positive sizes in mm, got {tuple(spacing)}")
-    orientation = orientation.upper()
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if compress else ".nii"
     scale = _NATIVE_SCALE[kind] if native else None
-
     for i in range(int(cases) + int(unlabeled)):
         # easy keeps the historical streams; other presets get their own
         key = [int(seed), i] if preset == "easy" else [int(seed), i, PRESETS.index(preset)]
@@ -146,9 +143,8 @@ def synthesize(
             write_iseg(root, i + 1, images, label if labelled else None, spacing)
         else:
             images, tumour = brats_case(rng, shape3, preset=preset, scale=scale)
-            write_brats(
-                root, layout, i, labelled, images, tumour, orientation, spacing, ext, int(cases)
-            )
+            ori = orientation.upper()
+            write_brats(root, layout, i, labelled, images, tumour, ori, spacing, ext, int(cases))
     if layout in ("msd", "nnunet"):
         write_dataset_json(root, layout, int(cases), int(unlabeled), ext)
 

@@ -83,35 +83,62 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], coarse: int = 4
     return ndimage.zoom(grid, [s / coarse for s in shape], order=3, grid_mode=True, mode="nearest")
 
 
-def gaussian_noise_field(
-    rng: np.random.Generator, shape: Sequence[int], sigma: float
-) -> np.ndarray:
-    """White noise low-passed by a Gaussian of width ``sigma`` voxels (FFT), unit variance."""
-    white = rng.standard_normal(tuple(shape)).astype(np.float32)
-    spectrum = np.fft.rfftn(white)
+@functools.lru_cache(maxsize=8)
+def _k2(shape: tuple[int, ...]) -> np.ndarray:
+    """Squared spatial frequencies (cycles/voxel) of an ``rfftn`` of ``shape``."""
     freqs = np.meshgrid(
         *[np.fft.fftfreq(s) for s in shape[:-1]], np.fft.rfftfreq(shape[-1]), indexing="ij"
     )
-    k2 = sum(f.astype(np.float32) ** 2 for f in freqs)
-    field = np.fft.irfftn(spectrum * np.exp(-2 * np.pi**2 * sigma**2 * k2), s=tuple(shape))
-    field = field.astype(np.float32)
+    return sum(f.astype(np.float32) ** 2 for f in freqs)
+
+
+def gaussian_noise_field(
+    rng: np.random.Generator, shape: Sequence[int], sigma: float
+) -> np.ndarray:
+    """White noise low-passed by a Gaussian of width ``sigma`` voxels (FFT), unit variance.
+
+    Example:
+        >>> f = gaussian_noise_field(np.random.default_rng(0), (16, 16, 8), 2.0)
+        >>> f.shape, round(float(f.std()), 3)
+        ((16, 16, 8), 1.0)
+    """
+    shape = tuple(int(s) for s in shape)
+    white = rng.standard_normal(shape).astype(np.float32)
+    axes = tuple(range(len(shape)))
+    spectrum = np.fft.rfftn(white, axes=axes)
+    gain = np.exp(-2 * np.pi**2 * sigma**2 * _k2(shape))
+    field = np.fft.irfftn(spectrum * gain, s=shape, axes=axes).astype(np.float32)
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
 def deform(
-    rng: np.random.Generator, maps: dict[str, np.ndarray], *, amount: float = 1.0
+    rng: np.random.Generator, maps: dict[str, np.ndarray], *, fast: bool = False
 ) -> dict[str, np.ndarray]:
-    """Random smooth deformation + scaling + shift of all maps (same warp for all)."""
+    """Random smooth deformation + scaling + shift of all maps (same warp for all).
+
+    Args:
+        rng: random generator.
+        maps: volumes of one shape.
+        fast: draw the displacement with :func:`gaussian_noise_field` (FFT) instead of the
+            slower cubic upsampling of :func:`smooth_field` (kept for the easy preset's
+            reproducibility).
+    """
     from scipy import ndimage
 
     shape = next(iter(maps.values())).shape
     centre = (np.asarray(shape) - 1) / 2
     scale = rng.uniform(0.92, 1.06, size=3)
-    shift = rng.uniform(-0.04, 0.04, size=3) * np.asarray(shape) * amount
+    shift = rng.uniform(-0.04, 0.04, size=3) * np.asarray(shape)
     amp = 0.025 * min(shape)
+
+    def field() -> np.ndarray:
+        if fast:
+            return gaussian_noise_field(rng, shape, min(shape) / 6)
+        return smooth_field(rng, shape)
+
     coords = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
     src = [
-        (c - centre[i] - shift[i]) / scale[i] + centre[i] + amp * smooth_field(rng, shape)
+        (c - centre[i] - shift[i]) / scale[i] + centre[i] + amp * field()
         for i, c in enumerate(coords)
     ]
     return {k: ndimage.map_coordinates(v, src, order=1, mode="constant") for k, v in maps.items()}

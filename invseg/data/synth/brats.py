@@ -34,19 +34,22 @@ _HARD = {
              (0.45, 0.7), (1.0, 1.45)),
     "t2": ((0.9, 1.1), (0.65, 0.8), (0.4, 0.5), (1.0, 1.4), (0.8, 1.05),
            (0.75, 1.05), (0.7, 0.95)),
-    "flair": ((0.1, 0.25), (0.6, 0.75), (0.45, 0.55), (0.3, 0.8), (0.75, 1.05),
-              (0.7, 1.05), (0.7, 1.0)),
+    "flair": ((0.1, 0.25), (0.6, 0.75), (0.45, 0.55), (0.3, 0.8), (0.7, 1.0),
+              (0.65, 0.95), (0.7, 1.0)),
 }  # fmt: skip
 # Look-alikes: modality -> {distractor: (low, high) intensity}.
 _DISTRACT = {
     "t1ce": {"vessels": (1.1, 1.6), "dura": (1.0, 1.5), "plexus": (1.0, 1.5)},
-    "t2": {"wmh": (0.8, 1.1)},
-    "flair": {"wmh": (0.8, 1.2), "plexus": (0.6, 0.9)},
+    "t2": {"wmh": (0.8, 1.1), "caps": (0.7, 0.9)},
+    "flair": {"wmh": (0.75, 1.1), "plexus": (0.6, 0.9), "caps": (0.7, 0.95)},
 }
 
 
 def brats_case(
-    rng: np.random.Generator, shape: tuple[int, int, int], *, preset: str = "easy",
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    *,
+    preset: str = "easy",
     scale: float | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One case: ``({modality: int16 image}, internal labels 0/1 core/2 edema/3 enhancing)``.
@@ -83,7 +86,7 @@ def _easy(rng, shape, scale) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def _hard(rng, shape, scale) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    maps = deform(rng, templates(shape, scale))
+    maps = deform(rng, templates(shape, scale), fast=True)
     brain = np.clip(maps["csf"] + maps["gm"] + maps["wm"], 0, 1)
     tissue, weight = hard_tumour(rng, maps)
     looks = contrast.distractors(rng, maps, brain)

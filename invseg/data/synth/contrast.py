@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from invseg.data.synth.anatomy import gaussian_noise_field, smooth_field
+from invseg.data.synth.anatomy import gaussian_noise_field
 
 __all__ = [
     "bias_field",
@@ -35,7 +35,7 @@ def partial_volume(image: np.ndarray, sigma: float) -> np.ndarray:
 
 def bias_field(rng: np.random.Generator, shape, *, max_amp: float = 0.3) -> np.ndarray:
     """Smooth multiplicative field ``1 + a f`` with ``|a f| <= a``, ``a ~ U(0.1, max_amp)``."""
-    f = smooth_field(rng, shape, coarse=3)
+    f = gaussian_noise_field(rng, shape, min(shape) / 5)
     f /= np.abs(f).max() + 1e-8
     return (1.0 + rng.uniform(0.1, max_amp) * f).astype(np.float32)
 
@@ -90,14 +90,18 @@ def distractors(
     shell = ndimage.binary_dilation(outer, iterations=max(1, round(scale / 2))) & ~outer
     dura = shell * (gaussian_noise_field(rng, shape, 2 * scale) > rng.uniform(0.0, 0.8))
     deep = ndimage.binary_erosion(outer, iterations=max(2, min(shape) // 6))
-    plexus = (
-        deep * (csf > 0.6) * (gaussian_noise_field(rng, shape, 0.8 * scale) > 1.0)
-    ).astype(np.float32)
-    spots = gaussian_noise_field(rng, shape, 0.7 * scale)
-    wmh = np.clip((spots - rng.uniform(2.0, 2.6)) * 2, 0, 1) * (wm > 0.5)
+    ventricles = deep & (csf > 0.6)
+    blobs = gaussian_noise_field(rng, shape, 0.8 * scale) > 1.0
+    plexus = (ventricles & blobs).astype(np.float32)
+    band = ndimage.binary_dilation(ventricles, iterations=max(1, round(scale))) & ~ventricles
+    patchy = gaussian_noise_field(rng, shape, 1.5 * scale) > rng.uniform(-0.5, 0.5)
+    caps = ndimage.gaussian_filter((band & patchy).astype(np.float32), 0.7)
+    spots = gaussian_noise_field(rng, shape, 0.8 * scale)
+    wmh = np.clip((spots - rng.uniform(1.6, 2.2)) * 2, 0, 1) * (wm > 0.5)
     return {
         "vessels": ndimage.gaussian_filter(vessels, 0.5),
         "dura": dura.astype(np.float32),
         "plexus": plexus,
         "wmh": wmh.astype(np.float32),
+        "caps": caps,
     }

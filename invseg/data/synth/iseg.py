@@ -1,7 +1,7 @@
 """iSeg-like infant cases: T1 and T2 with CSF (10), GM (150) and WM (250) labels.
 
 ``easy``: adult-like contrasts (WM > GM > CSF on T1). ``hard``: the isointense phase (about
-6 months of age), where GM and WM differ by a few percent on T1 and a little more on T2, with
+6 months of age), where labelled GM and WM differ by at most 3% on T1 and 6% on T2, with
 partial volume from the probability maps, a per-case bias of up to 30% and Rician noise.
 """
 
@@ -20,19 +20,22 @@ _ISEG_CONTRAST = {"T1": (0.20, 0.55, 0.80), "T2": (1.00, 0.60, 0.40)}  # CSF, GM
 
 
 def iseg_case(
-    rng: np.random.Generator, shape: tuple[int, int, int], *, preset: str = "easy",
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    *,
+    preset: str = "easy",
     scale: float | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One case: ``({"T1": int16, "T2": int16}, uint8 labels 0/10/150/250)``."""
     from scipy import ndimage
 
-    maps = deform(rng, templates(shape, scale))
+    maps = deform(rng, templates(shape, scale), fast=preset == "hard")
     probs = np.stack([maps["csf"], maps["gm"], maps["wm"]])
     label = np.where(probs.sum(0) > 0.5, np.asarray(ISEG_LABELS)[probs.argmax(0)], 0)
     images = {}
     for mod, c in _ISEG_CONTRAST.items():
         if preset == "hard":
-            images[mod] = _hard_image(rng, mod, probs, shape, scale)
+            images[mod] = _hard_image(rng, mod, probs, label, shape, scale)
             continue
         img = ndimage.gaussian_filter(sum(ci * p for ci, p in zip(c, probs)), 0.5)
         img *= 1.0 + 0.08 * smooth_field(rng, shape, coarse=3)
@@ -42,15 +45,26 @@ def iseg_case(
     return images, label.astype(np.uint8)
 
 
-def _hard_image(rng, mod: str, probs: np.ndarray, shape, scale) -> np.ndarray:
-    """Isointense contrast: WM within +-4% of GM on T1, 3-10% above GM on T2."""
+def _hard_image(
+    rng: np.random.Generator, mod: str, probs: np.ndarray, label: np.ndarray, shape, scale
+) -> np.ndarray:
+    r"""Isointense contrast: labelled WM and GM differ by a few percent on average.
+
+    The WM intensity is solved for so that the mean of the WM-labelled voxels is
+    :math:`1 + \delta` times that of the GM-labelled voxels, partial volume included, with
+    :math:`\delta \sim U(-0.03, 0.03)` on T1 and :math:`U(0, 0.06)` on T2 (whatever the
+    shape, so the thin, partial-volumed cortex does not make it larger or smaller). The bias
+    field, drawn afterwards, moves the measured contrast by a few percent more.
+    """
     gm = rng.uniform(0.5, 0.6)
-    if mod == "T1":
-        c = (rng.uniform(0.15, 0.3), gm, gm * (1 + rng.uniform(-0.04, 0.04)))
-    else:
-        c = (rng.uniform(0.9, 1.1), gm, gm * (1 + rng.uniform(0.03, 0.10)))
+    csf = rng.uniform(0.15, 0.3) if mod == "T1" else rng.uniform(0.9, 1.1)
+    delta = rng.uniform(-0.03, 0.03) if mod == "T1" else rng.uniform(0.0, 0.06)
+    m_gm = probs[:, label == ISEG_LABELS[1]].mean(1)  # mean CSF/GM/WM fractions in GM
+    m_wm = probs[:, label == ISEG_LABELS[2]].mean(1)
+    known = (1 + delta) * (csf * m_gm[0] + gm * m_gm[1]) - csf * m_wm[0] - gm * m_wm[1]
+    wm = known / (m_wm[2] - (1 + delta) * m_gm[2])
     vox = max(1.0, min(shape) / 64) if scale is None else 1.0
-    img = sum(ci * p for ci, p in zip(c, probs)).astype(np.float32)
+    img = (csf * probs[0] + gm * probs[1] + wm * probs[2]).astype(np.float32)
     img = contrast.partial_volume(img, rng.uniform(0.5, 1.0) * vox)
     img *= contrast.bias_field(rng, shape)
     img = contrast.rician(rng, img, rng.uniform(0.02, 0.05) * gm) * (probs.sum(0) > 0.05)

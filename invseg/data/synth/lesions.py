@@ -113,7 +113,7 @@ def hard_tumour(
     if not inner.any():
         inner = inside
     n = 1 if rng.random() < 2 / 3 else int(rng.integers(2, 4))
-    wt_total = n_brain * np.exp(rng.uniform(np.log(0.004), np.log(0.05)))
+    wt_total = n_brain * np.exp(rng.uniform(np.log(0.005), np.log(0.065)))
     shares = np.sort(rng.dirichlet(np.full(n, 2.0)))[::-1]
     radius = (3 * wt_total / (4 * np.pi)) ** (1 / 3)
     seeds = _seeds(rng, inner, n, spacing=2.2 * radius * max(shares) ** (1 / 3) + 3)
@@ -148,6 +148,9 @@ def hard_tumour(
             deep = ndimage.binary_erosion(core, iterations=width + 1)
             tissue[deep & (noise2 + rng.uniform(-0.5, 0.5) > 0)] = NCR
         if not no_et_case and rng.random() < 0.9:  # broken enhancing rim
-            keep = noise2 > np.quantile(noise2, rng.uniform(0.1, 0.7))
-            tissue[_rim(core, width) & keep] = ET
+            rim = _rim(core, width)
+            et = rim & (noise2 > np.quantile(noise2, rng.uniform(0.1, 0.6)))
+            if not et.any():  # a tiny core: keep its brightest third of the rim
+                et = _top(noise2, rim, max(1, int(rim.sum()) // 3))
+            tissue[et] = ET
     return tissue, weight

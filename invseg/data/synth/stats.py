@@ -74,7 +74,7 @@ def label_statistics(info: DatasetInfo) -> pd.DataFrame:
     ``multifocal``, ``wt_fraction`` (whole tumour / brain voxels, brain = any modality > 0),
     ``tc_share`` and ``et_share`` (of the whole tumour), ``et_empty``. iSeg-like (``classes``):
     ``{csf,gm,wm}_fraction`` of the labelled brain and ``{t1,t2}_wm_gm_contrast``
-    ((mean WM - mean GM) / mean GM).
+    ((mean WM - mean GM) / mean GM over labelled voxels, partial volume included).
 
     Example:
         >>> import tempfile
