@@ -101,6 +101,7 @@ class MoDLUnroll(nn.Module):
         ``x``: ``(B, 1, *spatial)`` complex; context ``AHy``: same shape, and the operator.
 
     Example:
+        >>> from invseg.recon.operators import SenseOperator
         >>> S = torch.ones(1, 1, 8, 8, dtype=torch.complex128)
         >>> op = SenseOperator(S, torch.ones(1, 1, 1, 8))
         >>> u = MoDLUnroll(ResidualDenoiser(channels=4, layers=2), DataConsistency(0.5)).double()
@@ -215,6 +216,7 @@ class MoDL(nn.Module):
             ``num_unrolls < 1``.
 
     Example:
+        >>> from invseg.recon.operators import SenseOperator
         >>> from invseg.recon.simulate import birdcage_maps
         >>> op = SenseOperator(birdcage_maps(2, 16)[None], torch.ones(1, 1, 1, 16))
         >>> y = op.A(torch.randn(1, 1, 16, 16, dtype=torch.complex64))
