@@ -152,9 +152,33 @@ class MoDLUnroll(nn.Module):
         return grad_x
 
     def reverse(self, y: Tensor, grad_y: Tensor, tape) -> tuple[Tensor, Tensor]:
-        """Engine hook: rebuild the input from ``y``, then :meth:`reverse_known`."""
-        x = self.inverse(y, *tape.context)
-        return x, self.reverse_known(x, y, grad_y, tape)
+        r"""Engine hook: rebuild the input from ``y`` and back-propagate ``grad_y``.
+
+        The fixed-point iterations :math:`x_{k+1} = z - f(x_k)` run with grad, so the last one
+        (:math:`\|x_{k+1} - x_k\| \le` ``fixed_point_tol`` :math:`\|z\|`) is also the
+        recomputation the backward needs: the denoiser is differentiated at :math:`x_k`, within
+        the fixed-point tolerance of the rebuilt input, and no extra denoiser pass runs.
+        """
+        residual = getattr(self.denoiser, "residual", None)
+        if not callable(residual):
+            x = self.inverse(y, *tape.context)
+            return x, self.reverse_known(x, y, grad_y, tape)
+        with torch.no_grad():
+            z = self.dc.inverse(y, *tape.context)  # (B, 1, *spatial)
+        x = z.detach()
+        zn = torch.linalg.vector_norm(z.flatten(1), dim=1).clamp_min(torch.finfo(z.real.dtype).tiny)
+        for _ in range(max(self.fixed_point_iters, 1)):
+            x_leaf = x.detach().requires_grad_()
+            with torch.enable_grad():
+                f = residual(x_leaf)  # (B, 1, *spatial)
+            x = z - f.detach()
+            step = torch.linalg.vector_norm((x - x_leaf.detach()).flatten(1), dim=1)
+            if bool((step <= self.fixed_point_tol * zn).all()):
+                break
+        with torch.enable_grad():
+            y_again = self.dc(x_leaf + f, *tape.context, output=y)
+        (grad_x,) = tape.vjp(self, [y_again], [grad_y], [x_leaf])
+        return x, grad_x
 
 
 class MoDL(nn.Module):
