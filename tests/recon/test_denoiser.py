@@ -96,3 +96,12 @@ def test_certified_norm_of_each_conv_is_tight_and_holds(spatial):
     sigma = fn(v, w, padding=1).norm().item()
     assert sigma <= conv.certified_norm() <= 0.9 * (1 + 1e-6)  # gain = sqrt(0.81)
     assert sigma >= 0.9 / conv.margin * 0.85  # tight: no sqrt(K) slack
+
+
+def test_gram_bound_is_an_upper_bound_and_tight():
+    from invseg.recon.denoiser import gram_bound
+
+    m = torch.randn(64, 16, 16, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    ratio = gram_bound(m) / torch.linalg.svdvals(m)[:, 0]
+    assert ratio.min() >= 1 - 1e-12
+    assert ratio.max() <= 16 ** (1 / 128) + 1e-12  # rank^(1/2^(J+1)) with J = 6
