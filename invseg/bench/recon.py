@@ -195,29 +195,33 @@ def _scale(cfg: dict) -> dict[str, dict[int, int]]:
     """Largest slab/cine depth at 256 x 256, 8 coils, 64 channels, from exact bytes per voxel.
 
     Activation bytes are linear in the voxel count (convolutions with zero padding, pointwise
-    maths); they are measured at two depths on the CPU and extrapolated. Inputs (k-space, coil
-    maps, mask) and parameters are added; CUDA workspace and allocator slack are not.
+    maths); they are measured at two depths on the CPU and extrapolated. The peak of a step is
+    what forward keeps plus, for ``checkpoint`` and ``invert``, the graph of the one unroll
+    being recomputed in backward (the 1-unroll ``store`` bytes). Inputs (k-space, coil maps,
+    target) and parameters with gradients and Adam state are added; CUDA workspace is not.
     """
-    out: dict[str, dict[int, int]] = {}
     hw, coils, plane = (8, 8), 8, 256 * 256
-    for n in (10, 30):
+    per_voxel: dict[tuple[int, str], float] = {}
+    for n in (1, 10, 30):
         torch.manual_seed(0)
         m = MoDL(n, spatial_dims=3, channels=64, lipschitz_grid=16)  # one SVD set per model
-        params = sum(p.numel() * 4 * 4 for p in m.parameters())  # weights, grads, Adam state
-        for kind, fft_ndim in (("3D slab", 3), ("cine", 2)):
-            for mode in ("store", "checkpoint", "invert"):
-                m.memory = mode
-                b = []
-                for depth in (2, 4):
-                    S = birdcage_maps(coils, (depth, *hw), ndim=3)[None].to(torch.complex64)
-                    op = SenseOperator(S, torch.ones(1, 1, 1, *hw), fft_ndim=fft_ndim)
-                    x = torch.randn(1, 1, depth, *hw, dtype=torch.complex64)
-                    b.append(activation_bytes(lambda m=m, op=op, x=x: _loss(m, op.A(x), op, x)))
-                per_voxel = (b[1] - b[0]) / (2 * hw[0] * hw[1])
-                inputs = coils * 8 * 2 + 8 * 2  # k-space and maps (complex64), target
-                out.setdefault(f"{kind}, {n} unrolls", {})[mode] = _largest(
-                    per_voxel + inputs, params, plane
-                )
+        for mode in ("store",) if n == 1 else ("store", "checkpoint", "invert"):
+            m.memory = mode
+            b = []
+            for depth in (2, 4):
+                S = birdcage_maps(coils, (depth, *hw), ndim=3)[None].to(torch.complex64)
+                op = SenseOperator(S, torch.ones(1, 1, 1, *hw))
+                x = torch.randn(1, 1, depth, *hw, dtype=torch.complex64)
+                b.append(activation_bytes(lambda m=m, op=op, x=x: _loss(m, op.A(x), op, x)))
+            per_voxel[n, mode] = (b[1] - b[0]) / (2 * hw[0] * hw[1])
+    params = sum(p.numel() * 4 * 4 for p in m.parameters())  # weights, grads, Adam state
+    inputs = coils * 8 * 2 + 8 * 2  # k-space and maps (complex64), target, per voxel
+    out: dict[str, dict[int, int]] = {}
+    for n in (10, 30):
+        row = out.setdefault(f"{n} unrolls", {})
+        for mode in ("store", "checkpoint", "invert"):
+            peak = per_voxel[n, mode] + (0 if mode == "store" else per_voxel[1, "store"])
+            row[mode] = _largest(peak + inputs, params, plane)
     return out
 
 
@@ -314,11 +318,14 @@ def _markdown(name, cfg, dev, modes, quality, scale, seconds) -> str:
         "",
         "### Largest size that trains in 12 GiB (64 channels, 8 coils, 256 x 256 in-plane)",
         "",
-        "From exact activation bytes per voxel (measured, linear in voxels) plus inputs and "
-        "parameters with Adam state; slices for the 3D slab, frames for cine. Transient "
-        "buffers (CG vectors, FFT and cuDNN workspace) are not included: leave headroom.",
+        "Slices of a 3D slab (slices x 256 x 256) or frames of a cine (frames x 256 x 256): the "
+        "activations per voxel are the same for both (3D convolutions; the FFT dims do not "
+        "change what is saved). From exact activation bytes per voxel (measured, linear in "
+        "voxels): what forward keeps plus, for checkpoint and invert, the graph of the one "
+        "unroll recomputed in backward; inputs and parameters with Adam state added. CG "
+        "vectors and FFT/cuDNN workspace are not included: leave headroom.",
         "",
-        "| problem | store | checkpoint | invert (drift-budget anchors) |",
+        "| slices or frames at | store | checkpoint | invert (drift-budget anchors) |",
         "|---|---|---|---|",
         *[f"| {k} | {v['store']} | {v['checkpoint']} | {v['invert']} |" for k, v in scale.items()],
         "",
