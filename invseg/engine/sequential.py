@@ -32,6 +32,9 @@ class InvertibleSequential(nn.Module):
     * ``"checkpoint"``: ``torch.utils.checkpoint`` per block (keeps each block's input).
     * ``"store"``: plain autograd, the reference twin for parity tests.
 
+    An anchored block that has a ``reverse_known`` method (arguments: kept input, known output,
+    output gradient, tape) is back-propagated by it; MoDL uses this to skip its forward CG.
+
     Context arguments are passed unchanged to every block (``block(x, *context)``); context
     tensors that require grad receive gradients.
 
@@ -44,8 +47,6 @@ class InvertibleSequential(nn.Module):
             input when ``anchor_every`` is unset) and warn when it exceeds this tolerance.
             ``None``: nothing is measured (no extra inverse runs).
         drift_every: measure on every ``n``-th backward only (the first one included).
-        Anchored blocks with a ``reverse_known(x, y, grad_y, tape)`` hook are back-propagated
-        by it with their kept input and known output (e.g. MoDL skips its forward CG).
         on_drift: ``"warn"``, or ``"checkpoint"`` to also switch this chain to
             ``memory="checkpoint"`` after a drift is detected.
 
