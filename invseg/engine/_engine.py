@@ -92,6 +92,7 @@ class ChainRun:
     anchors: dict[int, Tensor] = field(default_factory=dict)
     rng: dict[int, list[_rng.RNGState]] = field(default_factory=dict)
     autocast: tuple[str, bool, torch.dtype] | None = None
+    measure_drift: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
         device_type = x.device.type
@@ -124,12 +125,15 @@ class ChainRun:
                         continue
                     # An anchored block is differentiated at its kept input, exactly as in
                     # "checkpoint" mode, so drift never reaches this block's gradients or the
-                    # blocks before it. The drift is measured for the report.
-                    if not tape.rng:  # stochastic blocks would need their RNG per sub-step
+                    # blocks before it. Drift is measured only on the steps the chain asks for.
+                    if self.measure_drift and not tape.rng:  # stochastic blocks: RNG per step
                         with torch.no_grad():
                             errors[i] = _relative_error(block.inverse(y, *self.context), kept)
+                    if callable(getattr(block, "reverse_known", None)):
+                        grad_y = block.reverse_known(kept.detach(), y, grad_y, tape)
+                    else:
+                        grad_y = _recompute(block, kept.detach(), grad_y, tape)
                     y = kept.detach()
-                    grad_y = _recompute(block, y, grad_y, tape)
         self.chain._after_backward(errors)
         return grad_y, tape.grads
 

@@ -32,6 +32,9 @@ class InvertibleSequential(nn.Module):
     * ``"checkpoint"``: ``torch.utils.checkpoint`` per block (keeps each block's input).
     * ``"store"``: plain autograd, the reference twin for parity tests.
 
+    An anchored block that has a ``reverse_known`` method (arguments: kept input, known output,
+    output gradient, tape) is back-propagated by it; MoDL uses this to skip its forward CG.
+
     Context arguments are passed unchanged to every block (``block(x, *context)``); context
     tensors that require grad receive gradients.
 
@@ -42,6 +45,8 @@ class InvertibleSequential(nn.Module):
             in backward instead of the rebuilt one, bounding numerical drift in long chains.
         drift_tol: measure the relative error of the rebuilt input at every anchor (the chain
             input when ``anchor_every`` is unset) and warn when it exceeds this tolerance.
+            ``None``: nothing is measured (no extra inverse runs).
+        drift_every: measure on every ``n``-th backward only (the first one included).
         on_drift: ``"warn"``, or ``"checkpoint"`` to also switch this chain to
             ``memory="checkpoint"`` after a drift is detected.
 
@@ -74,6 +79,7 @@ class InvertibleSequential(nn.Module):
         anchor_every: int | None = None,
         drift_tol: float | None = None,
         on_drift: str = "warn",
+        drift_every: int = 1,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList([check_block(b, i) for i, b in enumerate(blocks)])
@@ -84,8 +90,12 @@ class InvertibleSequential(nn.Module):
             raise ValueError(f"anchor_every must be a positive int or None, got {anchor_every!r}.")
         if drift_tol is not None and not drift_tol > 0:
             raise ValueError(f"drift_tol must be positive or None, got {drift_tol!r}.")
+        if isinstance(drift_every, bool) or not isinstance(drift_every, int) or drift_every < 1:
+            raise ValueError(f"drift_every must be a positive int, got {drift_every!r}.")
         self.anchor_every = anchor_every
         self.drift_tol = drift_tol
+        self.drift_every = drift_every
+        self._backwards = 0  # invert-mode forwards so far, for drift sampling
         self.on_drift = check_option("on_drift", on_drift, ON_DRIFT)
         self.inverse_errors: dict[int, float] = {}
 
@@ -124,7 +134,10 @@ class InvertibleSequential(nn.Module):
         # torch.compile graph-breaks here: the engine's backward drives autograd itself,
         # which the compiler cannot trace faithfully. The blocks still run eagerly and exactly.
         sources = _sources(self, context)
-        run = ChainRun(self, self.blocks, context, sources, self._anchor_indices())
+        measure = self.drift_tol is not None and self._backwards % self.drift_every == 0
+        self._backwards += 1
+        anchors = self._anchor_indices(measure)
+        run = ChainRun(self, self.blocks, context, sources, anchors, measure_drift=measure)
         return InvertFunction.apply(run, x, *sources)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
@@ -140,15 +153,15 @@ class InvertibleSequential(nn.Module):
             y, grad_y = reverse_block(block, y, grad_y, tape)
         return y, grad_y
 
-    def _anchor_indices(self) -> frozenset[int]:
+    def _anchor_indices(self, measure: bool) -> frozenset[int]:
         if self.anchor_every is not None:
             return frozenset(range(0, len(self.blocks), self.anchor_every))
-        return frozenset({0}) if self.drift_tol is not None else frozenset()
+        return frozenset({0}) if measure else frozenset()
 
     def _after_backward(self, errors: dict[int, float]) -> None:
-        self.inverse_errors = errors
-        if self.drift_tol is None:
+        if self.drift_tol is None or not errors:
             return
+        self.inverse_errors = errors
         bad = {i: e for i, e in errors.items() if not e <= self.drift_tol}
         if not bad:
             return

@@ -18,121 +18,77 @@ and is inverted as in MEL (Kellman et al. 2020; Wang et al. ISMRM 2021):
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invseg._choices import closest
 from invseg.engine import InvertibleSequential
-from invseg.recon.cg import conjugate_gradient
+from invseg.recon.dc import DataConsistency, check_mu
 from invseg.recon.denoiser import ResidualDenoiser
-from invseg.recon.operators import SenseOperator
+from invseg.recon.operators import LinearOperator
 
-__all__ = ["DataConsistency", "MoDL", "MoDLUnroll"]
+__all__ = ["DataConsistency", "MoDL", "MoDLUnroll", "anchor_spacing"]
 
 _INITS = ("adjoint", "sense")
 
 
-def _check_mu(mu: float) -> float:
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu):
-        raise TypeError(f"mu must be a finite float, got {mu!r}")
-    if mu <= 0:
-        raise ValueError(f"mu must be > 0 (it weights ||x - z||^2), got {mu}; MoDL uses 0.05")
-    return float(mu)
+def anchor_spacing(
+    mu: float,
+    lipschitz: float,
+    *,
+    drift_tol: float,
+    eps: float,
+    cg_tol: float,
+    refine_steps: int = 1,
+    fixed_point_tol: float = 1e-6,
+    max_spacing: int | None = None,
+) -> int:
+    r"""Anchor spacing :math:`k` that keeps rebuilt unroll inputs within ``drift_tol``.
 
-
-class DataConsistency(nn.Module):
-    r"""MoDL data-consistency layer :math:`x = (A^H A + \mu I)^{-1}(A^H y + \mu z)` with learnable
-    :math:`\mu = \mathrm{softplus}(\rho) > 0`.
-
-    Args:
-        mu_init: initial :math:`\mu > 0`.
-        cg_iters: conjugate-gradient iterations.
-        cg_tol: relative residual tolerance of CG.
-        learn_mu: make :math:`\mu` a trainable parameter.
-        refine_steps: Newton corrections of the closed-form inverse (see :meth:`inverse`).
-
-    Raises:
-        ValueError: ``mu_init <= 0``.
+    One inversion of an unroll amplifies an error in its output by at most
+    :math:`a = \kappa / (1 - L)`, :math:`\kappa = (1 + \mu)/\mu` (the DC layer's condition
+    number) and :math:`1/(1 - L)` (the denoiser inverse), and adds a local error
+    :math:`\delta = (\epsilon\kappa + (\mathrm{cg\_tol}\,\kappa)^{r + 1}
+    + \mathrm{fixed\_point\_tol}) / (1 - L)` (rounding, the CG residual left after
+    :math:`r` Newton refinements, the fixed-point stop). After :math:`m` inversions from a kept
+    input the error is at most :math:`e_m = \delta\sum_{j < m} a^j`; the spacing is
+    :math:`k = 1 + \max\{m : e_m \le \mathrm{drift\_tol}\}` (``k - 1`` unrolls inverted
+    between two anchors).
 
     Example:
-        >>> S = torch.ones(1, 1, 8, 8, dtype=torch.complex128)
-        >>> op = SenseOperator(S, torch.ones(1, 1, 1, 8))
-        >>> dc = DataConsistency(0.05, cg_iters=20).double()
-        >>> z = torch.randn(1, 1, 8, 8, dtype=torch.complex128)
-        >>> y = op.A(torch.randn(1, 1, 8, 8, dtype=torch.complex128))
-        >>> torch.allclose(dc.inverse(dc(z, y, op), y, op), z)
-        True
+        >>> anchor_spacing(0.05, 0.9, drift_tol=1e-3, eps=1.2e-7, cg_tol=1e-5)  # float32
+        2
+        >>> anchor_spacing(0.05, 0.9, drift_tol=1e-3, eps=2.2e-16, cg_tol=1e-9,
+        ...                fixed_point_tol=1e-12)  # float64
+        5
     """
-
-    def __init__(
-        self,
-        mu_init: float = 0.05,
-        *,
-        cg_iters: int = 10,
-        cg_tol: float = 1e-6,
-        learn_mu: bool = True,
-        refine_steps: int = 1,
-    ) -> None:
-        super().__init__()
-        mu_init = _check_mu(mu_init)
-        if cg_iters < 1:
-            raise ValueError(f"cg_iters must be >= 1, got {cg_iters}")
-        if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
-            raise ValueError(f"refine_steps must be an int >= 0, got {refine_steps!r}")
-        self.refine_steps = refine_steps
-        raw = torch.tensor(mu_init + math.log(-math.expm1(-mu_init)))  # softplus^{-1}
-        self.raw_mu = nn.Parameter(raw, requires_grad=learn_mu)
-        self.cg_iters, self.cg_tol = cg_iters, cg_tol
-
-    @property
-    def mu(self) -> Tensor:
-        """:math:`\\mu = \\mathrm{softplus}(\\rho)`."""
-        return F.softplus(self.raw_mu)
-
-    def forward(self, z: Tensor, y: Tensor, operator: SenseOperator) -> Tensor:
-        """CG solve of :math:`(A^H A + \\mu I)x = A^H y + \\mu z`, warm-started at ``z``."""
-        mu = self.mu
-        AHy = operator.A_adjoint(y)  # (B, 1, *spatial)
-        return conjugate_gradient(
-            operator.normal, AHy + mu * z, mu=mu, x0=z, max_iter=self.cg_iters, tol=self.cg_tol
-        )
-
-    def inverse(self, x: Tensor, y: Tensor, operator: SenseOperator) -> Tensor:
-        r"""Invert the layer: closed form, then Newton corrections against the truncated CG.
-
-        The closed form :math:`z_0 = ((A^H A + \mu I)x - A^H y)/\mu` inverts the exact solve,
-        but the forward runs only ``cg_iters`` CG steps, whose residual :math:`r` comes back as
-        an error :math:`r/\mu` in :math:`z` (about 1e-2 relative after 10 CG steps at
-        :math:`\mu = 0.05`). Each of the ``refine_steps`` corrections
-
-        .. math::
-
-            z_{k+1} = z_k + \tfrac{1}{\mu}(A^H A + \mu I)\big(x - \mathrm{DC}(z_k)\big)
-
-        (Newton's method with the exact solve's Jacobian :math:`\mu (A^H A + \mu I)^{-1}`)
-        costs one forward CG and divides that error by about 10. Rounding in ``x`` is still
-        amplified by up to :math:`(1 + \mu)/\mu`, the condition number of the layer.
-        """
-        mu = self.mu
-        AHy = operator.A_adjoint(y)  # (B, 1, *spatial)
-        z = (operator.normal(x) + mu * x - AHy) / mu
-        for _ in range(self.refine_steps):
-            e = x - self(z, y, operator)  # (B, 1, *spatial)
-            z = z + (operator.normal(e) + mu * e) / mu
-        return z
-
-    def extra_repr(self) -> str:
-        return (
-            f"mu={self.mu.item():.4g}, cg_iters={self.cg_iters}, cg_tol={self.cg_tol:g}, "
-            f"refine_steps={self.refine_steps}"
-        )
+    kappa = (1.0 + mu) / mu
+    amp = kappa / (1.0 - lipschitz)
+    delta = (eps * kappa + (cg_tol * kappa) ** (refine_steps + 1) + fixed_point_tol) / (
+        1.0 - lipschitz
+    )
+    m, err = 0, 0.0
+    while max_spacing is None or m + 1 < max_spacing:
+        err = err * amp + delta  # e_{m+1} = a e_m + delta
+        if not err <= drift_tol:
+            break
+        m += 1
+        if m > 10_000:
+            break
+    return m + 1
 
 
 class MoDLUnroll(nn.Module):
     r"""One invertible MoDL unroll: denoiser :math:`R` then data consistency.
+
+    Context (passed by :class:`MoDL` to every unroll): :math:`A^H y` (computed once per
+    batch) and the operator.
+
+    The engine uses two hooks: :meth:`reverse` (rebuild the input, then back-propagate) and
+    :meth:`reverse_known` (back-propagate with a kept input). Both recompute only the
+    denoiser with grad and reuse the known output in the DC layer's implicit backward, so
+    backward never repeats the forward CG.
 
     Args:
         denoiser: a :class:`ResidualDenoiser` (anything with ``forward`` and
@@ -142,16 +98,16 @@ class MoDLUnroll(nn.Module):
         fixed_point_tol: tolerance of the denoiser inverse.
 
     Shape:
-        ``x``: ``(B, 1, *spatial)`` complex; context ``y``: ``(B, coils, *spatial)`` and the
-        :class:`SenseOperator`.
+        ``x``: ``(B, 1, *spatial)`` complex; context ``AHy``: same shape, and the operator.
 
     Example:
+        >>> from invseg.recon.operators import SenseOperator
         >>> S = torch.ones(1, 1, 8, 8, dtype=torch.complex128)
         >>> op = SenseOperator(S, torch.ones(1, 1, 1, 8))
         >>> u = MoDLUnroll(ResidualDenoiser(channels=4, layers=2), DataConsistency(0.5)).double()
         >>> x = torch.randn(1, 1, 8, 8, dtype=torch.complex128)
-        >>> y = op.A(x)
-        >>> torch.allclose(u.inverse(u(x, y, op), y, op), x, atol=1e-5)
+        >>> AHy = op.A_adjoint(op.A(x))
+        >>> torch.allclose(u.inverse(u(x, AHy, op), AHy, op), x, atol=1e-5)
         True
     """
 
@@ -167,40 +123,91 @@ class MoDLUnroll(nn.Module):
         self.denoiser, self.dc = denoiser, dc
         self.fixed_point_iters, self.fixed_point_tol = fixed_point_iters, fixed_point_tol
 
-    def forward(self, x: Tensor, y: Tensor, operator: SenseOperator) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        AHy: Tensor,
+        operator: LinearOperator,
+        *,
+        output: Tensor | None = None,
+    ) -> Tensor:
         z = self.denoiser(x)  # (B, 1, *spatial)
-        return self.dc(z, y, operator)
+        return self.dc(z, AHy, operator, output=output)
 
-    def inverse(self, x_next: Tensor, y: Tensor, operator: SenseOperator) -> Tensor:
-        z = self.dc.inverse(x_next, y, operator)  # (B, 1, *spatial)
+    @torch.no_grad()
+    def inverse(self, x_next: Tensor, AHy: Tensor, operator: LinearOperator) -> Tensor:
+        z = self.dc.inverse(x_next, AHy, operator)  # (B, 1, *spatial)
         return self.denoiser.inverse(z, max_iter=self.fixed_point_iters, tol=self.fixed_point_tol)
+
+    def reverse_known(self, x: Tensor, y: Tensor, grad_y: Tensor, tape) -> Tensor:
+        """Engine hook: back-propagate ``grad_y`` through this unroll at input ``x``, output ``y``.
+
+        Recomputes the denoiser with grad; the DC layer's implicit backward takes the known
+        output ``y`` instead of solving again. Returns the gradient of ``x``.
+        """
+        x_leaf = x.detach().requires_grad_()
+        with torch.enable_grad():
+            y_again = self(x_leaf, *tape.context, output=y)
+        (grad_x,) = tape.vjp(self, [y_again], [grad_y], [x_leaf])
+        return grad_x
+
+    def reverse(self, y: Tensor, grad_y: Tensor, tape) -> tuple[Tensor, Tensor]:
+        r"""Engine hook: rebuild the input from ``y`` and back-propagate ``grad_y``.
+
+        The fixed-point iterations :math:`x_{k+1} = z - f(x_k)` run with grad, so the last one
+        (:math:`\|x_{k+1} - x_k\| \le` ``fixed_point_tol`` :math:`\|z\|`) is also the
+        recomputation the backward needs: the denoiser is differentiated at :math:`x_k`, within
+        the fixed-point tolerance of the rebuilt input, and no extra denoiser pass runs.
+        """
+        residual = getattr(self.denoiser, "residual", None)
+        if not callable(residual):
+            x = self.inverse(y, *tape.context)
+            return x, self.reverse_known(x, y, grad_y, tape)
+        with torch.no_grad():
+            z = self.dc.inverse(y, *tape.context)  # (B, 1, *spatial)
+        x = z.detach()
+        zn = torch.linalg.vector_norm(z.flatten(1), dim=1).clamp_min(torch.finfo(z.real.dtype).tiny)
+        for _ in range(max(self.fixed_point_iters, 1)):
+            x_leaf = x.detach().requires_grad_()
+            with torch.enable_grad():
+                f = residual(x_leaf)  # (B, 1, *spatial)
+            x = z - f.detach()
+            step = torch.linalg.vector_norm((x - x_leaf.detach()).flatten(1), dim=1)
+            if bool((step <= self.fixed_point_tol * zn).all()):
+                break
+        with torch.enable_grad():
+            y_again = self.dc(x_leaf + f, *tape.context, output=y)
+        (grad_x,) = tape.vjp(self, [y_again], [grad_y], [x_leaf])
+        return x, grad_x
 
 
 class MoDL(nn.Module):
     r"""MoDL unrolled reconstruction trained with memory-efficient learning (MEL).
 
-    ``model(y, operator)`` (deepinv's ``model(y, physics)``) computes :math:`x_0 = A^H y` (or a
-    CG-SENSE solve with :math:`\mu`) and runs ``num_unrolls`` :class:`MoDLUnroll` blocks through
-    :class:`invseg.engine.InvertibleSequential` with ``(y, operator)`` as context. With
-    ``memory="invert"`` only the output is kept; backward rebuilds each unroll's input (closed-form
-    DC inverse, fixed-point denoiser inverse), so activation memory does not grow with
-    ``num_unrolls``. ``anchor_every=k`` keeps every k-th unroll's input to bound drift (MEL's
-    sparse checkpoints); after backward, :attr:`inverse_errors` holds the relative error of
-    each rebuilt input measured at the anchors.
+    ``model(y, operator)`` (deepinv's ``model(y, physics)``) computes :math:`A^H y` once per
+    batch, starts from :math:`x_0 = A^H y` (or a CG-SENSE solve with :math:`\mu`) and runs
+    ``num_unrolls`` :class:`MoDLUnroll` blocks through :class:`invseg.engine.InvertibleSequential`
+    with ``(A^H y, operator)`` as context. ``operator`` is any
+    :class:`~invseg.recon.operators.LinearOperator` (``A``, ``A_adjoint``, ``normal``).
 
-    Numerical stability: the DC layer has condition number :math:`(1 + \mu)/\mu` (21 for mu =
-    0.05), so its inverse multiplies errors in the sampled k-space components by up to 21 per
-    unroll, and the closed form does not invert a truncated CG exactly (the CG residual comes back
-    divided by :math:`\mu`: 1e-2 relative after 10 CG steps). This is MoDL's maths, not rounding:
-    pure inversion (``anchor_every=None``) drifts as about :math:`21^n` and its gradients are
-    useless past ~5 unrolls even in float64 (measured relative gradient error vs ``"store"``, 2D
-    32x32: 4e3 at 10 unrolls, 1e29 at 30 in float64). The defaults therefore keep every 2nd unroll
-    input (``anchor_every=2``: one complex image per two unrolls, still ~100x below ``"store"``) so
-    at most one unroll is ever inverted, and refine the closed-form DC inverse by one Newton step
-    (``dc_refine_steps=1``); measured gradient error vs ``"store"`` in float32 at 10-30 unrolls: <=
-    4e-4. ``drift_tol`` (5e-2 by default) raises an :class:`~invseg.engine.InverseDriftWarning` when
-    a rebuilt input at an anchor is off by more than that (about where gradient errors reach 1e-3).
-    ``memory="checkpoint"`` (or ``anchor_every=1``) gives exact gradients.
+    Gradients: the DC layer is differentiated implicitly (one CG solve per unroll, the same in
+    every memory mode). With ``memory="invert"`` forward keeps only the output and the input of
+    every ``k``-th unroll (anchors); backward rebuilds the other inputs (closed-form DC inverse,
+    fixed-point denoiser inverse) and recomputes only the denoiser with grad: no forward CG is
+    repeated, which makes it faster than ``"checkpoint"``.
+
+    Anchors: the DC inverse amplifies errors by up to :math:`(1 + \mu)/\mu` (21 at the floor
+    ``mu_min = 0.05``) and the denoiser inverse by :math:`1/(1 - L)`, so pure inversion drifts
+    geometrically. ``anchor_every="auto"`` picks the spacing from that amplification, the float
+    precision and the CG/fixed-point tolerances so that rebuilt inputs stay within ``drift_tol``
+    (:func:`anchor_spacing`), and re-picks it at every training forward as :math:`\mu` changes.
+    An int fixes the spacing; ``None`` is pure inversion (flat memory, unusable gradients past a
+    few unrolls).
+
+    Drift is measured only when asked: ``drift_every=n`` re-inverts the anchored unrolls on
+    every ``n``-th backward, stores :attr:`inverse_errors` and raises an
+    :class:`~invseg.engine.InverseDriftWarning` above ``drift_tol``; ``None`` (default) measures
+    nothing.
 
     Args:
         num_unrolls: number of unrolls :math:`N`.
@@ -209,27 +216,31 @@ class MoDL(nn.Module):
         layers: convolutions of the denoiser.
         shared_weights: one denoiser and one :math:`\mu` for all unrolls (MoDL) or one per unroll.
         memory: ``"invert"``, ``"checkpoint"`` or ``"store"`` (plain autograd).
-        cg_iters: CG iterations per DC layer.
-        cg_tol: CG tolerance.
-        mu_init: initial :math:`\mu > 0`.
-        anchor_every: keep every k-th unroll input; ``None`` for pure inversion (flat memory,
-            unusable gradients past a few unrolls, see above).
-        lipschitz: bound on the denoiser residual's Lipschitz constant.
+        cg_iters: CG cap per solve.
+        cg_tol: CG relative residual tolerance.
+        mu_init: initial :math:`\mu` (``>= mu_min``).
+        anchor_every: ``"auto"``, a positive int, or ``None``.
+        lipschitz: certified bound on the denoiser residual's Lipschitz constant.
         init: ``"adjoint"`` (:math:`A^H y`) or ``"sense"`` (CG-SENSE with :math:`\mu`).
         fixed_point_iters: iterations of the denoiser inverse.
         fixed_point_tol: tolerance of the denoiser inverse.
-        drift_tol: warn when a measured inverse error exceeds it (see the engine); ``None``
-            turns the check off.
-        dc_refine_steps: Newton corrections of the closed-form DC inverse
-            (:meth:`DataConsistency.inverse`), one forward CG each.
+        drift_tol: budget for the relative error of rebuilt inputs (anchor choice and the
+            sampled check).
+        dc_refine_steps: Newton corrections of the closed-form DC inverse, one CG each.
+        mu_min: floor of the learnable :math:`\mu`.
+        drift_every: measure drift on every ``n``-th backward (``None``: never).
+        lipschitz_grid: frequency grid of the denoiser's certified bound
+            (:class:`ResidualDenoiser`).
 
     Shape:
         ``y``: ``(B, coils, *spatial)`` complex; output ``(B, 1, *spatial)`` complex.
 
     Raises:
-        ValueError: ``mu_init <= 0``, unknown ``memory``/``init``, ``num_unrolls < 1``.
+        ValueError: ``mu_init < mu_min``, unknown ``memory``/``init``/``anchor_every``,
+            ``num_unrolls < 1``.
 
     Example:
+        >>> from invseg.recon.operators import SenseOperator
         >>> from invseg.recon.simulate import birdcage_maps
         >>> op = SenseOperator(birdcage_maps(2, 16)[None], torch.ones(1, 1, 1, 16))
         >>> y = op.A(torch.randn(1, 1, 16, 16, dtype=torch.complex64))
@@ -247,16 +258,19 @@ class MoDL(nn.Module):
         layers: int = 5,
         shared_weights: bool = True,
         memory: str = "invert",
-        cg_iters: int = 10,
-        cg_tol: float = 1e-6,
+        cg_iters: int = 30,
+        cg_tol: float = 1e-5,
         mu_init: float = 0.05,
-        anchor_every: int | None = 2,
+        anchor_every: int | str | None = "auto",
         lipschitz: float = 0.9,
         init: str = "adjoint",
         fixed_point_iters: int = 50,
         fixed_point_tol: float = 1e-6,
-        drift_tol: float | None = 5e-2,
+        drift_tol: float | None = 1e-3,
         dc_refine_steps: int = 1,
+        mu_min: float = 0.05,
+        drift_every: int | None = None,
+        lipschitz_grid: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_unrolls, bool) or not isinstance(num_unrolls, int) or num_unrolls < 1:
@@ -267,21 +281,27 @@ class MoDL(nn.Module):
                 f"unknown init {init!r}; choose one of {_INITS}"
                 + (f" (did you mean {hint!r}?)" if hint else "")
             )
-        _check_mu(mu_init)
-        self.init = init
-        denoiser = ResidualDenoiser(spatial_dims, channels, layers, lipschitz=lipschitz)
+        self.auto_anchors = anchor_every == "auto"
+        if isinstance(anchor_every, str) and not self.auto_anchors:
+            raise ValueError(
+                f"anchor_every must be 'auto', a positive int or None, got {anchor_every!r}"
+            )
+        if self.auto_anchors and drift_tol is None:
+            raise ValueError("anchor_every='auto' needs drift_tol (the drift budget), got None")
+        check_mu(mu_init, "mu_init")
+        self.init, self.drift_budget = init, drift_tol
+        denoiser = ResidualDenoiser(
+            spatial_dims, channels, layers, lipschitz=lipschitz, grid=lipschitz_grid
+        )
         dc = DataConsistency(
-            mu_init, cg_iters=cg_iters, cg_tol=cg_tol, refine_steps=dc_refine_steps
+            mu_init, cg_iters=cg_iters, cg_tol=cg_tol, refine_steps=dc_refine_steps, mu_min=mu_min
         )
         unrolls = []
         for i in range(num_unrolls):
             d, c = (
                 (denoiser, dc)
                 if shared_weights or i == 0
-                else (
-                    copy.deepcopy(denoiser),
-                    copy.deepcopy(dc),
-                )
+                else (copy.deepcopy(denoiser), copy.deepcopy(dc))
             )
             unrolls.append(
                 MoDLUnroll(
@@ -289,8 +309,14 @@ class MoDL(nn.Module):
                 )
             )
         self.chain = InvertibleSequential(
-            *unrolls, memory=memory, anchor_every=anchor_every, drift_tol=drift_tol
+            *unrolls,
+            memory=memory,
+            anchor_every=None if self.auto_anchors else anchor_every,
+            drift_tol=drift_tol if drift_every is not None else None,
+            drift_every=drift_every or 1,
         )
+        if self.auto_anchors:
+            self.pick_anchors()
 
     @property
     def memory(self) -> str:
@@ -307,8 +333,13 @@ class MoDL(nn.Module):
         return len(self.chain)
 
     @property
+    def anchor_every(self) -> int | None:
+        """Current anchor spacing of the chain (re-picked by ``"auto"``)."""
+        return self.chain.anchor_every
+
+    @property
     def inverse_errors(self) -> dict[int, float]:
-        """``{unroll_index: relative error of the rebuilt input}`` from the last backward."""
+        """``{unroll: relative error of the rebuilt input}`` from the last measured backward."""
         return self.chain.inverse_errors
 
     def _denoisers(self) -> list[ResidualDenoiser]:
@@ -318,21 +349,46 @@ class MoDL(nn.Module):
                 seen.setdefault(id(u.denoiser), u.denoiser)
         return list(seen.values())
 
-    def initial(self, y: Tensor, operator: SenseOperator) -> Tensor:
-        """:math:`x_0`: zero-filled :math:`A^H y` or CG-SENSE with the first unroll's mu."""
-        AHy = operator.A_adjoint(y)  # (B, 1, *spatial)
+    def certified_lipschitz(self) -> float:
+        """Largest certified Lipschitz bound of the denoiser residuals (see
+        :meth:`ResidualDenoiser.certified_lipschitz`)."""
+        return max(d.certified_lipschitz() for d in self._denoisers())
+
+    @torch.no_grad()
+    def pick_anchors(self) -> int:
+        """Set the chain's anchor spacing from the drift budget (:func:`anchor_spacing`)."""
+        u0 = self.chain.blocks[0]
+        mu = min(float(u.dc.mu) for u in self.chain.blocks)
+        lip = max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9
+        eps = torch.finfo(u0.dc.raw_mu.dtype).eps
+        k = anchor_spacing(
+            mu,
+            lip,
+            drift_tol=self.drift_budget,
+            eps=eps,
+            cg_tol=u0.dc.cg_tol,
+            refine_steps=u0.dc.refine_steps,
+            fixed_point_tol=u0.fixed_point_tol,
+            max_spacing=self.num_unrolls,
+        )
+        self.chain.anchor_every = k
+        return k
+
+    def initial(self, AHy: Tensor, operator: LinearOperator) -> Tensor:
+        """:math:`x_0` from :math:`A^H y`: itself or CG-SENSE with the first unroll's mu."""
         if self.init == "adjoint":
             return AHy
         dc = self.chain.blocks[0].dc
-        return conjugate_gradient(
-            operator.normal, AHy, mu=dc.mu, max_iter=dc.cg_iters, tol=dc.cg_tol
-        )
+        return dc(torch.zeros_like(AHy), AHy, operator)
 
-    def forward(self, y: Tensor, operator: SenseOperator) -> Tensor:
-        if not isinstance(operator, SenseOperator):
-            raise TypeError(f"operator must be a SenseOperator, got {type(operator).__name__}")
-        if self.training and torch.is_grad_enabled():
-            for d in self._denoisers():
-                d.update_spectral_norm()
-        x0 = self.initial(y, operator)  # (B, 1, *spatial)
-        return self.chain(x0, y, operator)
+    def forward(self, y: Tensor, operator: LinearOperator) -> Tensor:
+        if not isinstance(operator, LinearOperator):
+            raise TypeError(
+                "operator must implement the LinearOperator protocol (A, A_adjoint, normal), "
+                f"got {type(operator).__name__}"
+            )
+        if self.auto_anchors and self.training and torch.is_grad_enabled():
+            self.pick_anchors()
+        AHy = operator.A_adjoint(y)  # (B, 1, *spatial): once per batch
+        x0 = self.initial(AHy, operator)
+        return self.chain(x0, AHy, operator)

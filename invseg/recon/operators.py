@@ -11,15 +11,46 @@ with :math:`S` the coil sensitivities, :math:`\mathcal{F}` the centred orthonorm
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import Tensor
 
 from invseg.recon.fft import fftc, ifftc
 
-__all__ = ["SenseOperator"]
+__all__ = ["LinearOperator", "SenseOperator"]
 
 
-class SenseOperator:
+@runtime_checkable
+class LinearOperator(Protocol):
+    r"""The operator protocol of :mod:`invseg.recon`: a linear forward model and its adjoint.
+
+    Anything with these three methods can be the physics of MoDL, CG-SENSE and the baselines
+    (deepinv's ``LinearPhysics`` names). Implementations must be pure (no state change in
+    any method) and satisfy :math:`\langle Ax, y\rangle = \langle x, A^H y\rangle` and
+    ``normal(x) == A_adjoint(A(x))``; ``tests/recon/test_operators.py`` checks both for every
+    implementation.
+
+    Example:
+        >>> op = SenseOperator(torch.ones(1, 1, 4, 4, dtype=torch.complex64), torch.ones(1, 4))
+        >>> isinstance(op, LinearOperator)
+        True
+    """
+
+    def A(self, x: Tensor) -> Tensor:
+        """Forward model, image -> measurements."""
+        ...
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        """Adjoint, measurements -> image."""
+        ...
+
+    def normal(self, x: Tensor) -> Tensor:
+        """Normal operator :math:`A^H A`, image -> image."""
+        ...
+
+
+class SenseOperator(LinearOperator):
     r"""Cartesian multi-coil SENSE operator :math:`A = M\mathcal{F}S` for 2D, 3D and 2D+time.
 
     The operator is pure: :meth:`A`, :meth:`A_adjoint` and :meth:`normal` never change its

@@ -196,7 +196,7 @@ def test_torch_compile_gives_the_same_gradients() -> None:
 
 
 def test_anchors_bound_drift_and_report_the_error() -> None:
-    chain = make_chain(8, anchor_every=4).double()
+    chain = make_chain(8, anchor_every=4, drift_tol=1e-6).double()  # drift is opt-in
     x = torch.randn(1, 4, 4, 4, 4, dtype=F64, requires_grad=True)
     chain(x).sum().backward()
     assert sorted(chain.inverse_errors) == [0, 4]
@@ -284,3 +284,28 @@ def test_anchored_blocks_are_differentiated_at_their_kept_input(anchor_every, wo
     x = torch.randn(3, 4, dtype=F64, requires_grad=True)
     errors = gradient_parity(chain.double(), x, loss=lambda y: (y.sin() * y).sum())
     assert max(errors.values()) == pytest.approx(worst, abs=1e-3)
+
+
+class _CountingInverse(_LossyScale):
+    """Counts calls of ``inverse`` (exact inverse)."""
+
+    calls = 0
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        return y / self.w
+
+
+@pytest.mark.parametrize(("drift_tol", "drift_every", "measured"), [(None, 1, 0), (1e-3, 3, 2)])
+def test_drift_is_measured_only_when_asked_and_sampled(drift_tol, drift_every, measured) -> None:
+    chain = InvertibleSequential(
+        *[_CountingInverse() for _ in range(4)],
+        anchor_every=2,
+        drift_tol=drift_tol,
+        drift_every=drift_every,
+    )
+    _CountingInverse.calls = 0
+    for _ in range(4):  # steps 0 and 3 are measured when drift_every=3
+        chain(torch.randn(2, 3, requires_grad=True)).sum().backward()
+    # per step: 2 non-anchored blocks inverted; plus 2 anchors re-inverted on a measured step
+    assert _CountingInverse.calls == 4 * 2 + measured * 2

@@ -74,3 +74,34 @@ def test_wrong_input_raises():
         R(torch.ones(1, 1, 4, 4))
     with pytest.raises(ValueError, match="spatial"):
         R(torch.ones(1, 1, 4, 4, 4, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("spatial", [(12, 12), (6, 8, 8)])
+def test_certified_norm_of_each_conv_is_tight_and_holds(spatial):
+    """Power iteration on the actual conv (zero padding) stays below and near the bound."""
+    torch.manual_seed(0)
+    R = ResidualDenoiser(len(spatial), channels=6, layers=2, lipschitz=0.81).double()
+    conv = R._convs()[0]
+    w = conv.weight().detach()
+    fn = torch.nn.functional.conv2d if len(spatial) == 2 else torch.nn.functional.conv3d
+    v = torch.randn(1, 2, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for _ in range(300):
+        u = fn(v, w, padding=1)
+        v = (
+            torch.nn.grad.conv2d_input(v.shape, w, u, padding=1)
+            if len(spatial) == 2
+            else (torch.nn.grad.conv3d_input(v.shape, w, u, padding=1))
+        )
+        v = v / v.norm()
+    sigma = fn(v, w, padding=1).norm().item()
+    assert sigma <= conv.certified_norm() <= 0.9 * (1 + 1e-6)  # gain = sqrt(0.81)
+    assert sigma >= 0.9 / conv.margin * 0.85  # tight: no sqrt(K) slack
+
+
+def test_gram_bound_is_an_upper_bound_and_tight():
+    from invseg.recon.denoiser import gram_bound
+
+    m = torch.randn(64, 16, 16, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    ratio = gram_bound(m) / torch.linalg.svdvals(m)[:, 0]
+    assert ratio.min() >= 1 - 1e-12
+    assert ratio.max() <= 16 ** (1 / 128) + 1e-12  # rank^(1/2^(J+1)) with J = 6

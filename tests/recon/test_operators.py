@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from invseg.recon.fft import fftc, ifftc
-from invseg.recon.operators import SenseOperator
+from invseg.recon.operators import LinearOperator, SenseOperator
 from invseg.recon.simulate import birdcage_maps, cartesian_kt_mask, poisson_disc_mask
 
 C128 = torch.complex128
@@ -30,7 +30,9 @@ def _make(kind: str) -> SenseOperator:
 
 @pytest.mark.parametrize("kind", ["2d", "3d", "2d+t"])
 def test_adjointness_and_normal(kind):
+    """The operator contract, over every LinearOperator implementation."""
     op = _make(kind)
+    assert isinstance(op, LinearOperator)
     x, y = _rand(*op.image_shape), _rand(*op.kspace_shape)
     lhs = torch.vdot(op.A(x).flatten(), y.flatten())
     rhs = torch.vdot(x.flatten(), op.A_adjoint(y).flatten())
