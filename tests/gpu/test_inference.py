@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet
@@ -40,6 +41,12 @@ def test_fully_invres_eval_output_matches_cpu(cuda):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture
+def _nilearn() -> None:
+    pytest.importorskip("nilearn", reason="the synthetic dataset reads nilearn's MNI152 maps")
+
+
+@pytest.mark.usefixtures("_nilearn")
 def test_predict_one_case_on_cuda_gives_the_cpu_labels(trained_run: Path, brats_tiny, tmp_path):
     from invseg.commands.predict import predict
 
