@@ -78,7 +78,7 @@ MODULES = (
     "invseg.cli",
 )
 #: seconds per stage; together under 8 minutes.
-LIMITS = {"pytest": 180, "engine": 60, "nets": 120, "recon": 60, "plan": 30}
+LIMITS = {"pytest": 170, "engine": 50, "nets": 110, "recon": 90, "plan": 30}
 PLAN_CONFIG = "configs/brats_partially_invres.yaml"
 
 
@@ -180,10 +180,10 @@ def check_pytest(python: str, device: str = "cuda") -> Check:
 
 def _pytest_counts(text: str) -> dict[str, int]:
     """``{"passed": 20, "skipped": 1, ...}`` from pytest's last summary line."""
-    lines = [ln for ln in text.splitlines() if re.search(r"\b(passed|failed|error)", ln)]
+    kinds = "passed|failed|skipped|errors?|xfailed|xpassed|deselected"
+    lines = [ln for ln in text.splitlines() if re.search(rf"\d+ ({kinds})", ln)]
     if not lines:
         return {}
-    kinds = "passed|failed|skipped|errors?|xfailed|xpassed|deselected"
     found = re.findall(rf"(\d+) ({kinds})", lines[-1])
     return {kind: int(n) for n, kind in found}
 
