@@ -126,6 +126,24 @@ class AdditiveCoupling(_Coupling):
     def _separate(self, y: Tensor, h: Tensor) -> Tensor:
         return y - h
 
+    def _reverse_half(
+        self,
+        fn: nn.Module,
+        out: Tensor,
+        grad_out: Tensor,
+        cond: Tensor,
+        state: _rng.RNGState | None,
+        tape: Tape,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # out = inp + fn(cond): d out / d inp is the identity, so only fn's graph is needed
+        # (no recomputed addition, one autograd node less than the generic half-step).
+        cond_leaf = cond.detach().requires_grad_()
+        with torch.enable_grad(), _rng.replay(state):
+            h = fn(cond_leaf, *tape.context)
+        inp = out - h.detach()
+        (grad_cond,) = tape.vjp(self, [h], [grad_out], [cond_leaf])
+        return inp, grad_out.to(inp.dtype), grad_cond
+
 
 class AffineCoupling(_Coupling):
     r"""Affine coupling :math:`y_1 = x_1 \odot s_F + t_F,\ y_2 = x_2 \odot s_G + t_G`.
