@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/invseg bench all
+
+# On a GPU machine, with its own interpreter (no venv, no downloads): PYTHON=python3 make gpu-check
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m invseg.bench.gpucheck
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache

@@ -1,12 +1,16 @@
-"""Shared measurement helpers for the benchmarks: step timing and peak CUDA memory."""
+"""Shared measurement helpers for the benchmarks: step timing, exact bytes, peak CUDA memory."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+
+from invseg.engine import activation_bytes
 
 
 def _sync(device: torch.device) -> None:
@@ -52,3 +56,102 @@ def describe_device(device: torch.device) -> str:
 def mib(n: int | None) -> str:
     """Format a byte count in MiB for tables."""
     return "–" if n is None else f"{n / 2**20:.2f}"
+
+
+@dataclass
+class Row:
+    """One measured configuration of a benchmark table."""
+
+    name: str
+    memory: str
+    params: int
+    act_bytes: int
+    step_s: float
+    peak_bytes: int | None = None
+    host_bytes: int = 0  # saved tensors offloaded to host memory (save_on_cpu)
+
+
+def step_seconds(step: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one ``step()``: wall time on CUDA, CPU time of this process on CPU.
+
+    CPU time is what the step costs whatever else runs on the machine (a shared CPU makes
+    wall-clock ratios noisy); with several threads it is the sum over threads.
+    """
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
+def peak_over_base(step: Callable[[], None], device: torch.device) -> int:  # pragma: no cover
+    """Peak CUDA bytes one ``step()`` adds to what is allocated before it (GPU only)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def training_step(loss: Callable[[nn.Module, Tensor], Tensor], model: nn.Module, x: Tensor):
+    """A closure running one forward + backward of ``loss(model, x)``."""
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss(model, x).backward()
+
+    return step
+
+
+def held_bytes(loss: Callable[[nn.Module, Tensor], Tensor], model: nn.Module, x: Tensor) -> int:
+    """Exact activation bytes of one training forward, plus what an offloading wrapper keeps.
+
+    A wrapper with its own saved-tensor hooks (:class:`invseg.bench.peers.Offloaded`) hides
+    its tensors from :func:`invseg.engine.activation_bytes` and reports ``device_bytes``.
+    """
+    return activation_bytes(loss, model, x) + getattr(model, "device_bytes", 0)
+
+
+def measure(
+    configs: list[tuple[str, str, nn.Module]],
+    loss: Callable[[nn.Module, Tensor], Tensor],
+    x: Tensor,
+    repeats: int,
+) -> list[Row]:
+    """Measure every configuration; step times are taken round-robin over the rows.
+
+    Interleaving the timed steps (one step of each row per round, median over rounds) spreads
+    any background load evenly over the rows, so the ratios stay meaningful on a shared CPU.
+    """
+    models = [model.to(x.device).train() for _, _, model in configs]
+    acts, hosts = [], []
+    for model in models:
+        acts.append(held_bytes(loss, model, x))
+        hosts.append(getattr(model, "host_bytes", 0))
+    steps = [training_step(loss, model, x) for model in models]
+    times: list[list[float]] = [[] for _ in models]
+    for round_ in range(repeats + 1):  # round 0 is the warm-up
+        for i, step in enumerate(steps):
+            seconds = step_seconds(step, x.device)
+            if round_:
+                times[i].append(seconds)
+    rows = []
+    for (name, memory, model), act, host, step, ts in zip(configs, acts, hosts, steps, times):
+        peak = peak_over_base(step, x.device) if x.device.type == "cuda" else None
+        model.zero_grad(set_to_none=True)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append(Row(name, memory, params, act, statistics.median(ts), peak, host))
+    return rows
+
+
+def can_plot() -> bool:
+    """Whether matplotlib is installed (plots are skipped without it, tables are not)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None

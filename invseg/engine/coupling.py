@@ -126,6 +126,37 @@ class AdditiveCoupling(_Coupling):
     def _separate(self, y: Tensor, h: Tensor) -> Tensor:
         return y - h
 
+    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """The fused RevNet pass, writing both halves of ``x`` and its gradient in place.
+
+        Same maths as the generic coupling's :meth:`reverse`; the halves go straight into
+        preallocated outputs (no concatenation copies) and the additions' identity Jacobians
+        are applied directly.
+        """
+        y1, y2 = self._split(y)
+        dy1, dy2 = self._split(grad_y)
+        x, grad_x = torch.empty_like(y), torch.empty_like(grad_y)
+        x1, x2 = torch.chunk(x, 2, dim=self.split_dim)
+        dx1, dx2 = torch.chunk(grad_x, 2, dim=self.split_dim)
+        state_g, state_f = tape.pop_rng(), tape.pop_rng()
+        h_g, dy1_from_g = self._graded(self.g, y1, dy2, state_g, tape)
+        torch.sub(y2, h_g, out=x2)
+        torch.add(dy1, dy1_from_g, out=dx1)  # dx1 = dy1 + G'(y1)^T dy2
+        h_f, dx2_from_f = self._graded(self.f, x2, dx1, state_f, tape)
+        torch.sub(y1, h_f, out=x1)
+        torch.add(dy2, dx2_from_f, out=dx2)
+        return x, grad_x
+
+    def _graded(
+        self, fn: nn.Module, cond: Tensor, grad_h: Tensor, state: _rng.RNGState | None, tape: Tape
+    ) -> tuple[Tensor, Tensor]:
+        """``h = fn(cond)`` and ``fn'(cond)^T grad_h`` (parameter gradients to the tape)."""
+        cond_leaf = cond.detach().requires_grad_()
+        with torch.enable_grad(), _rng.replay(state):
+            h = fn(cond_leaf, *tape.context)
+        (grad_cond,) = tape.vjp(self, [h], [grad_h], [cond_leaf])
+        return h.detach(), grad_cond
+
 
 class AffineCoupling(_Coupling):
     r"""Affine coupling :math:`y_1 = x_1 \odot s_F + t_F,\ y_2 = x_2 \odot s_G + t_G`.

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from invseg._choices import check_option
+from invseg.engine._tape import Tape
 from invseg.engine.sequential import Inverted, InvertibleSequential
 
 INITS = ("identity", "haar")
@@ -74,6 +75,14 @@ class Squeeze3d(nn.Module):
     def inverse(self, y: Tensor, *context: object) -> Tensor:
         return unsqueeze3d(y)
 
+    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """Engine hook: a permutation, so input and gradient are both unsqueezed."""
+        return unsqueeze3d(y), unsqueeze3d(grad_y)
+
+    def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """:meth:`reverse` of :meth:`inverse`: both are squeezed back."""
+        return squeeze3d(x), squeeze3d(grad_x)
+
 
 def haar_matrix3d(dtype: torch.dtype | None = None) -> Tensor:
     """The orthonormal 8×8 3D Haar transform in :func:`squeeze3d`'s channel order.
@@ -116,9 +125,32 @@ class OrthogonalMix(nn.Module):
         if init == "haar" and channels % 8:
             raise ValueError(f"init='haar' needs channels divisible by 8, got {channels}.")
         self.skew = nn.Parameter(torch.zeros(channels, channels))
+        self._cached: tuple[tuple, Tensor] | None = None
 
     def weight(self) -> Tensor:
-        """The current orthogonal matrix ``W`` (channels × channels)."""
+        """The current orthogonal matrix ``W`` (channels × channels).
+
+        Without grad the matrix is cached until ``skew`` changes (its version counter), so a
+        forward, an inverse and a backward of one training step solve the Cayley system once
+        each at most instead of once per call.
+        """
+        if torch.is_grad_enabled() and self.skew.requires_grad:
+            return self._weight()
+        skew = self.skew
+        autocast = torch.is_autocast_enabled(skew.device.type)
+        key = (
+            skew._version,
+            skew.data_ptr(),
+            skew.dtype,
+            skew.device,
+            torch.get_autocast_dtype(skew.device.type) if autocast else None,
+        )
+        if self._cached is None or self._cached[0] != key:
+            with torch.no_grad():
+                self._cached = (key, self._weight())
+        return self._cached[1]
+
+    def _weight(self) -> Tensor:
         a = self.skew - self.skew.transpose(0, 1)
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         cayley = torch.linalg.solve(eye + a, eye - a)
@@ -138,6 +170,35 @@ class OrthogonalMix(nn.Module):
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
         return self._mix(y, self.weight().transpose(0, 1))
+
+    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        r"""Engine hook: :math:`x = W^\top y`, :math:`\bar x = W^\top \bar y` and
+        :math:`\bar W = \sum_v \bar y_v x_v^\top`, one Cayley solve with grad, no recompute."""
+        with torch.enable_grad():
+            w = self._weight()
+        wt = w.detach().transpose(0, 1)
+        with torch.no_grad():
+            x, grad_x = self._mix(y, wt), self._mix(grad_y, wt)
+            grad_w = _outer_sum(grad_y, x)
+        tape.vjp(self, [w], [grad_w], [])
+        return x, grad_x
+
+    def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        r""":meth:`reverse` of :meth:`inverse`: rebuild ``y = W x`` and back-propagate
+        ``grad_x`` (:math:`\bar y = W \bar x`, :math:`\bar W = \sum_v y_v \bar x_v^\top`)."""
+        with torch.enable_grad():
+            w = self._weight()
+        with torch.no_grad():
+            y, grad_y = self._mix(x, w.detach()), self._mix(grad_x, w.detach())
+            grad_w = _outer_sum(y, grad_x)
+        tape.vjp(self, [w], [grad_w], [])
+        return y, grad_y
+
+
+def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
+    r""":math:`\sum_{n, v} a_{n c v} b_{n d v}`: a ``(C, C)`` matrix from two ``(B, C, *)``."""
+    c = a.shape[1]
+    return a.movedim(1, 0).reshape(c, -1) @ b.movedim(1, 0).reshape(c, -1).transpose(0, 1)
 
 
 class InvertibleDownsample3d(InvertibleSequential):
@@ -162,6 +223,13 @@ class InvertibleDownsample3d(InvertibleSequential):
         super().__init__(Squeeze3d(), OrthogonalMix(8 * in_channels, init=init), memory=memory)
         self.in_channels = in_channels
 
+    def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """Engine hook of the up-sampling: undo :meth:`inverse` (mix back, squeeze) and
+        back-propagate through it in one pass."""
+        for block in self.blocks:  # inverse ran the blocks last to first
+            x, grad_x = block.reverse_inverse(x, grad_x, tape)
+        return x, grad_x
+
 
 class InvertibleUpsample3d(Inverted):
     """Learnable invertible up-sampling, the structural inverse of :class:`InvertibleDownsample3d`.
@@ -185,3 +253,7 @@ class InvertibleUpsample3d(Inverted):
             )
         super().__init__(InvertibleDownsample3d(in_channels // 8, init=init))
         self.in_channels = in_channels
+
+    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+        """Engine hook: the down-sampling's :meth:`~InvertibleDownsample3d.reverse_inverse`."""
+        return self.block.reverse_inverse(y, grad_y, tape)

@@ -136,3 +136,48 @@ def tap_features(tap: BottleneckTap, body_output: Tensor) -> Tensor:
     if value.requires_grad or not body_output.requires_grad:
         return value
     return _TapGradient.apply(value, body_output, tap)
+
+
+class ChannelLift(nn.Module):
+    r"""Fixed isometric lift of ``in_channels`` to ``channels``: :math:`h = Q x` per voxel.
+
+    :math:`Q` (``channels`` x ``in_channels``) has orthonormal columns (the first columns of a
+    seeded random orthogonal matrix, rebuilt identically on every construction), so
+    :math:`x = Q^\top h` and the lift is exactly invertible on its range. It has no
+    parameters: when the input needs no gradient nothing is saved for backward, unlike a stem
+    convolution, which keeps its input volume. A plain zero-padding would leave channels that
+    are exactly zero, where ReLU-type kinks make gradients ill-defined; :math:`Q` mixes every
+    input into every channel.
+
+    Args:
+        in_channels: input channels :math:`C_{in}`.
+        channels: output channels :math:`C \ge C_{in}`.
+
+    Example:
+        >>> lift = ChannelLift(2, 4)
+        >>> x = torch.randn(1, 2, 3, 3, 3)
+        >>> h = lift(x)
+        >>> h.shape, torch.allclose(lift.inverse(h), x, atol=1e-6)
+        (torch.Size([1, 4, 3, 3, 3]), True)
+    """
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        if in_channels > channels:
+            raise ValueError(
+                f"lift=True needs in_channels <= channels[0], got {in_channels} > {channels}."
+            )
+        self.in_channels, self.channels = in_channels, channels
+        g = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=g, dtype=torch.float64))
+        self.register_buffer("weight", q[:, :in_channels].float().contiguous(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("oc,bc...->bo...", self.weight.to(x.dtype), x)
+
+    def inverse(self, h: Tensor) -> Tensor:
+        """:math:`Q^\top h` (exact for ``h`` in the range of the lift)."""
+        return torch.einsum("co,bc...->bo...", self.weight.to(h.dtype), h)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels} -> {self.channels}"

@@ -30,6 +30,17 @@ def test_run_writes_the_nets_section_and_the_plot(tiny, tmp_path) -> None:
     share = {(r[1].strip(), r[2].strip()): r[5].strip() for r in rows if len(r) > 7}
     for name in ("PartiallyInvResUNet", "FullyInvResUNet"):  # invert holds less than store
         assert float(share[(name, "invert")].rstrip("%")) < 50.0
+    for memory in (
+        "checkpoint per level (torch)",
+        "selective checkpoint (torch)",
+        "save_on_cpu (torch)",
+    ):
+        assert ("UNet3D", memory) in share
+    assert float(share[("UNet3D", "save_on_cpu (torch)")].rstrip("%")) == 100.0  # CPU
+    assert ("MONAI UNet", "CheckpointUNet") in share
+    lift = float(share[("FullyInvResUNet (lift)", "invert")].rstrip("%"))
+    assert lift < float(share[("FullyInvResUNet", "invert")].rstrip("%"))
+    assert "Against the `UNet3D` twin (store) in the same run" in markdown
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,63 @@
+"""``make gpu-check``'s script: summary parsing, section moving, missing plan, CPU exit."""
+
+from __future__ import annotations
+
+import sys
+
+from invseg.bench import gpucheck
+
+
+def test_pytest_summary_counts_are_parsed():
+    text = "....\n===== 18 passed, 2 skipped, 370 deselected in 12.3s =====\n"
+    assert gpucheck._pytest_counts(text) == {"passed": 18, "skipped": 2, "deselected": 370}
+    assert gpucheck._pytest_counts("21 skipped, 3 deselected in 1s") == {
+        "skipped": 21,
+        "deselected": 3,
+    }
+    assert gpucheck._pytest_counts("no summary") == {}
+
+
+def test_missing_plan_command_is_skipped_not_failed():
+    check = gpucheck.check_plan(sys.executable, "configs/brats_partially_invres.yaml", "cpu")
+    if check.status != "SKIP":  # a checkout that has `invseg plan`
+        assert check.status in ("PASS", "FAIL")
+    else:
+        assert "skipped: plan not available" in check.detail
+
+
+def test_section_and_plot_are_copied_under_a_device_name(tmp_path):
+    page = tmp_path / "run" / "benchmarks.md"
+    (page.parent / "img").mkdir(parents=True)
+    (page.parent / "img" / "nets_memory_vs_blocks.png").write_bytes(b"png")
+    page.write_text(
+        "<!-- bench:nets -->\n| a |\n|---|\n| 1 |\n![p](img/nets_memory_vs_blocks.png)\n"
+        "<!-- /bench:nets -->\n"
+    )
+    out = tmp_path / "docs" / "benchmarks.md"
+    out.parent.mkdir()
+    out.write_text("<!-- bench:nets -->\nCPU\n<!-- /bench:nets -->\n")
+    assert gpucheck.move_section(page, "nets", out) == 2
+    text = out.read_text()
+    assert "CPU" in text and "<!-- bench:nets-cuda -->" in text
+    assert "img/nets_memory_vs_blocks-cuda.png" in text
+    assert (out.parent / "img" / "nets_memory_vs_blocks-cuda.png").read_bytes() == b"png"
+
+
+def test_packages_check_names_what_is_missing(monkeypatch):
+    monkeypatch.setitem(gpucheck.REQUIRED, "surely_not_a_module_xyz", "surely-not-xyz")
+    check = gpucheck.check_packages()
+    assert check.status == "FAIL" and "missing: surely-not-xyz" in check.detail
+
+
+def test_without_cuda_the_summary_fails_on_the_cuda_line(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(
+        gpucheck,
+        "check_lazy_imports",
+        lambda python: gpucheck.Check("lazy imports", "PASS", "stubbed"),
+    )
+    assert gpucheck.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL cuda: no CUDA device visible" in out and "checks without failure" in out
