@@ -33,7 +33,7 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,8 @@ __all__ = [
     "ActivationFit",
     "PlanResult",
     "fit_activations",
+    "largest_cube",
+    "max_batch",
     "measure_step",
     "parse_bytes",
     "plan_model",
@@ -330,6 +332,7 @@ def plan_model(
     overhead_bytes: int | None = None,
     sizes: Sequence[int] | None = None,
     limit: int = 1024,
+    target: str | None = None,
 ) -> PlanResult:
     """The largest cube (a multiple of ``multiple``) whose training step fits ``budget_bytes``.
 
@@ -345,6 +348,8 @@ def plan_model(
         overhead_bytes: fixed overhead; default :data:`CUDA_OVERHEAD_BYTES` on CUDA, else 0.
         sizes: the three measurement cubes (default :func:`default_sizes`).
         limit: largest cube considered.
+        target: device type the plan is for (default ``device``): CPU column buffers count
+            only for a CPU target.
 
     Example:
         >>> r = plan_model(lambda s: nn.Conv3d(1, 1, 1), 1, budget_bytes=4 * 32**3 + 100)
@@ -359,18 +364,38 @@ def plan_model(
         build_fn, in_channels, sizes=sizes or default_sizes(multiple), batch=batch, amp=amp,
         device=device,
     )  # fmt: skip
+    if target is not None:
+        fit = replace(fit, native=target == "cpu" and amp is None)
+    return largest_cube(
+        fit, lambda s: _meta_params(build_fn, s), budget_bytes=budget_bytes, batch=batch,
+        multiple=multiple, overhead=overhead_bytes, limit=limit,
+    )  # fmt: skip
+
+
+def largest_cube(
+    fit: ActivationFit,
+    params_fn: Callable[[int], int],
+    *,
+    budget_bytes: int,
+    batch: int = 1,
+    multiple: int = 8,
+    overhead: int = 0,
+    limit: int = 1024,
+) -> PlanResult:
+    """The largest cube (multiple of ``multiple``) that fits, from an existing fit.
+
+    ``params_fn(cube)`` gives the parameter bytes of the net built for that cube.
+    """
     per_vox = fit.slope + 2 * fit.big1
-    free = budget_bytes - overhead_bytes - 4 * _meta_params(build_fn, fit.sizes[-1])
+    free = budget_bytes - overhead - 4 * params_fn(fit.sizes[-1])
     cube = int((max(free, 0) / max(per_vox, 1e-9) / batch) ** (1 / 3)) // multiple * multiple
     cube = min(cube + multiple, limit // multiple * multiple)
     while cube >= multiple:
-        parts = step_bytes(fit, _meta_params(build_fn, cube), cube, batch=batch,
-                           overhead=overhead_bytes)  # fmt: skip
+        parts = step_bytes(fit, params_fn(cube), cube, batch=batch, overhead=overhead)
         if parts["total_bytes"] <= budget_bytes:
             return PlanResult(cube, batch, budget_bytes, multiple=multiple, fit=fit, **parts)
         cube -= multiple
-    parts = step_bytes(fit, _meta_params(build_fn, multiple), multiple, batch=batch,
-                       overhead=overhead_bytes)  # fmt: skip
+    parts = step_bytes(fit, params_fn(multiple), multiple, batch=batch, overhead=overhead)
     return PlanResult(None, batch, budget_bytes, multiple=multiple, fit=fit, **parts)
 
 
