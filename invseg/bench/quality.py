@@ -48,11 +48,12 @@ class Preset:
     test_cases: int
     base: int  # first-level channels of every model
     overlap: float  # sliding-window overlap at test time
+    pool: int = 16  # training cases generated (``--cases`` takes the first ones)
 
 
 #: ``quick``: 2 CPU cores, ~15 min for 11 models x 3 seeds; ``full``: one GPU at native size.
 PRESETS = {
-    "quick": Preset((48, 48, 40), 24, 2, 300, 3e-3, 4, 16, 0.25),
+    "quick": Preset((48, 48, 40), 32, 2, 300, 3e-3, 4, 8, 0.25),
     "full": Preset((240, 240, 155), 128, 2, 4000, 1e-3, 20, 16, 0.5),
 }
 
@@ -233,7 +234,7 @@ def make_data(root: Path, preset: Preset, train_cases: int) -> tuple[list[dict],
     """Generate (or reuse) the hard cases; the test cases are the same for every regime."""
     from invseg.data import case_dicts, synthesize
 
-    pool = max(16, train_cases)
+    pool = max(preset.pool, train_cases)
     info = synthesize(
         "brats", root, cases=pool + preset.test_cases, shape=preset.shape, seed=0, preset="hard"
     )
@@ -274,6 +275,7 @@ def run(
     workers: int | None = None,
     docs: str | Path | None = None,
     steps: int | None = None,
+    preset: Preset | None = None,
 ) -> str:
     """Train every model (``models``, default the whole zoo) for ``seeds`` seeds; write results.
 
@@ -287,7 +289,7 @@ def run(
     from invseg.bench.quality_report import per_run, quality_markdown, quality_plot
     from invseg.runtime.planner import parse_bytes
 
-    preset = PRESETS["quick" if quick else "full"]
+    preset = preset or PRESETS["quick" if quick else "full"]
     preset = replace(preset, steps=int(steps)) if steps else preset
     names = list(models or ZOO)
     for n in names:
