@@ -13,7 +13,15 @@ peak memory is the run's own: CUDA ``max_memory_allocated``, else the peak RSS i
 sampled during training. Activation MiB are the exact saved-for-backward bytes of one training
 forward at the crop (:func:`invseg.runtime.planner.measure_step`).
 
-Presets: ``QUICK`` (CPU, minutes) and ``FULL`` (one GPU), see :data:`PRESETS`.
+Presets (:data:`PRESETS`), one command each per regime:
+
+* ``quick`` (2 CPU cores, about 15 minutes for the 11 models x 3 seeds): 48x48x40 volumes,
+  16 training and 4 test cases, crop 32^3, batch 2, base 8 channels, 300 steps, lr 3e-3:
+  ``invseg bench quality --quick -o bench_quality`` (add ``--cases 4``, ``--budget 256MB``).
+* ``full`` (one GPU): native 240x240x155 volumes, 20 test cases, crop 128^3, batch 2, base 16,
+  4000 steps, lr 1e-3, sliding-window overlap 0.5:
+  ``invseg bench quality --device cuda -o bench_quality_gpu --docs docs/benchmarks.md``, then
+  again with ``--cases 4`` and with ``--budget 12GB`` (every model at its largest crop).
 """
 
 from __future__ import annotations
@@ -124,13 +132,13 @@ def _loader(job: Job):
     return DataLoader(ds, batch_size=1, shuffle=True, collate_fn=list_data_collate, generator=gen)
 
 
-def _train(net, job: Job, device) -> tuple[list[float], int]:
+def _train(net, job: Job, device, loader) -> tuple[list[float], int]:
     """Train ``net`` for ``job.preset.steps`` steps; returns step times and activation bytes."""
     import torch
 
     from invseg.runtime.planner import measure_step
 
-    loss_fn, loader = _loss_fn(), _loader(job)
+    loss_fn = _loss_fn()
     opt = torch.optim.AdamW(net.parameters(), lr=job.preset.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=job.preset.steps)
     act = measure_step(net, 4, job.crop, batch=job.preset.batch, device=device)[0]
@@ -213,9 +221,10 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     net.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    loader = _loader(job)  # cached volumes: not part of the training peak
     wall = time.perf_counter()
     with PeakRSS() as rss:
-        times, act = _train(net, job, device)
+        times, act = _train(net, job, device, loader)
     wall = time.perf_counter() - wall
     peak = (
         torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak - rss.start

@@ -20,11 +20,8 @@ buffer on PyTorch's native CPU path, beyond what is saved when it runs (see
 :data:`NATIVE_CONV_LIMIT`; 0 on GPU). :math:`O` is :data:`CUDA_OVERHEAD_BYTES` on a GPU (the
 CUDA context, cuDNN/cuBLAS workspaces and caching-allocator slack), 0 on CPU.
 
-Known gap: in ``invert``/``checkpoint`` mode, backward recomputes one block with its graph
-while the stored activations are alive; that recompute's saved tensors and column buffers are
-not in the model, so on CPU the prediction is about 20% low for small invertible nets (measured:
-PartiallyInvResUNet base 8 at 40^3, 36.9 MB predicted vs 46.4 MB peak RSS). Store-mode nets
-agree within 10%.
+Known gap: the graph of the block that ``invert``/``checkpoint`` recompute in backward is not
+modelled: on CPU, PartiallyInvResUNet (base 8, 40^3) peaks at 46.4 MB RSS vs 36.9 MB predicted.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -51,22 +48,14 @@ __all__ = [
     "plan_model",
 ]
 
-#: Fixed GPU overhead beyond what the planner counts: the CUDA context (~0.5 GiB with lazy
-#: module loading), cuDNN/cuBLAS workspaces and caching-allocator fragmentation.
+#: GPU overhead: CUDA context (~0.5 GiB), cuDNN/cuBLAS workspaces, allocator fragmentation.
 CUDA_OVERHEAD_BYTES = 1 << 30
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20}
+_UNITS |= {"GIB": 2**30, "TIB": 2**40}
 _AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 BuildFn = Callable[[int], nn.Module]
-_CONVS = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+_CONVS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def parse_bytes(text: str | int | float) -> int:
@@ -126,10 +115,8 @@ def measure_step(
 ) -> tuple[int, int, tuple[Conv, ...]]:
     """Bytes saved for backward by one training forward, the largest one, and the convolutions.
 
-    The model runs in train mode on a random input ``(batch, in_channels, *size)``; the loss is
-    the mean of every output. Parameters are not counted. Each convolution with a kernel larger
-    than 1 is described by its column-buffer bytes per input voxel and its ``C * D * H`` per
-    input ``D * H`` (see :data:`NATIVE_CONV_LIMIT`).
+    Train mode, random input ``(batch, in_channels, *size)``, loss = mean of every output;
+    parameters are not counted. Convolutions: see :data:`Conv` and :data:`NATIVE_CONV_LIMIT`.
 
     Example:
         >>> net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU())
@@ -224,8 +211,8 @@ def fit_activations(
 ) -> ActivationFit:
     """Measure at three cubes, fit a line in voxels through the two smallest, check the third.
 
-    ``extrapolation_error`` is the relative error of the two-point line at the largest size;
-    the returned line goes through the two largest sizes (closest to what is extrapolated).
+    ``extrapolation_error``: relative error of that line at the third size; the returned line
+    goes through the two largest sizes (closest to what is extrapolated).
 
     Example:
         >>> fit = fit_activations(lambda s: nn.Conv3d(1, 1, 1), 1, sizes=(8, 12, 16))
@@ -253,10 +240,7 @@ def fit_activations(
 
 @dataclass(frozen=True)
 class PlanResult:
-    """Largest cube that trains within a budget, and the byte counts at that cube.
-
-    ``max_cube`` is ``None`` (and the byte counts those of the smallest cube) when nothing fits.
-    """
+    """Largest cube within a budget (``None`` if none fits) and the byte counts there."""
 
     max_cube: int | None
     batch: int
@@ -270,10 +254,6 @@ class PlanResult:
     total_bytes: int
     multiple: int
     fit: ActivationFit
-
-    def to_dict(self) -> dict:
-        """Plain dict for JSON output."""
-        return asdict(self)
 
 
 def param_bytes(model: nn.Module) -> int:
