@@ -16,7 +16,7 @@ forward at the crop (:func:`invseg.runtime.planner.measure_step`).
 Presets (:data:`PRESETS`), one command each per regime:
 
 * ``quick`` (2 CPU cores, about 15 minutes for the 11 models x 3 seeds): 48x48x40 volumes,
-  16 training and 4 test cases, crop 32^3, batch 2, base 8 channels, 300 steps, lr 3e-3:
+  16 training and 4 test cases, crop 32^3, batch 2, base 8 channels, 200 steps, lr 5e-3:
   ``invseg bench quality --quick -o bench_quality`` (add ``--cases 4``, ``--budget 256MB``).
 * ``full`` (one GPU): native 240x240x155 volumes, 20 test cases, crop 128^3, batch 2, base 16,
   4000 steps, lr 1e-3, sliding-window overlap 0.5:
@@ -61,7 +61,7 @@ class Preset:
 
 #: ``quick``: 2 CPU cores, ~15 min for 11 models x 3 seeds; ``full``: one GPU at native size.
 PRESETS = {
-    "quick": Preset((48, 48, 40), 32, 2, 300, 3e-3, 4, 8, 0.25),
+    "quick": Preset((48, 48, 40), 32, 2, 200, 5e-3, 4, 8, 0.25),
     "full": Preset((240, 240, 155), 128, 2, 4000, 1e-3, 20, 16, 0.5),
 }
 

@@ -290,13 +290,13 @@ def _meta_params(build_fn: BuildFn, size: int) -> int:
 
 
 def default_sizes(multiple: int) -> tuple[int, int, int]:
-    """Three small measurement cubes: multiples of ``multiple``, the smallest at least 16.
+    """Three measurement cubes: multiples of ``multiple``, at least 16 and ``2 * multiple``.
 
     Example:
         >>> default_sizes(8), default_sizes(32)
-        ((16, 24, 32), (32, 64, 96))
+        ((16, 24, 32), (64, 96, 128))
     """
-    k = max(1, math.ceil(16 / multiple))
+    k = max(2 if multiple >= 16 else 1, math.ceil(16 / multiple))
     return (k * multiple, (k + 1) * multiple, (k + 2) * multiple)
 
 
