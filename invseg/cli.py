@@ -101,14 +101,31 @@ def _recon_predict(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
+    if a.suite == "quality":
+        from invseg.bench import quality
+
+        out = a.output or Path("bench_quality")
+        print(quality.run(quick=a.quick, output=out, cases=a.cases, budget=a.budget,
+                          seeds=a.seeds, device=a.device, docs=a.docs))  # fmt: skip
+        print(f"results written to {out}")
+        return 0
     from invseg.bench import engine, nets, recon
 
+    output = a.output or Path("docs/benchmarks.md")
     suites = {"engine": engine, "nets": nets, "recon": recon}
     names = list(suites) if a.suite == "all" else [a.suite]
     for name in names:
-        print(suites[name].run(quick=a.quick, output=a.output, device=a.device))
+        print(suites[name].run(quick=a.quick, output=output, device=a.device))
         print()
-    print(f"results written to {a.output}")
+    print(f"results written to {output}")
+    return 0
+
+
+def _plan(a: argparse.Namespace) -> int:
+    from invseg.bench.plan import run
+
+    print(run(a.config, budget=a.budget, amp=a.amp, as_json=a.json, models=a.models,
+              device=a.device))  # fmt: skip
     return 0
 
 
@@ -138,7 +155,7 @@ def _add_train_parsers(sub: Any) -> None:
 
 
 def _add_recon_bench_config_parsers(sub: Any) -> None:
-    """``recon train|predict``, ``bench``, ``config list|show``."""
+    """``recon train|predict``, ``bench``, ``plan``, ``config list|show``."""
     recon = sub.add_parser("recon", help="MoDL MRI reconstruction").add_subparsers(
         dest="recon_command", required=True, metavar="COMMAND"
     )
@@ -158,11 +175,27 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     p.set_defaults(handler=_recon_predict)
 
     p = sub.add_parser("bench", help="measure memory and speed against the baselines")
-    p.add_argument("suite", choices=["engine", "nets", "recon", "all"])
+    p.add_argument("suite", choices=["engine", "nets", "recon", "quality", "all"])
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("-o", "--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.add_argument(
+        "-o", "--output", type=Path, default=None,
+        help="docs page (default docs/benchmarks.md); for quality: a folder (bench_quality)",
+    )  # fmt: skip
+    p.add_argument("--cases", type=int, default=16, help="quality: training cases (4 or 16)")
+    p.add_argument("--seeds", type=int, default=3, help="quality: seeds per model")
+    p.add_argument("--budget", default=None, help="quality: equal-memory regime, e.g. 512MB")
+    p.add_argument("--docs", type=Path, default=None, help="quality: markdown page to update")
     p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("plan", help="largest crop and batch that train within a memory budget")
+    p.add_argument("config", help="training config: YAML file or packaged name (its model)")
+    p.add_argument("--budget", default="12GB", help="GPU memory, e.g. 12GB or 24GiB")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    p.add_argument("--json", action="store_true", help="print JSON per memory mode")
+    p.add_argument("--models", nargs="*", default=[], help="zoo peers to add (bench.models)")
+    p.add_argument("--device", default="cpu", help="cuda: verify the prediction on the GPU")
+    p.set_defaults(handler=_plan)
 
     config = sub.add_parser("config", help="list or print the packaged configs").add_subparsers(
         dest="config_command", required=True, metavar="COMMAND"

@@ -182,7 +182,7 @@ ZOO: dict[str, Spec] = {
     "fully": Spec(_inv("fully", False), "invert", _const(1)),
     "fully_vae": Spec(_inv("fully", True), "invert", _const(1)),
     "segresnet": Spec(_segresnet(False), "store", _const(8)),
-    "segresnetvae": Spec(_segresnet(True), "store", _const(8), vae_scale=0.1),
+    "segresnetvae": Spec(_segresnet(True), "store", _const(16), vae_scale=0.1),
     "dynunet": Spec(
         _dynunet, "store", lambda crop: 2 ** (len(dynunet_layout(crop, 1)["strides"]) - 1)
     ),

@@ -20,11 +20,8 @@ buffer on PyTorch's native CPU path, beyond what is saved when it runs (see
 :data:`NATIVE_CONV_LIMIT`; 0 on GPU). :math:`O` is :data:`CUDA_OVERHEAD_BYTES` on a GPU (the
 CUDA context, cuDNN/cuBLAS workspaces and caching-allocator slack), 0 on CPU.
 
-Known gap: in ``invert``/``checkpoint`` mode, backward recomputes one block with its graph
-while the stored activations are alive; that recompute's saved tensors and column buffers are
-not in the model, so on CPU the prediction is about 20% low for small invertible nets (measured:
-PartiallyInvResUNet base 8 at 40^3, 36.9 MB predicted vs 46.4 MB peak RSS). Store-mode nets
-agree within 10%.
+Known gap: the graph of the block that ``invert``/``checkpoint`` recompute in backward is not
+modelled: on CPU, PartiallyInvResUNet (base 8, 40^3) peaks at 46.4 MB RSS vs 36.9 MB predicted.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import contextlib
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -44,27 +41,21 @@ __all__ = [
     "ActivationFit",
     "PlanResult",
     "fit_activations",
+    "largest_cube",
+    "max_batch",
     "measure_step",
     "parse_bytes",
     "plan_model",
 ]
 
-#: Fixed GPU overhead beyond what the planner counts: the CUDA context (~0.5 GiB with lazy
-#: module loading), cuDNN/cuBLAS workspaces and caching-allocator fragmentation.
+#: GPU overhead: CUDA context (~0.5 GiB), cuDNN/cuBLAS workspaces, allocator fragmentation.
 CUDA_OVERHEAD_BYTES = 1 << 30
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20}
+_UNITS |= {"GIB": 2**30, "TIB": 2**40}
 _AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 BuildFn = Callable[[int], nn.Module]
-_CONVS = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+_CONVS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def parse_bytes(text: str | int | float) -> int:
@@ -124,10 +115,8 @@ def measure_step(
 ) -> tuple[int, int, tuple[Conv, ...]]:
     """Bytes saved for backward by one training forward, the largest one, and the convolutions.
 
-    The model runs in train mode on a random input ``(batch, in_channels, *size)``; the loss is
-    the mean of every output. Parameters are not counted. Each convolution with a kernel larger
-    than 1 is described by its column-buffer bytes per input voxel and its ``C * D * H`` per
-    input ``D * H`` (see :data:`NATIVE_CONV_LIMIT`).
+    Train mode, random input ``(batch, in_channels, *size)``, loss = mean of every output;
+    parameters are not counted. Convolutions: see :data:`Conv` and :data:`NATIVE_CONV_LIMIT`.
 
     Example:
         >>> net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU())
@@ -222,8 +211,8 @@ def fit_activations(
 ) -> ActivationFit:
     """Measure at three cubes, fit a line in voxels through the two smallest, check the third.
 
-    ``extrapolation_error`` is the relative error of the two-point line at the largest size;
-    the returned line goes through the two largest sizes (closest to what is extrapolated).
+    ``extrapolation_error``: relative error of that line at the third size; the returned line
+    goes through the two largest sizes (closest to what is extrapolated).
 
     Example:
         >>> fit = fit_activations(lambda s: nn.Conv3d(1, 1, 1), 1, sizes=(8, 12, 16))
@@ -251,10 +240,7 @@ def fit_activations(
 
 @dataclass(frozen=True)
 class PlanResult:
-    """Largest cube that trains within a budget, and the byte counts at that cube.
-
-    ``max_cube`` is ``None`` (and the byte counts those of the smallest cube) when nothing fits.
-    """
+    """Largest cube within a budget (``None`` if none fits) and the byte counts there."""
 
     max_cube: int | None
     batch: int
@@ -268,10 +254,6 @@ class PlanResult:
     total_bytes: int
     multiple: int
     fit: ActivationFit
-
-    def to_dict(self) -> dict:
-        """Plain dict for JSON output."""
-        return asdict(self)
 
 
 def param_bytes(model: nn.Module) -> int:
@@ -308,13 +290,13 @@ def _meta_params(build_fn: BuildFn, size: int) -> int:
 
 
 def default_sizes(multiple: int) -> tuple[int, int, int]:
-    """Three small measurement cubes: multiples of ``multiple``, the smallest at least 16.
+    """Three measurement cubes: multiples of ``multiple``, at least 16 and ``2 * multiple``.
 
     Example:
         >>> default_sizes(8), default_sizes(32)
-        ((16, 24, 32), (32, 64, 96))
+        ((16, 24, 32), (64, 96, 128))
     """
-    k = max(1, math.ceil(16 / multiple))
+    k = max(2 if multiple >= 16 else 1, math.ceil(16 / multiple))
     return (k * multiple, (k + 1) * multiple, (k + 2) * multiple)
 
 
@@ -330,6 +312,7 @@ def plan_model(
     overhead_bytes: int | None = None,
     sizes: Sequence[int] | None = None,
     limit: int = 1024,
+    target: str | None = None,
 ) -> PlanResult:
     """The largest cube (a multiple of ``multiple``) whose training step fits ``budget_bytes``.
 
@@ -345,6 +328,8 @@ def plan_model(
         overhead_bytes: fixed overhead; default :data:`CUDA_OVERHEAD_BYTES` on CUDA, else 0.
         sizes: the three measurement cubes (default :func:`default_sizes`).
         limit: largest cube considered.
+        target: device type the plan is for (default ``device``): CPU column buffers count
+            only for a CPU target.
 
     Example:
         >>> r = plan_model(lambda s: nn.Conv3d(1, 1, 1), 1, budget_bytes=4 * 32**3 + 100)
@@ -359,18 +344,38 @@ def plan_model(
         build_fn, in_channels, sizes=sizes or default_sizes(multiple), batch=batch, amp=amp,
         device=device,
     )  # fmt: skip
+    if target is not None:
+        fit = replace(fit, native=target == "cpu" and amp is None)
+    return largest_cube(
+        fit, lambda s: _meta_params(build_fn, s), budget_bytes=budget_bytes, batch=batch,
+        multiple=multiple, overhead=overhead_bytes, limit=limit,
+    )  # fmt: skip
+
+
+def largest_cube(
+    fit: ActivationFit,
+    params_fn: Callable[[int], int],
+    *,
+    budget_bytes: int,
+    batch: int = 1,
+    multiple: int = 8,
+    overhead: int = 0,
+    limit: int = 1024,
+) -> PlanResult:
+    """The largest cube (multiple of ``multiple``) that fits, from an existing fit.
+
+    ``params_fn(cube)`` gives the parameter bytes of the net built for that cube.
+    """
     per_vox = fit.slope + 2 * fit.big1
-    free = budget_bytes - overhead_bytes - 4 * _meta_params(build_fn, fit.sizes[-1])
+    free = budget_bytes - overhead - 4 * params_fn(fit.sizes[-1])
     cube = int((max(free, 0) / max(per_vox, 1e-9) / batch) ** (1 / 3)) // multiple * multiple
     cube = min(cube + multiple, limit // multiple * multiple)
     while cube >= multiple:
-        parts = step_bytes(fit, _meta_params(build_fn, cube), cube, batch=batch,
-                           overhead=overhead_bytes)  # fmt: skip
+        parts = step_bytes(fit, params_fn(cube), cube, batch=batch, overhead=overhead)
         if parts["total_bytes"] <= budget_bytes:
             return PlanResult(cube, batch, budget_bytes, multiple=multiple, fit=fit, **parts)
         cube -= multiple
-    parts = step_bytes(fit, _meta_params(build_fn, multiple), multiple, batch=batch,
-                       overhead=overhead_bytes)  # fmt: skip
+    parts = step_bytes(fit, params_fn(multiple), multiple, batch=batch, overhead=overhead)
     return PlanResult(None, batch, budget_bytes, multiple=multiple, fit=fit, **parts)
 
 

@@ -1,0 +1,94 @@
+"""Tables and the Pareto figure of ``invseg bench quality`` (pandas in, markdown/PNG out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RUN_KEYS = ["model", "memory", "regime", "cases", "crop", "seed"]
+METRICS = ["dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95"]
+RUN_COLS = ["params", "activation_mib", "peak_mib", "step_s", "wall_s", "steps"]
+
+
+def per_run(cases: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x seed x regime: metrics averaged over the held-out cases.
+
+    Example:
+        >>> f = pd.DataFrame({"model": ["a", "a"], "memory": "store", "regime": "r", "cases": 4,
+        ...     "crop": 32, "seed": 0, "dice_mean": [0.5, 0.7], "dice_wt": 0.0, "dice_tc": 0.0,
+        ...     "dice_et": 0.0, "hd95": 1.0, "params": 9, "activation_mib": 1.0,
+        ...     "peak_mib": 2.0, "step_s": 0.1, "wall_s": 3.0, "steps": 5})
+        >>> per_run(f)["dice_mean"].round(2).tolist()
+        [0.6]
+    """
+    agg: dict[str, Any] = {m: "mean" for m in METRICS} | {c: "first" for c in RUN_COLS}
+    return cases.groupby(RUN_KEYS, sort=False).agg(agg).reset_index()
+
+
+def summary(cases: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x regime: mean and std over held-out cases and seeds."""
+    keys = ["model", "memory", "regime", "crop"]
+    g = cases.groupby(keys, sort=False)
+    out = g[METRICS].mean()
+    out["dice_std"] = g["dice_mean"].std(ddof=0)
+    out["seeds"] = g["seed"].nunique()
+    runs = per_run(cases).groupby(keys, sort=False)
+    out["seed_std"] = runs["dice_mean"].std(ddof=0)
+    out[["params", "activation_mib", "peak_mib"]] = runs[
+        ["params", "activation_mib", "peak_mib"]
+    ].mean()
+    out["step_s"] = runs["step_s"].median()
+    out["wall_s"] = runs["wall_s"].mean()
+    return out.reset_index()
+
+
+def quality_markdown(cases: pd.DataFrame, *, preset: dict[str, Any], device: str) -> str:
+    """The ``quality`` section of the benchmarks page."""
+    s = summary(cases).sort_values("dice_mean", ascending=False)
+    lines = [
+        "## Quality: Dice x memory x time",
+        "",
+        f"Device: {device}. Recipe (same for every row): {preset}. DiceLoss(sigmoid) + "
+        "per-channel BCE, AdamW, cosine schedule. Dice mean ± std over held-out cases and "
+        "seeds (± std of the per-seed means); HD95 in mm (MONAI, BraTS rules for empty masks).",
+        "",
+        "| model | memory | regime | crop | Dice | WT | TC | ET | HD95 mm | params M "
+        "| act. MiB | peak MiB | step s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in s.itertuples():
+        lines.append(
+            f"| {r.model} | {r.memory} | {r.regime} | {r.crop} | {r.dice_mean:.3f} ± "
+            f"{r.dice_std:.3f} (± {r.seed_std:.3f}) | {r.dice_wt:.3f} | {r.dice_tc:.3f} | "
+            f"{r.dice_et:.3f} | {r.hd95:.1f} | {r.params / 1e6:.2f} | {r.activation_mib:.1f} | "
+            f"{r.peak_mib:.0f} | {r.step_s:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def quality_plot(cases: pd.DataFrame, path: Path) -> Path:
+    """Pareto figure: Dice vs activation MiB and Dice vs step time, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summary(cases)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, col, label in zip(
+        axes, ["activation_mib", "step_s"], ["activation MiB at the crop", "median step (s)"]
+    ):
+        for r in s.itertuples():
+            x = getattr(r, col)
+            ax.errorbar(x, r.dice_mean, yerr=r.seed_std, fmt="o", capsize=3)
+            ax.annotate(f"{r.model} ({r.regime})", (x, r.dice_mean), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("held-out mean Dice")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

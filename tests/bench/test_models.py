@@ -1,0 +1,64 @@
+"""The model zoo: every entry builds from MONAI or invseg and trains through one interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from invseg.bench.models import ZOO, build, dynunet_layout
+from invseg.engine.memory import activation_bytes
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_zoo_model_returns_logits_and_vae_loss_in_training_only(name: str) -> None:
+    torch.manual_seed(0)
+    net = build(name, in_channels=4, out_channels=3, crop=(16, 16, 16), base=8)
+    x = torch.randn(1, 4, 16, 16, 16)
+    logits, vae = net.train()(x)
+    assert logits.shape == (1, 3, 16, 16, 16)
+    assert (vae is not None) == name.endswith(("_vae", "vae"))
+    if vae is not None:
+        assert vae.ndim == 0 and vae.item() > 0
+    (logits.mean() + (0 if vae is None else vae)).backward()
+    params = [p for p in net.parameters() if p.requires_grad]
+    assert sum(p.grad is not None for p in params) >= 0.9 * len(params)  # SegResNetVAE: std head
+    assert net.eval()(x)[1] is None
+
+
+def test_checkpointed_unet3d_matches_store_gradients_and_saves_less() -> None:
+    x = torch.randn(1, 4, 16, 16, 16)
+    nets = []
+    for name in ("unet3d", "unet3d_ckpt"):
+        torch.manual_seed(0)
+        nets.append(build(name, in_channels=4, out_channels=3, crop=(16,) * 3, base=8))
+    for net in nets:
+        net(x)[0].square().mean().backward()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    store, ckpt = (activation_bytes(lambda n=n: n(x)) for n in nets)
+    assert ckpt < store / 2
+
+
+def test_invertible_nets_save_less_than_their_store_twin() -> None:
+    x = torch.randn(1, 4, 16, 16, 16)
+    inv = build("partially", in_channels=4, out_channels=3, crop=(16,) * 3, base=8)
+    store = build("partially", in_channels=4, out_channels=3, crop=(16,) * 3, base=8,
+                  memory="store")  # fmt: skip
+    assert inv.memory == "invert" and store.memory == "store"
+    assert activation_bytes(lambda: inv(x)) < activation_bytes(lambda: store(x)) / 2
+
+
+def test_dynunet_is_scaled_to_the_crop_like_nnunet() -> None:
+    assert dynunet_layout((32, 32, 32), 16)["strides"] == [1, 2, 2, 2]
+    assert dynunet_layout((128, 128, 128), 32)["filters"] == [32, 64, 128, 256, 320, 320]
+    net = build("dynunet", in_channels=4, out_channels=3, crop=(64,) * 3, base=8)
+    assert net.multiple == 16
+
+
+def test_bad_names_and_options_are_rejected() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'segresnet'"):
+        build("segresnett", in_channels=4, out_channels=3, crop=(16,) * 3)
+    with pytest.raises(ValueError, match="no memory modes"):
+        build("monai_unet", in_channels=4, out_channels=3, crop=(16,) * 3, memory="invert")
+    with pytest.raises(ValueError, match="crop"):
+        build("unet3d", in_channels=4, out_channels=3, crop=(4, 4))
