@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from invseg._choices import check_option
-from invseg.data._errors import DataError
+from invseg.data.errors import DataError
 
 __all__ = ["CONVENTIONS", "LabelConvention", "get_convention"]
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from invseg._choices import check_option
-from invseg.data._io import save_image, save_json
 from invseg.data.case import DatasetInfo
+from invseg.data.io import save_image, save_json
 
 __all__ = ["synthesize"]
 
