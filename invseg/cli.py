@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
+LABEL_CHOICES = ("brats", "brats2023", "msd", "iseg")
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -41,6 +42,8 @@ def _predict(a: argparse.Namespace) -> int:
         tta=a.tta,
         save_probabilities=a.save_probabilities,
         overlap=a.overlap,
+        labels=a.labels,
+        skip_existing=a.skip_existing,
     )
     return 1 if failed else 0
 
@@ -139,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--save-probabilities", action="store_true")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.add_argument(
+        "--labels",
+        choices=LABEL_CHOICES,
+        default=None,
+        help="label values to write (default: the input layout's, e.g. brats2023: ET=3)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep cases already predicted in the output folder (default: replace them)",
+    )
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser("evaluate", help="Dice and surface distances against references")

@@ -31,7 +31,7 @@ __all__ = ["evaluate", "format_summary"]
 
 
 def _label_folder(folder: Path) -> dict[str, Path]:
-    from invseg.data._naming import image_files, split_ext
+    from invseg.data.naming import image_files, split_ext
 
     return {split_ext(p)[0]: p for p in image_files(folder)}
 

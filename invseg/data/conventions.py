@@ -118,6 +118,18 @@ class LabelConvention:
             return tuple(sorted(set(self.class_values) | {0}))
         return tuple(sorted({0}.union(*map(set, self.regions))))
 
+    def describe(self) -> str:
+        """The name and the values written on disk, with the enhancing-tumour value if any.
+
+        Example:
+            >>> get_convention("brats2023").describe(), get_convention("iseg").describe()
+            ('brats2023 (0/1/2/3, ET=3)', 'iseg (0/10/150/250)')
+        """
+        values = "/".join(str(v) for v in self.native_values)
+        if self.kind == "regions" and "ET" in self.names:
+            return f"{self.name} ({values}, ET={dict(self.paint)[self.names.index('ET')]})"
+        return f"{self.name} ({values})"
+
     # ----------------------------------------------------------------- conversion
     def check_values(self, label: np.ndarray | torch.Tensor) -> None:
         """Raise :class:`DataError` when ``label`` holds values outside :attr:`native_values`."""
