@@ -278,3 +278,29 @@ def test_checkpoint_pickling_an_object_is_refused_without_running_it(tmp_path):
         load_model(bad)
     assert not marker.exists()
     assert "weights_only=False" not in str(err.value)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
+def test_labels_land_on_the_input_voxels_of_a_non_cubic_volume(tmp_path, orientation):
+    """Fast guard against transposed/flipped labels: ET exactly where the T1 is bright."""
+    import torch
+
+    from invseg.data import synthesize
+
+    spacing = (1.2, 0.9, 1.5)
+    info = synthesize(
+        "brats", tmp_path / "d", cases=1, shape=(22, 18, 16), spacing=spacing, seed=3,
+        orientation=orientation,
+    )
+    ckpt = _conv_checkpoint(tmp_path / "m.pt", bias=(0.0, 0.0, 0.0))
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["weight"][:, 0] = 1.0  # logits = normalised T1 in every region
+    state["meta"]["spacing"] = list(spacing)  # no resampling: the voxels map one to one
+    torch.save(state, ckpt)
+    assert predict(ckpt, [info.root], tmp_path / "out") == 0
+    case = info.cases[0]
+    got = np.asarray(nib.load(tmp_path / "out" / f"{case.case_id}.nii.gz").dataobj)
+    t1 = np.asarray(nib.load(case.images[0]).dataobj, dtype=np.float64)
+    expected = np.where((t1 == 0) | (t1 >= t1[t1 != 0].mean()), 4, 0)
+    assert 0.1 < (expected == 4).mean() < 0.9
+    assert (got == expected).mean() > 0.999
