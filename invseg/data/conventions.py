@@ -135,11 +135,16 @@ class LabelConvention:
         """Raise :class:`DataError` when ``label`` holds values outside :attr:`native_values`."""
         found = _unique_values(label)
         bad = sorted(found - set(self.native_values))
-        if bad:
-            raise DataError(
-                f"{_source(label)}: label values {bad} are not part of the {self.name!r} "
-                f"convention (allowed: {list(self.native_values)}); pick the right convention"
-            )
+        if not bad:
+            return
+        hint = "pick the right convention"
+        if self.kind == "classes" and set(bad) <= set(range(1, len(self.class_values))):
+            stored = ", ".join(f"{v} ({n})" for v, n in zip(self.class_values, self.names))
+            hint = f"they look like class indices; {self.name} stores {stored}"
+        raise DataError(
+            f"{_source(label)}: label values {bad} are not part of the {self.name!r} "
+            f"convention (allowed: {list(self.native_values)}); {hint}"
+        )
 
     def to_target(self, label: ArrayT) -> ArrayT:
         """Native labels -> training target (see the class docstring for shapes)."""

@@ -289,7 +289,12 @@ def test_labels_land_on_the_input_voxels_of_a_non_cubic_volume(tmp_path, orienta
 
     spacing = (1.2, 0.9, 1.5)
     info = synthesize(
-        "brats", tmp_path / "d", cases=1, shape=(22, 18, 16), spacing=spacing, seed=3,
+        "brats",
+        tmp_path / "d",
+        cases=1,
+        shape=(22, 18, 16),
+        spacing=spacing,
+        seed=3,
         orientation=orientation,
     )
     ckpt = _conv_checkpoint(tmp_path / "m.pt", bias=(0.0, 0.0, 0.0))
