@@ -51,7 +51,13 @@ def _predict(a: argparse.Namespace) -> int:
 def _evaluate(a: argparse.Namespace) -> int:
     from invseg.commands.evaluate import evaluate, format_summary
 
-    frame = evaluate(a.pred, a.ref, labels=a.labels, output_csv=a.csv or a.pred / "metrics.csv")
+    frame = evaluate(
+        a.pred,
+        a.ref,
+        labels=a.labels,
+        output_csv=a.output or a.pred / "metrics.csv",
+        scoring=a.convention,
+    )
     print(format_summary(frame))
     return 0
 
@@ -156,11 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser("evaluate", help="Dice and surface distances against references")
-    p.add_argument("--pred", type=Path, required=True)
-    p.add_argument("--ref", type=Path, required=True)
-    p.add_argument("--labels", choices=["brats", "brats2023", "msd", "iseg"], default=None)
+    p.add_argument("-p", "--pred", type=Path, required=True, metavar="DIR", help="predictions")
     p.add_argument(
-        "--csv", type=Path, default=None, help="per-case CSV (default: PRED/metrics.csv)"
+        "-r", "--ref", type=Path, required=True, metavar="DIR", help="dataset or label folder"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="per-case CSV (default: PRED/metrics.csv)",
+    )
+    p.add_argument(
+        "--labels",
+        choices=LABEL_CHOICES,
+        default=None,
+        help="label values (default: the dataset's, or detected from the references)",
+    )
+    p.add_argument(
+        "--convention",
+        choices=["brats", "none"],
+        default=None,
+        help="scoring of missing/empty predictions: brats (Dice 0, HD95 373.13; the default "
+        "for BraTS labels) or none (NaN distances, missing cases left out)",
     )
     p.set_defaults(handler=_evaluate)
 

@@ -193,3 +193,18 @@ def test_iseg_class_indices_get_an_iseg_hint(tmp_path):
     save(tmp_path / "ref2" / "subject-1.nii.gz", cube(10, (1, 1, 1)))
     with pytest.raises(DataError, match="look like class indices.*10.*150.*250"):
         evaluate(tmp_path / "pred", tmp_path / "ref2")
+
+
+def test_cli_flags(tmp_path, capsys):
+    from invseg.cli import main
+
+    _three_of_five(tmp_path)
+    csv = tmp_path / "out" / "scores.csv"
+    argv = ["evaluate", "-p", str(tmp_path / "pred"), "-r", str(tmp_path / "ref"), "-o", str(csv)]
+    assert main([*argv, "--convention", "none", "--labels", "brats"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("3 cases (labels: brats)") and "c3, c4" in out.err
+    assert list(pd.read_csv(csv)["case_id"]) == ["c0", "c1", "c2", "mean"]
+    assert main(argv) == 0
+    assert "BraTS scoring" in capsys.readouterr().out
+    assert list(pd.read_csv(csv)["case_id"]) == ["c0", "c1", "c2", "c3", "c4", "mean"]

@@ -309,3 +309,15 @@ def test_labels_land_on_the_input_voxels_of_a_non_cubic_volume(tmp_path, orienta
     expected = np.where((t1 == 0) | (t1 >= t1[t1 != 0].mean()), 4, 0)
     assert 0.1 < (expected == 4).mean() < 0.9
     assert (got == expected).mean() > 0.999
+
+
+def test_cli_labels_and_skip_existing(small_sets, tmp_path, capsys):
+    from invseg.cli import main
+
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    root = small_sets["brats2023"].root
+    argv = ["predict", "-m", str(ckpt), "-i", str(root), "-o", str(tmp_path / "o")]
+    assert main([*argv, "--labels", "brats", "--device", "cpu"]) == 0
+    assert "from --labels" in capsys.readouterr().out
+    assert main([*argv, "--skip-existing", "--device", "cpu"]) == 0
+    assert "wrote 0 of 2 cases" in capsys.readouterr().out
