@@ -77,9 +77,7 @@ def predict_probabilities(
     Args:
         model: the network (logits out).
         x: ``(N, in_channels, X, Y, Z)`` image.
-        roi_size: sliding-window size.
-        sw_batch_size: windows per forward pass.
-        overlap: sliding-window overlap in ``[0, 1)``.
+        roi_size, sw_batch_size, overlap: sliding-window settings.
         activation: ``"sigmoid"`` (regions) or ``"softmax"`` (classes, over dim 1).
         tta: average over the 8 flips of the 3 spatial axes.
 
@@ -143,20 +141,6 @@ class _CasePredictor:
         self.convention = get_convention(meta["convention"])
         self.transforms = inference_transforms(spacing=meta["spacing"])
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """``(1, C, *spatial)`` probabilities for a ``(1, in_channels, *spatial)`` image."""
-        amp = self.device.type == "cuda" and self.meta.get("amp", False)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-            return predict_probabilities(
-                self.model,
-                x,
-                roi_size=self.meta["roi_size"],
-                sw_batch_size=self.meta["sw_batch_size"],
-                overlap=self.overlap,
-                activation=self.convention.activation,
-                tta=self.tta,
-            )
-
     def __call__(self, case: Any) -> np.ndarray:
         """Probabilities ``(C, X, Y, Z)`` in the input geometry."""
         from monai.data import MetaTensor
@@ -168,7 +152,18 @@ class _CasePredictor:
         item.pop("label", None)
         data = self.transforms(item)
         image = data["image"]
-        probs = self.probabilities(torch.as_tensor(image)[None].float().to(self.device))
+        x = torch.as_tensor(image)[None].float().to(self.device)
+        amp = self.device.type == "cuda" and self.meta.get("amp", False)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+            probs = predict_probabilities(
+                self.model,
+                x,
+                roi_size=self.meta["roi_size"],
+                sw_batch_size=self.meta["sw_batch_size"],
+                overlap=self.overlap,
+                activation=self.convention.activation,
+                tta=self.tta,
+            )
         pred = MetaTensor(
             probs[0].cpu(), meta=dict(image.meta), applied_operations=list(image.applied_operations)
         )
@@ -192,13 +187,11 @@ def _input_dirs(inputs: Sequence[Path], cases: Sequence[Any]) -> set[Path]:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _gather(in_paths: Sequence[Path]) -> tuple[list[Any], list[Any], list[str]]:
-    """``(infos, cases, errors)``: a case that cannot be used (e.g. a missing modality) is one
-    error line naming the case and the file, and the other cases still run."""
+    """``(infos, cases, errors)``: an unusable case (missing modality, ...) is one error line."""
     from invseg.data import DataError, cases_from_paths
 
     try:
@@ -268,6 +261,14 @@ def _check_output(out_dir: Path) -> None:
         ) from None
 
 
+def _writer(infos: Sequence[Any]) -> Any:
+    """The input's :class:`~invseg.data.Layout` (names and writes predictions), or a generic one."""
+    from invseg.data.layouts import Layout, get_layout
+
+    names = {i.layout if i is not None else None for i in infos}
+    return get_layout(names.pop()) if len(names) == 1 and None not in names else Layout("", "")
+
+
 def _predict_case(case: Any, predictor: _CasePredictor, conv: Any, out: Path, **kw: Any) -> None:
     """Predict one case and write its label map (and probabilities when asked)."""
     from invseg.data import DataError, check_case
@@ -283,7 +284,7 @@ def _predict_case(case: Any, predictor: _CasePredictor, conv: Any, out: Path, **
             f"{case.images[0]}: prediction shape {labels.shape} does not "
             f"match the input shape {shape}."
         )
-    write_nifti(labels, out / f"{case.case_id}.nii.gz", affine, header)
+    kw["writer"].write_prediction(labels, out, case.case_id, affine=affine, header=header)
     if kw["save_probabilities"]:
         path = out / "probabilities" / f"{case.case_id}.nii.gz"
         write_nifti(np.moveaxis(probs, 0, -1), path, affine, header)
@@ -328,9 +329,6 @@ def predict(
 
     Raises:
         ValueError: bad checkpoint, device, labels or output folder; inputs that match no image.
-
-    Example:
-        >>> from invseg.commands.predict import predict  # a full run: see tests/commands
     """
     from tqdm import tqdm
 
@@ -357,7 +355,8 @@ def predict(
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     total = len(cases) + len(errors)
-    existing = {c.case_id for c in cases if (out_dir / f"{c.case_id}.nii.gz").exists()}
+    writer = _writer(infos)
+    existing = {c.case_id for c in cases if writer.prediction_path(out_dir, c.case_id).exists()}
     if skip_existing:
         cases = [c for c in cases if c.case_id not in existing]
     input_files = {Path(f).resolve() for c in cases for f in (*c.images, c.label) if f}
@@ -367,10 +366,11 @@ def predict(
     kw = {
         "in_channels": int(meta["kwargs"].get("in_channels") or len(meta["modalities"])),
         "save_probabilities": save_probabilities,
+        "writer": writer,
     }
     done, failures, replaced = 0, len(errors), 0
     for case in tqdm(cases, desc="predict", unit="case", leave=False, disable=len(cases) < 2):
-        target = out_dir / f"{case.case_id}.nii.gz"
+        target = writer.prediction_path(out_dir, case.case_id)
         prob_target = out_dir / "probabilities" / f"{case.case_id}.nii.gz"
         try:
             if target in input_files or prob_target in input_files:
