@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from invseg.commands.predict_inputs import (
+    one_line,
+    output_convention,
+    plan,
+    summary,
+    writer_for,
+)
 from invseg.runtime.checkpoint import load_checkpoint
 from invseg.runtime.config import instantiate_model
 from invseg.runtime.distributed import resolve_device
@@ -178,102 +184,15 @@ class _CasePredictor:
         return torch.as_tensor(inverted).float().cpu().numpy().astype(np.float32)
 
 
-def _input_dirs(inputs: Sequence[Path], cases: Sequence[Any]) -> set[Path]:
-    dirs = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
-    for case in cases:
-        for f in case.images:
-            dirs.add(Path(f).resolve().parent)
-    return dirs
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _gather(in_paths: Sequence[Path]) -> tuple[list[Any], list[Any], list[str]]:
-    """``(infos, cases, errors)``: an unusable case (missing modality, ...) is one error line."""
-    from invseg.data import DataError, cases_from_paths
-
-    try:
-        info, cases = cases_from_paths(in_paths)
-        return [info], cases, []
-    except DataError:
-        pass
-    infos, cases, errors = [], [], []
-    for path in in_paths:
-        parts = [path]
-        if path.is_dir() and not (path / "dataset.json").exists():
-            try:
-                cases_from_paths([path])
-            except DataError:  # a dataset folder with a broken case: take its cases one by one
-                parts = sorted(p for p in path.iterdir() if p.is_dir()) or [path]
-        for part in parts:
-            try:
-                info, found = cases_from_paths([part])
-            except DataError as err:
-                errors.append(_one_line(err))
-                continue
-            infos.append(info)
-            cases.extend(found)
-    return infos, cases, errors
-
-
-def _output_convention(labels: str | None, infos: Sequence[Any], model_conv: Any) -> Any:
-    """The label convention of the written maps: ``labels``, else the input's, else the model's.
-
-    Prints the choice. Raises ValueError when ``labels`` does not fit the model's outputs.
-    """
-    from invseg.data import get_convention
-
-    def fits(conv: Any) -> bool:
-        return conv.kind == model_conv.kind and conv.names == model_conv.names
-
-    found = {(i.layout, i.convention.name): i.convention for i in infos if i is not None}
-    if labels is not None:
-        conv, source = get_convention(labels), "--labels"
-        if not fits(conv):
-            raise ValueError(
-                f"--labels {labels}: the model predicts {model_conv.kind} "
-                f"{list(model_conv.names)}, which {conv.name} labels cannot hold; choose a "
-                f"convention with the same outputs (the model's own: {model_conv.name})."
-            )
-    elif len(found) == 1 and fits(next(iter(found.values()))):
-        (layout, _), conv = next(iter(found.items()))
-        source = f"the input layout {layout}"
-    else:
-        conv, source = model_conv, "the checkpoint (input layout unknown or mixed)"
-        if len(found) == 1:
-            source = f"the checkpoint ({next(iter(found))[1]} labels do not fit this model)"
-    print(f"predict: labels {conv.describe()} from {source}; override with --labels")
-    return conv
-
-
-def _check_output(out_dir: Path) -> None:
-    """Create ``out_dir`` and write a test file in it: an unusable folder fails before inference."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ValueError(
-            f"{out_dir}: output folder is not writable ({reason}); choose another folder with -o."
-        ) from None
-
-
-def _writer(infos: Sequence[Any]) -> Any:
-    """The input's :class:`~invseg.data.Layout` (names and writes predictions), or a generic one."""
-    from invseg.data.layouts import Layout, get_layout
-
-    names = {i.layout if i is not None else None for i in infos}
-    return get_layout(names.pop()) if len(names) == 1 and None not in names else Layout("", "")
-
-
 def _predict_case(case: Any, predictor: _CasePredictor, conv: Any, out: Path, **kw: Any) -> None:
     """Predict one case and write its label map (and probabilities when asked)."""
     from invseg.data import DataError, check_case
     from invseg.data.layouts import write_nifti
 
+    target = kw["writer"].prediction_path(out, case.case_id)
+    prob_target = out / "probabilities" / f"{case.case_id}.nii.gz"
+    if target in kw["input_files"] or prob_target in kw["input_files"]:
+        raise DataError(f"{target}: would overwrite an input file; choose another -o.")
     check_case(case, in_channels=kw["in_channels"])
     shape, affine, header = _reference(Path(case.images[0]))
     probs = predictor(case)
@@ -286,8 +205,23 @@ def _predict_case(case: Any, predictor: _CasePredictor, conv: Any, out: Path, **
         )
     kw["writer"].write_prediction(labels, out, case.case_id, affine=affine, header=header)
     if kw["save_probabilities"]:
-        path = out / "probabilities" / f"{case.case_id}.nii.gz"
-        write_nifti(np.moveaxis(probs, 0, -1), path, affine, header)
+        write_nifti(np.moveaxis(probs, 0, -1), prob_target, affine, header)
+
+
+def _case_error(case: Any, run: Any) -> str | None:
+    """``run()``; a failure becomes one line naming the file (interrupts pass through)."""
+    from invseg.data import DataError
+
+    try:
+        run()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except DataError as err:
+        return one_line(err)
+    except Exception as err:
+        first = case.images[0] if case.images else case.case_id
+        return f"{first}: {type(err).__name__}: {one_line(err)}"
+    return None
 
 
 def predict(
@@ -332,34 +266,21 @@ def predict(
     """
     from tqdm import tqdm
 
-    from invseg.data import DataError, get_convention
+    from invseg.data import get_convention
 
     dev = resolve_device(device)
     if overlap is not None and not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap={overlap} must be in [0, 1).")
-    in_paths = [Path(p) for p in inputs]
-    if not in_paths:
-        raise ValueError("no inputs given: pass case folders, a dataset folder or image files.")
-    infos, cases, errors = _gather(in_paths)
-    if not cases and not errors:
-        raise ValueError(f"no cases found in {', '.join(map(str, in_paths))}.")
-    out_dir = Path(output).expanduser().resolve()
-    if out_dir in _input_dirs(in_paths, cases):
-        raise ValueError(
-            f"output folder '{output}' holds input images; choose another folder "
-            "with -o so no input can be overwritten."
-        )
-    _check_output(out_dir)
+    infos, cases, errors, out_dir = plan(inputs, output)
     model, meta = load_model(checkpoint, device=dev)
-    conv = _output_convention(labels, infos, get_convention(meta["convention"]))
+    conv = output_convention(labels, infos, get_convention(meta["convention"]))
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     total = len(cases) + len(errors)
-    writer = _writer(infos)
+    writer = writer_for(infos)
     existing = {c.case_id for c in cases if writer.prediction_path(out_dir, c.case_id).exists()}
     if skip_existing:
         cases = [c for c in cases if c.case_id not in existing]
-    input_files = {Path(f).resolve() for c in cases for f in (*c.images, c.label) if f}
     predictor = _CasePredictor(
         model, meta, dev, tta=tta, overlap=float(meta["overlap"] if overlap is None else overlap)
     )
@@ -367,33 +288,17 @@ def predict(
         "in_channels": int(meta["kwargs"].get("in_channels") or len(meta["modalities"])),
         "save_probabilities": save_probabilities,
         "writer": writer,
+        "input_files": {Path(f).resolve() for c in cases for f in (*c.images, c.label) if f},
     }
     done, failures, replaced = 0, len(errors), 0
     for case in tqdm(cases, desc="predict", unit="case", leave=False, disable=len(cases) < 2):
-        target = writer.prediction_path(out_dir, case.case_id)
-        prob_target = out_dir / "probabilities" / f"{case.case_id}.nii.gz"
-        try:
-            if target in input_files or prob_target in input_files:
-                raise DataError(f"{target}: would overwrite an input file; choose another -o.")
-            _predict_case(case, predictor, conv, out_dir, **kw)
+        err = _case_error(case, lambda c=case: _predict_case(c, predictor, conv, out_dir, **kw))
+        if err is not None:
+            failures += 1
+            tqdm.write(f"error: {err}", file=sys.stderr)
+        else:
             done += 1
             replaced += case.case_id in existing
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except DataError as err:
-            failures += 1
-            tqdm.write(f"error: {_one_line(err)}", file=sys.stderr)
-        except Exception as err:
-            failures += 1
-            first = case.images[0] if case.images else case.case_id
-            tqdm.write(f"error: {first}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-    notes = [f"{failures} failed"] if failures else []
-    if replaced:
-        notes.append(f"replaced {replaced} earlier result{'s' * (replaced != 1)}")
-    if skip_existing and existing:
-        notes.append(f"skipped {len(existing)} with an existing result")
-    print(
-        f"predict: wrote {done} of {total} cases to {out_dir}"
-        + (f" ({'; '.join(notes)})" if notes else "")
-    )
+    skipped = len(existing) if skip_existing else 0
+    print(summary(done, total, out_dir, failed=failures, replaced=replaced, skipped=skipped))
     return failures
