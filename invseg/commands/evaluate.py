@@ -180,6 +180,29 @@ def _case_metrics(
     return row
 
 
+def _pairs(pred_dir: Path, ref_dir: Path, labels: str | None) -> tuple[dict, dict, Any]:
+    """``({case: prediction}, {case: reference}, convention)``; every prediction has a reference."""
+    from invseg.data import DataError, get_convention
+
+    if not pred_dir.is_dir():
+        raise DataError(f"{pred_dir}: no such folder of predictions")
+    preds = _label_folder(pred_dir)
+    if not preds:
+        raise DataError(f"{pred_dir}: holds no prediction files (<case_id>.nii.gz)")
+    refs, dataset_convention = _references(ref_dir)
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        raise DataError(
+            f"{pred_dir}: {len(extra)} prediction(s) have no reference in {ref_dir}: "
+            + _shown(extra)
+        )
+    if labels is not None:
+        return preds, refs, get_convention(labels)
+    if dataset_convention is not None:
+        return preds, refs, dataset_convention
+    return preds, refs, _detect({i: refs[i] for i in sorted(preds)})
+
+
 def _shown(ids: list[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (f" ... ({len(ids) - n} more)" if len(ids) > n else "")
 
@@ -242,27 +265,8 @@ def evaluate(
     """
     import pandas as pd
 
-    from invseg.data import DataError, get_convention
-
     pred_dir, ref_dir = Path(pred_dir).expanduser(), Path(ref_dir).expanduser()
-    if not pred_dir.is_dir():
-        raise DataError(f"{pred_dir}: no such folder of predictions")
-    preds = _label_folder(pred_dir)
-    if not preds:
-        raise DataError(f"{pred_dir}: holds no prediction files (<case_id>.nii.gz)")
-    refs, dataset_convention = _references(ref_dir)
-    extra = sorted(set(preds) - set(refs))
-    if extra:
-        shown = ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else "")
-        raise DataError(
-            f"{pred_dir}: {len(extra)} prediction(s) have no reference in {ref_dir}: {shown}"
-        )
-    if labels is not None:
-        convention = get_convention(labels)
-    elif dataset_convention is not None:
-        convention = dataset_convention
-    else:
-        convention = _detect({i: refs[i] for i in sorted(preds)})
+    preds, refs, convention = _pairs(pred_dir, ref_dir, labels)
     scoring = _scoring(scoring, convention)
     missing = sorted(set(refs) - set(preds))
     if missing:
