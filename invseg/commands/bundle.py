@@ -92,6 +92,59 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     return dict(state)
 
 
+def _load_into(model: torch.nn.Module, state: Mapping[str, Any], path: Path | str) -> Any:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(
+            f"{path}: weights do not fit the bundle's network_def ({first}); pass the "
+            "overrides the bundle was run with (channels, blocks, ...)."
+        ) from None
+    return model
+
+
+def _network_def(parser: Any) -> tuple[str, dict[str, Any]]:
+    """``(target, kwargs)`` of ``network_def``, ``"@id"`` references resolved (nothing built)."""
+    net_cfg = dict(parser["network_def"])
+    kwargs: dict[str, Any] = {}
+    for key, value in net_cfg.items():
+        if key == "_target_":
+            continue
+        kwargs[key] = (
+            parser.get_parsed_content(value[1:])
+            if isinstance(value, str) and value.startswith("@")
+            else value
+        )
+    return str(net_cfg["_target_"]), kwargs
+
+
+def _bundle_meta(parser: Any, target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint ``meta`` that ``invseg predict`` needs, from the bundle config."""
+    import invseg
+
+    def value(key: str, default: Any) -> Any:
+        return parser.get_parsed_content(key) if key in parser else default
+
+    roi = [int(r) for r in value("roi_size", [128, 128, 128])]
+    convention = str(value("convention", "brats"))
+    return {
+        "target": target,
+        "kwargs": kwargs,
+        "convention": convention,
+        "modalities": _modalities(convention),
+        "layout": None,
+        "spacing": [float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
+        "crop": roi,
+        "roi_size": roi,
+        "sw_batch_size": int(value("sw_batch_size", 1)),
+        "overlap": float(value("overlap", 0.5)),
+        "tta": False,
+        "amp": bool(value("amp", False)),
+        "invseg_version": invseg.__version__,
+    }
+
+
 def load_bundle_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load weights into the bundle's network; a bad file prints one line and exits with 2.
 
@@ -100,15 +153,7 @@ def load_bundle_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.
     as ``invseg: error: ...`` instead of a traceback.
     """
     try:
-        state = read_weights(path)
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).splitlines()[0]
-            raise ValueError(
-                f"{path}: weights do not fit the bundle's network_def ({first}); pass the "
-                "overrides the bundle was trained with (channels, blocks, ...)."
-            ) from None
+        _load_into(network, read_weights(path), path)
     except ValueError as err:
         print(f"invseg: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -238,8 +283,6 @@ def import_from_bundle(
     """
     from monai.bundle import ConfigParser
 
-    import invseg
-
     bundle_dir = Path(bundle_dir)
     weights = Path(weights) if weights is not None else bundle_dir / "models" / "model.pt"
     config_file = (
@@ -252,47 +295,9 @@ def import_from_bundle(
     parser.read_config(str(config_file))
     for key, value in (overrides or {}).items():
         parser[key] = value
-    net_cfg = dict(parser["network_def"])
-    # resolve "@channels" style references without building anything
-    kwargs: dict[str, Any] = {}
-    for key, value in net_cfg.items():
-        if key == "_target_":
-            continue
-        kwargs[key] = (
-            parser.get_parsed_content(value[1:])
-            if isinstance(value, str) and value.startswith("@")
-            else value
-        )
-    target = str(net_cfg["_target_"])
+    target, kwargs = _network_def(parser)
     from invseg.runtime.config import instantiate_model
 
-    model = instantiate_model({"_target_": target, **kwargs})
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(
-            f"{weights}: weights do not fit the bundle's network_def ({first}); pass the "
-            "overrides the bundle was run with (channels, blocks, ...)."
-        ) from err
-
-    def value(key: str, default: Any) -> Any:
-        return parser.get_parsed_content(key) if key in parser else default
-
-    roi = [int(r) for r in value("roi_size", [128, 128, 128])]
-    meta = {
-        "target": target,
-        "kwargs": kwargs,
-        "convention": str(value("convention", "brats")),
-        "modalities": _modalities(str(value("convention", "brats"))),
-        "layout": None,
-        "spacing": [float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
-        "crop": roi,
-        "roi_size": roi,
-        "sw_batch_size": int(value("sw_batch_size", 1)),
-        "overlap": float(value("overlap", 0.5)),
-        "tta": False,
-        "amp": bool(value("amp", False)),
-        "invseg_version": invseg.__version__,
-    }
+    model = _load_into(instantiate_model({"_target_": target, **kwargs}), state, weights)
+    meta = _bundle_meta(parser, target, kwargs)
     return save_checkpoint({"model": model.state_dict(), "meta": meta}, output)
