@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 LABEL_CHOICES = ("brats", "brats2023", "msd", "iseg")
@@ -104,34 +105,7 @@ def _bench(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``invseg`` command."""
-    parser = argparse.ArgumentParser(
-        prog="invseg",
-        description="Memory-efficient invertible 3D networks for medical imaging.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="synthesise BraTS data, train, predict, evaluate (CPU)")
-    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
-    p.add_argument("--cases", type=int, default=8, help="synthetic labelled cases")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=_demo)
-
-    p = sub.add_parser("train", help="train a segmentation network from a YAML config")
-    p.add_argument("config", type=Path)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
-    p.set_defaults(handler=_train)
-
+def _add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
     p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (best.pt)")
     p.add_argument(
@@ -161,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_predict)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="Dice and surface distances against references")
     p.add_argument("-p", "--pred", type=Path, required=True, metavar="DIR", help="predictions")
     p.add_argument(
@@ -188,6 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
         "for BraTS labels) or none (NaN distances, missing cases left out)",
     )
     p.set_defaults(handler=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``invseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="invseg",
+        description="Memory-efficient invertible 3D networks for medical imaging.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesise BraTS data, train, predict, evaluate (CPU)")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"))
+    p.add_argument("--cases", type=int, default=8, help="synthetic labelled cases")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("train", help="train a segmentation network from a YAML config")
+    p.add_argument("config", type=Path)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.set_defaults(handler=_train)
+
+    _add_predict_parser(sub)
+    _add_evaluate_parser(sub)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="COMMAND"
