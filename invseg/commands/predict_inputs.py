@@ -31,6 +31,21 @@ def input_dirs(inputs: Sequence[Path], cases: Sequence[Any]) -> set[Path]:
     return dirs
 
 
+def _split(folder: Path) -> list[Any]:
+    """A dataset folder's cases: its sub-folders (BraTS) or its files grouped by case (iSeg)."""
+    from invseg.data.layouts import match_file
+    from invseg.data.naming import image_files, split_ext
+
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if dirs:
+        return dirs
+    groups: dict[str, list[Path]] = {}
+    for f in image_files(folder):
+        hit = match_file(split_ext(f)[0])
+        groups.setdefault(hit.case_id if hit else f.name, []).append(f)
+    return list(groups.values()) or [folder]
+
+
 def gather_cases(in_paths: Sequence[Path]) -> tuple[list[Any], list[Any], list[str]]:
     """``(infos, cases, errors)``: an unusable case (missing modality, ...) is one error line."""
     from invseg.data import DataError, cases_from_paths
@@ -47,10 +62,10 @@ def gather_cases(in_paths: Sequence[Path]) -> tuple[list[Any], list[Any], list[s
             try:
                 cases_from_paths([path])
             except DataError:  # a dataset folder with a broken case: take its cases one by one
-                parts = sorted(p for p in path.iterdir() if p.is_dir()) or [path]
+                parts = _split(path)
         for part in parts:
             try:
-                info, found = cases_from_paths([part])
+                info, found = cases_from_paths(part if isinstance(part, list) else [part])
             except DataError as err:
                 errors.append(one_line(err))
                 continue

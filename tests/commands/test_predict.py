@@ -135,21 +135,26 @@ def test_not_a_checkpoint_is_a_clear_error(brats_tiny, tmp_path):
 
 
 # ------------------------------------------------------------------ fast tests (no training)
-def _conv_checkpoint(path: Path, convention: str = "brats", bias: tuple = (5.0, 5.0, 5.0)) -> Path:
-    """A 1x1x1 Conv3d (4 -> 3) checkpoint whose outputs are constant: every region present."""
+def _conv_checkpoint(
+    path: Path,
+    convention: str = "brats",
+    bias: tuple = (5.0, 5.0, 5.0),
+    modalities: tuple = ("t1", "t1ce", "t2", "flair"),
+) -> Path:
+    """A 1x1x1 Conv3d checkpoint whose outputs are constant (BraTS: every region present)."""
     import torch
 
     from invseg.runtime.checkpoint import save_checkpoint
 
-    net = torch.nn.Conv3d(4, len(bias), 1)
+    net = torch.nn.Conv3d(len(modalities), len(bias), 1)
     with torch.no_grad():
         net.weight.zero_()
         net.bias.copy_(torch.tensor(bias))
     meta = {
         "target": "torch.nn.Conv3d",
-        "kwargs": {"in_channels": 4, "out_channels": len(bias), "kernel_size": 1},
+        "kwargs": {"in_channels": len(modalities), "out_channels": len(bias), "kernel_size": 1},
         "convention": convention,
-        "modalities": ["t1", "t1ce", "t2", "flair"],
+        "modalities": list(modalities),
         "spacing": [1.0, 1.0, 1.0],
         "roi_size": [16, 16, 16],
         "sw_batch_size": 1,
@@ -321,3 +326,23 @@ def test_cli_labels_and_skip_existing(small_sets, tmp_path, capsys):
     assert "from --labels" in capsys.readouterr().out
     assert main([*argv, "--skip-existing", "--device", "cpu"]) == 0
     assert "wrote 0 of 2 cases" in capsys.readouterr().out
+
+
+def test_iseg_subject_missing_a_modality_fails_alone(tmp_path, capsys):
+    from invseg.data import synthesize
+
+    info = synthesize("iseg", tmp_path / "iseg", cases=2, shape=(16, 16, 16))
+    for ext in (".hdr", ".img"):
+        (info.root / f"subject-2-T2{ext}").unlink()
+    ckpt = _conv_checkpoint(
+        tmp_path / "m.pt", "iseg", bias=(0.0, 0.0, 0.0, 5.0), modalities=("T1", "T2")
+    )
+    out = tmp_path / "pred"
+    assert predict(ckpt, [info.root], out) == 1
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "subject-2-T2" in err[0] and "'subject-2'" in err[0]
+    assert "labels iseg (0/10/150/250) from the input layout iseg" in captured.out
+    assert "wrote 1 of 2 cases" in captured.out
+    labels = np.asarray(nib.load(out / "subject-1.nii.gz").dataobj)
+    assert np.unique(labels).tolist() == [250]  # WM everywhere, in iSeg's own values
