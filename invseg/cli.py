@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
+LABEL_CHOICES = ("brats", "brats2023", "msd", "iseg")
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -57,6 +58,8 @@ def _predict(a: argparse.Namespace) -> int:
         tta=a.tta,
         save_probabilities=a.save_probabilities,
         overlap=a.overlap,
+        labels=a.labels,
+        skip_existing=a.skip_existing,
     )
     return 1 if failed else 0
 
@@ -64,7 +67,13 @@ def _predict(a: argparse.Namespace) -> int:
 def _evaluate(a: argparse.Namespace) -> int:
     from invseg.commands.evaluate import evaluate, format_summary
 
-    frame = evaluate(a.pred, a.ref, labels=a.labels, output_csv=a.csv or a.pred / "metrics.csv")
+    frame = evaluate(
+        a.pred,
+        a.ref,
+        labels=a.labels,
+        output_csv=a.output or a.pred / "metrics.csv",
+        scoring=a.convention,
+    )
     print(format_summary(frame))
     return 0
 
@@ -207,16 +216,7 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     p.set_defaults(handler=_config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``invseg`` command."""
-    parser = argparse.ArgumentParser(
-        prog="invseg",
-        description="Memory-efficient invertible 3D networks for medical imaging.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_train_parsers(sub)
-
+def _add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
     p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (best.pt)")
     p.add_argument(
@@ -233,16 +233,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--save-probabilities", action="store_true")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap")
+    p.add_argument(
+        "--labels",
+        choices=LABEL_CHOICES,
+        default=None,
+        help="label values to write (default: the input layout's, e.g. brats2023: ET=3)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep cases already predicted in the output folder (default: replace them)",
+    )
     p.set_defaults(handler=_predict)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="Dice and surface distances against references")
-    p.add_argument("--pred", type=Path, required=True)
-    p.add_argument("--ref", type=Path, required=True)
-    p.add_argument("--labels", choices=["brats", "brats2023", "msd", "iseg"], default=None)
+    p.add_argument("-p", "--pred", type=Path, required=True, metavar="DIR", help="predictions")
     p.add_argument(
-        "--csv", type=Path, default=None, help="per-case CSV (default: PRED/metrics.csv)"
+        "-r", "--ref", type=Path, required=True, metavar="DIR", help="dataset or label folder"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="per-case CSV (default: PRED/metrics.csv)",
+    )
+    p.add_argument(
+        "--labels",
+        choices=LABEL_CHOICES,
+        default=None,
+        help="label values (default: the dataset's, or detected from the references)",
+    )
+    p.add_argument(
+        "--convention",
+        choices=["brats", "none"],
+        default=None,
+        help="scoring of missing/empty predictions: brats (Dice 0, HD95 373.13; the default "
+        "for BraTS labels) or none (NaN distances, missing cases left out)",
     )
     p.set_defaults(handler=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``invseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="invseg",
+        description="Memory-efficient invertible 3D networks for medical imaging.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parsers(sub)
+    _add_predict_parser(sub)
+    _add_evaluate_parser(sub)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="COMMAND"

@@ -154,3 +154,45 @@ def test_import_from_bundle_rejects_weights_of_another_network(tmp_path: Path) -
 )
 def test_case_name_formatter_gives_the_case_id(name: str, case_id: str) -> None:
     assert case_name_formatter({"filename_or_obj": name}, None)["subject"] == case_id
+
+
+def _evil_weights(path: Path, marker: Path) -> Path:
+    """A weights file whose unpickling would create ``marker`` (it must never run)."""
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, path)
+    return path
+
+
+def test_import_from_bundle_refuses_a_pickled_object(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    weights = _evil_weights(tmp_path / "evil.pt", marker)
+    with pytest.raises(ValueError, match="refused to load the weights: it pickles") as err:
+        import_from_bundle(BUNDLE, tmp_path / "best.pt", weights=weights)
+    assert not marker.exists() and "weights_only=False" not in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bundle_run_refuses_a_pickled_object_in_one_line(brats_tiny, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    args = {
+        "config_file": str(CONFIGS / "inference.json"),
+        "dataset_dir": str(brats_tiny.root),
+        "output_dir": str(tmp_path / "out"),
+        "ckpt": str(_evil_weights(tmp_path / "evil.pt", marker)),
+    }
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(tmp_path / "args.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "invseg: error:" in proc.stderr and "refused to load the weights" in proc.stderr
+    assert "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
+    assert not marker.exists()

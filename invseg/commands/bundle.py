@@ -2,9 +2,10 @@ r"""Move weights between ``invseg train`` checkpoints and the MONAI bundle in co
 
 Both sides store the same ``state_dict``: an invseg checkpoint (``best.pt``/``last.pt``) keeps it
 under the key ``"model"`` next to the optimizer, RNG states and a ``"meta"`` description of the
-network (see :mod:`invseg.runtime.checkpoint`); the bundle's ``CheckpointLoader`` loads
-``load_dict={"model": @network}``, so it accepts an invseg checkpoint as it is *and* a bare
-``state_dict`` in ``models/model.pt`` (the model-zoo convention).
+network (see :mod:`invseg.runtime.checkpoint`); the bundle loads weights with
+:func:`load_bundle_weights` (``weights_only=True``; the ``"model"`` entry or a bare
+``state_dict``), so it accepts an invseg checkpoint as it is *and* a bare ``state_dict`` in
+``models/model.pt`` (the model-zoo convention); a refused file is one line, not a traceback.
 
 * :func:`export_to_bundle`: invseg checkpoint -> ``<bundle>/models/model.pt`` plus the
   ``python -m monai.bundle run`` overrides that rebuild the same network.
@@ -17,6 +18,7 @@ network (see :mod:`invseg.runtime.checkpoint`); the bundle's ``CheckpointLoader`
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,26 +27,133 @@ import torch
 
 from invseg.runtime.checkpoint import RunMeta, load_checkpoint, save_checkpoint
 
-__all__ = ["case_name_formatter", "export_to_bundle", "import_from_bundle"]
+__all__ = [
+    "case_name_formatter",
+    "export_to_bundle",
+    "import_from_bundle",
+    "load_bundle_weights",
+    "read_weights",
+]
 
-_EXTS = (".nii.gz", ".nii", ".hdr", ".img")
-# BraTS 2020/2021 "<case>_t1", BraTS 2023+ "<case>-t1n", nnU-Net "<case>_0000", iSeg "<case>-T1".
-_MODALITY_SUFFIX = re.compile(
-    r"(?:[_-](?:t1|t1ce|t2|flair|t1n|t1c|t2w|t2f|T1|T2)|_\d{4})$", flags=re.IGNORECASE
-)
-
-_MODALITIES = {"brats": ["t1", "t1ce", "t2", "flair"], "brats2023": ["t1n", "t1c", "t2w", "t2f"]}
+_LAYOUT_OF = {"brats": "brats2020", "brats2023": "brats2023"}
 #: Network arguments the bundle's ``inference.json``/``train.json`` expose as top-level ids.
 _NET_IDS = ("channels", "blocks", "memory")
 
 
 def _case_id(path: str | Path) -> str:
-    name = Path(str(path)).name
-    for ext in _EXTS:
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return _MODALITY_SUFFIX.sub("", name) or name
+    from invseg.data.layouts import match_file
+    from invseg.data.naming import split_ext
+
+    stem = split_ext(path)[0]
+    hit = match_file(stem)
+    return hit.case_id if hit is not None else stem
+
+
+def _modalities(convention: str) -> list[str]:
+    from invseg.data.layouts import get_layout
+
+    name = _LAYOUT_OF.get(convention)
+    return list(get_layout(name).modalities) if name else []
+
+
+def read_weights(path: str | Path) -> dict[str, Any]:
+    """The ``state_dict`` in a weights file: bare, or under ``"model"`` (invseg, MONAI saver).
+
+    Loaded with ``torch.load(weights_only=True)``: a file that pickles Python objects is
+    refused and nothing in it runs.
+
+    Raises:
+        ValueError: missing or unreadable file, one line.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.pt"
+        >>> torch.save({"model": {"w": torch.ones(2)}}, path)
+        >>> read_weights(path)["w"].tolist()
+        [1.0, 1.0]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"bundle weights file '{path}' does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        why = (
+            f"it pickles Python objects ({found[1]}), not only tensors"
+            if found
+            else " ".join(str(err).split()[:12]) or type(err).__name__
+        )
+        raise ValueError(f"{path}: refused to load the weights: {why}.") from None
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state_dict.")
+    return dict(state)
+
+
+def _load_into(model: torch.nn.Module, state: Mapping[str, Any], path: Path | str) -> Any:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise ValueError(
+            f"{path}: weights do not fit the bundle's network_def ({first}); pass the "
+            "overrides the bundle was run with (channels, blocks, ...)."
+        ) from None
+    return model
+
+
+def _network_def(parser: Any) -> tuple[str, dict[str, Any]]:
+    """``(target, kwargs)`` of ``network_def``, ``"@id"`` references resolved (nothing built)."""
+    net_cfg = dict(parser["network_def"])
+    kwargs: dict[str, Any] = {}
+    for key, value in net_cfg.items():
+        if key == "_target_":
+            continue
+        kwargs[key] = (
+            parser.get_parsed_content(value[1:])
+            if isinstance(value, str) and value.startswith("@")
+            else value
+        )
+    return str(net_cfg["_target_"]), kwargs
+
+
+def _bundle_meta(parser: Any, target: str, kwargs: dict[str, Any]) -> RunMeta:
+    """The checkpoint ``meta`` that ``invseg predict`` needs, from the bundle config."""
+
+    def value(key: str, default: Any) -> Any:
+        return parser.get_parsed_content(key) if key in parser else default
+
+    roi = [int(r) for r in value("roi_size", [128, 128, 128])]
+    convention = str(value("convention", "brats"))
+    return RunMeta(
+        target=target,
+        kwargs=kwargs,
+        convention=convention,
+        modalities=_modalities(convention),
+        spacing=[float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
+        crop=roi,
+        roi_size=roi,
+        sw_batch_size=int(value("sw_batch_size", 1)),
+        overlap=float(value("overlap", 0.5)),
+        amp=bool(value("amp", False)),
+    )
+
+
+def load_bundle_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load weights into the bundle's network; a bad file prints one line and exits with 2.
+
+    Used by ``configs/bundle_brats/configs/inference.json`` instead of MONAI's
+    ``CheckpointLoader``, so ``python -m monai.bundle run`` reports a refused or mismatched file
+    as ``invseg: error: ...`` instead of a traceback.
+    """
+    try:
+        _load_into(network, read_weights(path), path)
+    except ValueError as err:
+        print(f"invseg: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return network
 
 
 def case_name_formatter(metadict: Mapping[str, Any] | None, saver: Any) -> dict[str, Any]:
@@ -170,55 +279,16 @@ def import_from_bundle(
     config_file = (
         Path(config_file) if config_file is not None else bundle_dir / "configs" / "inference.json"
     )
-    for path, what in ((weights, "weights"), (config_file, "config")):
-        if not path.is_file():
-            raise ValueError(f"bundle {what} file '{path}' does not exist.")
+    if not config_file.is_file():
+        raise ValueError(f"bundle config file '{config_file}' does not exist.")
+    state = read_weights(weights)
     parser = ConfigParser()
     parser.read_config(str(config_file))
     for key, value in (overrides or {}).items():
         parser[key] = value
-    net_cfg = dict(parser["network_def"])
-    # resolve "@channels" style references without building anything
-    kwargs: dict[str, Any] = {}
-    for key, value in net_cfg.items():
-        if key == "_target_":
-            continue
-        kwargs[key] = (
-            parser.get_parsed_content(value[1:])
-            if isinstance(value, str) and value.startswith("@")
-            else value
-        )
-    target = str(net_cfg["_target_"])
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
+    target, kwargs = _network_def(parser)
     from invseg.runtime.config import instantiate_model
 
-    model = instantiate_model({"_target_": target, **kwargs})
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(
-            f"{weights}: weights do not fit the bundle's network_def ({first}); pass the "
-            "overrides the bundle was run with (channels, blocks, ...)."
-        ) from err
-
-    def value(key: str, default: Any) -> Any:
-        return parser.get_parsed_content(key) if key in parser else default
-
-    roi = [int(r) for r in value("roi_size", [128, 128, 128])]
-    convention = str(value("convention", "brats"))
-    meta = RunMeta(
-        target=target,
-        kwargs=kwargs,
-        convention=convention,
-        modalities=_MODALITIES.get(convention, []),
-        spacing=[float(s) for s in value("spacing", [1.0, 1.0, 1.0])],
-        crop=roi,
-        roi_size=roi,
-        sw_batch_size=int(value("sw_batch_size", 1)),
-        overlap=float(value("overlap", 0.5)),
-        amp=bool(value("amp", False)),
-    )
+    model = _load_into(instantiate_model({"_target_": target, **kwargs}), state, weights)
+    meta = _bundle_meta(parser, target, kwargs)
     return save_checkpoint({"model": model.state_dict(), "meta": meta}, output)

@@ -1,37 +1,56 @@
 r"""Score predicted label maps against references: Dice, HD95 (and ASD, MHD for classes).
 
 Per case and per region/class :math:`k` (BraTS-like: TC, WT, ET; iSeg: CSF, GM, WM), with
-:math:`P_k` and :math:`G_k` the predicted and reference masks and :math:`\partial` their
-surfaces (distances in mm, voxel size from the reference header):
+:math:`P_k` and :math:`G_k` the predicted and reference masks, :math:`\partial` their surfaces
+(edge voxels) and :math:`d(x, \partial Y)` the distance in mm (voxel size from the reference
+header) from :math:`x` to the nearest voxel of :math:`\partial Y`:
 
 .. math::
     \mathrm{Dice}_k = \frac{2|P_k \cap G_k|}{|P_k| + |G_k|},\qquad
-    \mathrm{HD95}_k = \mathrm{P}_{95}\big(\{d(p, \partial G_k)\}_{p\in\partial P_k}
-        \cup \{d(g, \partial P_k)\}_{g\in\partial G_k}\big)
+    \mathrm{HD95}_k = \max\Big(\mathrm{P}_{95}\{d(p, \partial G_k)\}_{p\in\partial P_k},\
+        \mathrm{P}_{95}\{d(g, \partial P_k)\}_{g\in\partial G_k}\Big)
 
-and, for class conventions (iSeg), the average surface distance (ASD, symmetric mean of both
-surface-to-surface distance sets) and the modified Hausdorff distance
+HD95 is MONAI's (and DeepMind surface-distance's) definition: the larger of the two one-way
+95th percentiles (medpy and panoptica pool both distance sets instead, which can differ by a
+fraction of a voxel). For class conventions (iSeg) also the average surface distance
+:math:`\mathrm{ASD} = \mathrm{mean}\big(\{d(p,\partial G)\}_{p} \cup \{d(g,\partial P)\}_{g}\big)`
+(both directions pooled) and the modified Hausdorff distance
 :math:`\mathrm{MHD} = \max(\bar d(\partial P,\partial G), \bar d(\partial G,\partial P))`.
 
-Empty masks: Dice is 1 when both masks are empty and 0 when only one is; the distances are
-undefined then and reported as NaN (the BraTS challenge instead uses 0 / 373 mm); the mean row
-skips NaN. Predictions must be in the reference's exact geometry (shape and affine): a mismatch
+Empty and missing predictions follow one of two scorings:
+
+* ``"brats"`` (the default for BraTS-style region labels, as the BraTS challenge scores): a
+  reference without a prediction is scored as an empty prediction; one empty mask against a
+  non-empty one scores Dice 0 and HD95 373.13; both empty: Dice 1 and HD95 0.
+* ``"none"``: Dice is 1 when both masks are empty and 0 when only one is; the distances are
+  undefined then (NaN, skipped in the mean); references without a prediction are left out.
+
+Either way, references without a prediction are listed in a warning on stderr and in the
+summary. Predictions must be in the reference's exact geometry (shape and affine): a mismatch
 is a :class:`~invseg.data.DataError`, never a silent resampling.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "format_summary"]
+__all__ = ["BRATS_MAX_HD95", "SCORINGS", "evaluate", "format_summary"]
+
+#: HD95 the BraTS challenge gives an empty mask against a non-empty one.
+BRATS_MAX_HD95 = 373.13
+#: How empty or missing predictions are scored (see the module docstring).
+SCORINGS = ("brats", "none")
+_ISEG_CASE = re.compile(r"^subject-\d+$", re.IGNORECASE)
 
 
 def _label_folder(folder: Path) -> dict[str, Path]:
-    from invseg.data._naming import image_files, split_ext
+    from invseg.data.naming import image_files, split_ext
 
     return {split_ext(p)[0]: p for p in image_files(folder)}
 
@@ -55,20 +74,27 @@ def _references(ref_dir: Path) -> tuple[dict[str, Path], Any]:
     return refs, info.convention
 
 
-def _detect(refs: list[Path]) -> Any:
+def _detect(refs: dict[str, Path]) -> Any:
     """Convention from the label values: 4 -> BraTS 2020/21, 10/150/250 -> iSeg."""
     from invseg.data import DataError, get_convention, read_image
 
     seen: set[int] = set()
-    for path in refs:
+    for path in refs.values():
         values = {int(v) for v in np.unique(read_image(path)[0])}
         seen |= values
         if values & {10, 150, 250} and values <= {0, 10, 150, 250}:
             return get_convention("iseg")
         if 4 in values:
             return get_convention("brats")
+    where = next(iter(refs.values())).parent
+    if seen <= {0, 1, 2, 3} and all(_ISEG_CASE.match(i) for i in refs):
+        raise DataError(
+            f"{where}: iSeg subjects with label values {sorted(seen)}: iSeg stores 10 (CSF), "
+            "150 (GM), 250 (WM); map the class indices 1/2/3 back to 10/150/250 and pass "
+            "labels='iseg' (values 0-3 of BraTS 2023 or MSD regions: 'brats2023' or 'msd')"
+        )
     raise DataError(
-        f"{refs[0].parent}: cannot tell the label convention from the values {sorted(seen)} "
+        f"{where}: cannot tell the label convention from the values {sorted(seen)} "
         "(0/1/2/3 fits both 'brats2023' and 'msd'); pass labels='brats2023', 'msd', 'brats' "
         "or 'iseg'"
     )
@@ -86,15 +112,14 @@ def _surface(metric: str, a: Any, b: Any, spacing: tuple[float, ...], **kw: Any)
         return float(fn(a, b, include_background=True, spacing=list(spacing), **kw)[0, 0])
 
 
-def _case_metrics(pred_path: Path, ref_path: Path, convention: Any) -> dict[str, float]:
-    import torch
-    from monai.data import MetaTensor
-    from monai.metrics import DiceMetric
-
+def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[Any, Any, tuple[float, ...]]:
+    """``(prediction, reference, spacing)`` arrays in one geometry; no prediction: all zeros."""
     from invseg.data import DataError, read_image
 
-    pred, p_aff, _ = read_image(pred_path)
     ref, r_aff, spacing = read_image(ref_path)
+    if pred_path is None:
+        return np.zeros(ref.shape, np.int32), ref, spacing
+    pred, p_aff, _ = read_image(pred_path)
     for path, arr in ((pred_path, pred), (ref_path, ref)):
         if arr.ndim != 3:
             raise DataError(f"{path}: label map must be 3-D, got shape {arr.shape}")
@@ -108,9 +133,35 @@ def _case_metrics(pred_path: Path, ref_path: Path, convention: Any) -> dict[str,
             f"{pred_path}: geometry differs from the reference {ref_path.name} ({what}); "
             "write predictions in the reference geometry (no resampling is done here)"
         )
+    return pred, ref, spacing
 
-    def target(arr: np.ndarray, path: Path) -> torch.Tensor:
-        t = MetaTensor(torch.as_tensor(arr.astype(np.int32)), meta={"filename_or_obj": str(path)})
+
+def _distance(metric: str, p: Any, g: Any, spacing: tuple[float, ...], scoring: str) -> float:
+    """A surface distance; with an empty mask: BraTS constants or NaN (``scoring="none"``)."""
+    has_p, has_g = bool(p.any()), bool(g.any())
+    if has_p and has_g:
+        if metric == "hd95":
+            return _surface("hd", p, g, spacing, percentile=95)
+        if metric == "asd":  # both directions pooled
+            return _surface("asd", p, g, spacing, symmetric=True)
+        return max(_surface("asd", p, g, spacing), _surface("asd", g, p, spacing))  # mhd
+    if scoring == "brats" and metric == "hd95":
+        return BRATS_MAX_HD95 if has_p or has_g else 0.0
+    return float("nan")
+
+
+def _case_metrics(
+    pred_path: Path | None, ref_path: Path, convention: Any, scoring: str
+) -> dict[str, float]:
+    import torch
+    from monai.data import MetaTensor
+    from monai.metrics import DiceMetric
+
+    pred, ref, spacing = _read_pair(pred_path, ref_path)
+
+    def target(arr: np.ndarray, path: Path | None) -> torch.Tensor:
+        meta = {"filename_or_obj": str(path)} if path is not None else {}
+        t = MetaTensor(torch.as_tensor(arr.astype(np.int32)), meta=meta)
         out = torch.as_tensor(convention.to_target(t))
         if convention.kind == "classes":  # one-hot, background dropped
             out = torch.nn.functional.one_hot(out[0].long(), convention.out_channels)
@@ -120,23 +171,50 @@ def _case_metrics(pred_path: Path, ref_path: Path, convention: Any) -> dict[str,
     p, g = target(pred, pred_path), target(ref, ref_path)
     names = convention.names[1:] if convention.kind == "classes" else convention.names
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, g)[0]
-    row: dict[str, float] = {}
-    for k, name in enumerate(names):
-        row[f"dice_{name}"] = float(dice[k])
+    row: dict[str, float] = {f"dice_{name}": float(dice[k]) for k, name in enumerate(names)}
+    metrics = ("hd95", "asd", "mhd") if convention.kind == "classes" else ("hd95",)
     for k, name in enumerate(names):
         pk, gk = p[:, k : k + 1], g[:, k : k + 1]
-        defined = bool(pk.any()) and bool(gk.any())
-        nan = float("nan")
-        row[f"hd95_{name}"] = _surface("hd", pk, gk, spacing, percentile=95) if defined else nan
-        if convention.kind == "classes":
-            if defined:
-                d_pg = _surface("asd", pk, gk, spacing)
-                d_gp = _surface("asd", gk, pk, spacing)
-                row[f"asd_{name}"] = _surface("asd", pk, gk, spacing, symmetric=True)
-                row[f"mhd_{name}"] = max(d_pg, d_gp)
-            else:
-                row[f"asd_{name}"] = row[f"mhd_{name}"] = nan
+        for metric in metrics:
+            row[f"{metric}_{name}"] = _distance(metric, pk, gk, spacing, scoring)
     return row
+
+
+def _pairs(pred_dir: Path, ref_dir: Path, labels: str | None) -> tuple[dict, dict, Any]:
+    """``({case: prediction}, {case: reference}, convention)``; every prediction has a reference."""
+    from invseg.data import DataError, get_convention
+
+    if not pred_dir.is_dir():
+        raise DataError(f"{pred_dir}: no such folder of predictions")
+    preds = _label_folder(pred_dir)
+    if not preds:
+        raise DataError(f"{pred_dir}: holds no prediction files (<case_id>.nii.gz)")
+    refs, dataset_convention = _references(ref_dir)
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        raise DataError(
+            f"{pred_dir}: {len(extra)} prediction(s) have no reference in {ref_dir}: "
+            + _shown(extra)
+        )
+    if labels is not None:
+        return preds, refs, get_convention(labels)
+    if dataset_convention is not None:
+        return preds, refs, dataset_convention
+    return preds, refs, _detect({i: refs[i] for i in sorted(preds)})
+
+
+def _shown(ids: list[str], n: int = 5) -> str:
+    return ", ".join(ids[:n]) + (f" ... ({len(ids) - n} more)" if len(ids) > n else "")
+
+
+def _scoring(scoring: str | None, convention: Any) -> str:
+    """The scoring asked for, else ``"brats"`` for BraTS-style regions and ``"none"`` otherwise."""
+    from invseg._choices import check_option
+
+    if scoring is not None:
+        return check_option("scoring", scoring, SCORINGS)
+    brats_like = convention.kind == "regions" and convention.names == ("TC", "WT", "ET")
+    return "brats" if brats_like else "none"
 
 
 def evaluate(
@@ -145,6 +223,7 @@ def evaluate(
     *,
     labels: str | None = None,
     output_csv: str | Path | None = None,
+    scoring: str | None = None,
 ) -> Any:
     """Per-case Dice and surface distances of predictions against references.
 
@@ -157,17 +236,21 @@ def evaluate(
             the dataset's convention, or detected from the reference values (a 4 means BraTS
             2020/21, 10/150/250 iSeg; 0-3 only is ambiguous and raises).
         output_csv: where to write the table (atomically); ``None``: not written.
+        scoring: ``"brats"`` (a missing or empty prediction scores Dice 0 and HD95 373.13) or
+            ``"none"`` (NaN distances, missing cases left out); ``None``: ``"brats"`` for the
+            BraTS-style region conventions (brats, brats2023, msd), ``"none"`` for classes.
 
     Returns:
-        A ``pandas.DataFrame`` with one row per prediction (sorted by ``case_id``) and a last
+        A ``pandas.DataFrame`` with one row per scored case (sorted by ``case_id``) and a last
         row ``case_id="mean"`` (NaN-skipping means). Columns ``dice_<name>``, ``hd95_<name>``
         (mm) and for class conventions ``asd_<name>``, ``mhd_<name>``; names are TC/WT/ET or
-        CSF/GM/WM. ``df.attrs["convention"]`` holds the convention name.
+        CSF/GM/WM. ``df.attrs`` holds ``convention``, ``scoring`` and ``missing`` (the
+        reference cases without a prediction).
 
     Raises:
         DataError: no predictions; a prediction without a reference; unreadable files;
             geometry mismatch; label values outside the convention; undetectable convention.
-        ValueError: unknown ``labels`` name.
+        ValueError: unknown ``labels`` or ``scoring`` name.
 
     Example:
         >>> import tempfile, pathlib, shutil
@@ -182,34 +265,25 @@ def evaluate(
     """
     import pandas as pd
 
-    from invseg.data import DataError, get_convention
-
     pred_dir, ref_dir = Path(pred_dir).expanduser(), Path(ref_dir).expanduser()
-    if not pred_dir.is_dir():
-        raise DataError(f"{pred_dir}: no such folder of predictions")
-    preds = _label_folder(pred_dir)
-    if not preds:
-        raise DataError(f"{pred_dir}: holds no prediction files (<case_id>.nii.gz)")
-    refs, dataset_convention = _references(ref_dir)
-    missing = sorted(set(preds) - set(refs))
+    preds, refs, convention = _pairs(pred_dir, ref_dir, labels)
+    scoring = _scoring(scoring, convention)
+    missing = sorted(set(refs) - set(preds))
     if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DataError(
-            f"{pred_dir}: {len(missing)} prediction(s) have no reference in {ref_dir}: {shown}"
+        how = "scored as empty (BraTS)" if scoring == "brats" else "left out (scoring 'none')"
+        print(
+            f"warning: {len(missing)} reference case(s) have no prediction in {pred_dir}, "
+            f"{how}: {_shown(missing)}",
+            file=sys.stderr,
         )
-    ids = sorted(preds)
-    if labels is not None:
-        convention = get_convention(labels)
-    elif dataset_convention is not None:
-        convention = dataset_convention
-    else:
-        convention = _detect([refs[i] for i in ids])
-
-    rows = [{"case_id": i, **_case_metrics(preds[i], refs[i], convention)} for i in ids]
+    ids = sorted(set(preds) | (set(missing) if scoring == "brats" else set()))
+    rows = [
+        {"case_id": i, **_case_metrics(preds.get(i), refs[i], convention, scoring)} for i in ids
+    ]
     df = pd.DataFrame(rows)
     mean = df.drop(columns="case_id").mean(skipna=True)
     df = pd.concat([df, pd.DataFrame([{"case_id": "mean", **mean.to_dict()}])], ignore_index=True)
-    df.attrs["convention"] = convention.name
+    df.attrs.update(convention=convention.name, scoring=scoring, missing=missing)
     if output_csv is not None:
         from invseg.runtime.files import atomic_write_text
 
@@ -254,5 +328,16 @@ def format_summary(df: Any) -> str:
         lines.append(
             "HD95 undefined (an empty mask) and skipped in the mean: "
             + ", ".join(f"{k} in {v} case(s)" for k, v in undefined.items())
+        )
+    missing = list(df.attrs.get("missing") or [])
+    if df.attrs.get("scoring") == "brats":
+        lines.append(
+            f"BraTS scoring: a missing or empty prediction scores Dice 0 and HD95 "
+            f"{BRATS_MAX_HD95} against a non-empty reference"
+            + (f"; {len(missing)} case(s) had no prediction: {_shown(missing)}" if missing else "")
+        )
+    elif missing:
+        lines.append(
+            f"{len(missing)} reference case(s) without a prediction left out: {_shown(missing)}"
         )
     return "\n".join(lines)

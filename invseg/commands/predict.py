@@ -2,23 +2,18 @@ r"""Predict label maps for NIfTI/Analyze cases with a trained checkpoint: folder
 
 For each case: :func:`invseg.data.check_case`, the inference transforms the model was trained
 with (orientation RAS, resampling to the training spacing, intensity normalisation), sliding-window
-inference (optionally averaged over the 8 axis flips, "TTA"), the activation (sigmoid per region or
-softmax), then MONAI ``Invertd`` back to the input's exact shape, affine and orientation, and the
-dataset's own label values (:meth:`~invseg.data.LabelConvention.to_native`). The label map is
-written as ``<output>/<case_id>.nii.gz`` (uint8, affine and header of the first modality);
-probability maps, when asked for, as ``<output>/probabilities/<case_id>.nii.gz`` (float32,
-channels last).
-
-One bad case (corrupt or truncated file, missing modality, shapes that disagree, NaN voxels, wrong
-channel count) prints one line on stderr and the others still finish; no partial file is left.
+inference (optionally averaged over the 8 axis flips, "TTA"), the activation, MONAI ``Invertd``
+back to the input's exact geometry, then the label values of the input's layout (BraTS 2023+:
+ET=3; ``labels=`` overrides). Written: ``<output>/<case_id>.nii.gz`` (uint8, affine and header
+of the first modality) and, when asked for, ``<output>/probabilities/<case_id>.nii.gz``
+(float32, channels last). One bad case prints one line on stderr and the others still finish;
+no partial file is left.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,28 +21,78 @@ from typing import Any
 import numpy as np
 import torch
 
+from invseg.commands.predict_inputs import (
+    one_line,
+    output_convention,
+    plan,
+    summary,
+    writer_for,
+)
 from invseg.runtime.checkpoint import load_model
 from invseg.runtime.distributed import resolve_device
 
-__all__ = ["load_model", "predict"]
+__all__ = ["load_model", "predict", "predict_probabilities"]
 
 
-def _nifti_write(arr: np.ndarray, affine: np.ndarray, header: Any, path: Path) -> None:
-    """Write a NIfTI file through a temporary name in the same folder and :func:`os.replace`."""
-    import nibabel as nib
+def predict_probabilities(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    *,
+    roi_size: Sequence[int],
+    sw_batch_size: int = 1,
+    overlap: float = 0.5,
+    activation: str = "sigmoid",
+    tta: bool = False,
+) -> torch.Tensor:
+    r"""Sliding-window probabilities, optionally averaged over the 8 axis flips (TTA).
 
-    img = nib.Nifti1Image(arr, affine, header=header)
-    img.set_data_dtype(arr.dtype)
-    img.header.set_slope_inter(1.0, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:-7]}.", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    With flips :math:`F_s` over the subsets :math:`s` of the spatial axes,
+
+    .. math::
+        p(x) = \frac18 \sum_s F_s\big(\sigma(f(F_s x))\big)
+
+    (:math:`F_s` is its own inverse), so a flip-equivariant network gives the same
+    probabilities with and without TTA.
+
+    Args:
+        model: the network (logits out).
+        x: ``(N, in_channels, X, Y, Z)`` image.
+        roi_size, sw_batch_size, overlap: sliding-window settings.
+        activation: ``"sigmoid"`` (regions) or ``"softmax"`` (classes, over dim 1).
+        tta: average over the 8 flips of the 3 spatial axes.
+
+    Shape:
+        ``(N, in_channels, X, Y, Z)`` -> ``(N, out_channels, X, Y, Z)``.
+
+    Example:
+        >>> net = torch.nn.Conv3d(2, 3, 1)
+        >>> x = torch.randn(1, 2, 6, 5, 4)
+        >>> a = predict_probabilities(net, x, roi_size=(8, 8, 8))
+        >>> b = predict_probabilities(net, x, roi_size=(8, 8, 8), tta=True)
+        >>> a.shape, bool(torch.allclose(a, b, atol=1e-6))
+        (torch.Size([1, 3, 6, 5, 4]), True)
+    """
+    from monai.inferers import sliding_window_inference
+
+    def once(xi: torch.Tensor) -> torch.Tensor:
+        logits = sliding_window_inference(
+            xi,
+            roi_size=list(roi_size),
+            sw_batch_size=sw_batch_size,
+            predictor=model,
+            overlap=overlap,
+        )
+        logits = torch.as_tensor(logits).float()
+        return torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+    if not tta:
+        return once(x)
+    flips = [d for r in range(4) for d in itertools.combinations((2, 3, 4), r)]
+    total = torch.zeros(())
+    for dims in flips:
+        p = once(torch.flip(x, dims)) if dims else once(x)
+        total = total + (torch.flip(p, dims) if dims else p)
+    return total / len(flips)
 
 
 def _reference(path: Path) -> tuple[tuple[int, ...], np.ndarray, Any]:
@@ -76,25 +121,8 @@ class _CasePredictor:
         self.convention = get_convention(meta["convention"])
         self.transforms = inference_transforms(spacing=meta["spacing"])
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
-        amp = self.device.type == "cuda" and self.meta.get("amp", False)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
-            logits = sliding_window_inference(
-                x,
-                roi_size=self.meta["roi_size"],
-                sw_batch_size=self.meta["sw_batch_size"],
-                predictor=self.model,
-                overlap=self.overlap,
-            )
-        logits = torch.as_tensor(logits).float()
-        if self.convention.activation == "sigmoid":
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=1)
-
-    def __call__(self, case: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(native uint8 label map (X, Y, Z), probabilities (C, X, Y, Z)) in input geometry."""
+    def __call__(self, case: Any) -> np.ndarray:
+        """Probabilities ``(C, X, Y, Z)`` in the input geometry."""
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
@@ -105,16 +133,17 @@ class _CasePredictor:
         data = self.transforms(item)
         image = data["image"]
         x = torch.as_tensor(image)[None].float().to(self.device)
-        if self.tta:
-            flips = [d for r in range(4) for d in itertools.combinations((2, 3, 4), r)]
-            probs = torch.zeros(())
-            for dims in flips:
-                xf = torch.flip(x, dims) if dims else x
-                p = self._infer(xf)
-                probs = probs + (torch.flip(p, dims) if dims else p)
-            probs = probs / len(flips)
-        else:
-            probs = self._infer(x)
+        amp = self.device.type == "cuda" and self.meta.get("amp", False)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
+            probs = predict_probabilities(
+                self.model,
+                x,
+                roi_size=self.meta["roi_size"],
+                sw_batch_size=self.meta["sw_batch_size"],
+                overlap=self.overlap,
+                activation=self.convention.activation,
+                tta=self.tta,
+            )
         pred = MetaTensor(
             probs[0].cpu(), meta=dict(image.meta), applied_operations=list(image.applied_operations)
         )
@@ -126,23 +155,47 @@ class _CasePredictor:
             nearest_interp=False,
             to_tensor=True,
         )(data)["pred"]
-        probs_native = torch.as_tensor(inverted).float()
-        labels = self.convention.to_native(probs_native)
-        labels = np.asarray(torch.as_tensor(labels).cpu().numpy()).astype(np.uint8)
-        return labels.reshape(labels.shape[-3:]), probs_native.cpu().numpy().astype(np.float32)
+        return torch.as_tensor(inverted).float().cpu().numpy().astype(np.float32)
 
 
-def _input_dirs(inputs: Sequence[Path], cases: Sequence[Any]) -> set[Path]:
-    dirs = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
-    for case in cases:
-        for f in case.images:
-            dirs.add(Path(f).resolve().parent)
-    return dirs
+def _predict_case(case: Any, predictor: _CasePredictor, conv: Any, out: Path, **kw: Any) -> None:
+    """Predict one case and write its label map (and probabilities when asked)."""
+    from invseg.data import DataError, check_case
+    from invseg.data.layouts import write_nifti
+
+    target = kw["writer"].prediction_path(out, case.case_id)
+    prob_target = out / "probabilities" / f"{case.case_id}.nii.gz"
+    if target in kw["input_files"] or prob_target in kw["input_files"]:
+        raise DataError(f"{target}: would overwrite an input file; choose another -o.")
+    check_case(case, in_channels=kw["in_channels"])
+    shape, affine, header = _reference(Path(case.images[0]))
+    probs = predictor(case)
+    labels = np.asarray(conv.to_native(torch.from_numpy(probs))).astype(np.uint8)
+    labels = labels.reshape(labels.shape[-3:])
+    if labels.shape != shape:
+        raise DataError(
+            f"{case.images[0]}: prediction shape {labels.shape} does not "
+            f"match the input shape {shape}."
+        )
+    kw["writer"].write_prediction(labels, out, case.case_id, affine=affine, header=header)
+    if kw["save_probabilities"]:
+        write_nifti(np.moveaxis(probs, 0, -1), prob_target, affine, header)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
+def _case_error(case: Any, run: Any) -> str | None:
+    """``run()``; a failure becomes one line naming the file (interrupts pass through)."""
+    from invseg.data import DataError
+
+    try:
+        run()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except DataError as err:
+        return one_line(err)
+    except Exception as err:
+        first = case.images[0] if case.images else case.case_id
+        return f"{first}: {type(err).__name__}: {one_line(err)}"
+    return None
 
 
 def predict(
@@ -154,100 +207,72 @@ def predict(
     tta: bool = False,
     save_probabilities: bool = False,
     overlap: float | None = None,
+    labels: str | None = None,
+    skip_existing: bool = False,
 ) -> int:
     """Write a label map for every case found in ``inputs``.
+
+    The label values follow the input's layout (BraTS 2020/2021: ET=4, BraTS 2023+: ET=3, MSD,
+    iSeg, an nnU-Net ``dataset.json``); ``labels`` overrides it; loose files of no known layout
+    get the checkpoint's convention. The choice is printed.
 
     Args:
         checkpoint: ``best.pt`` or ``last.pt`` written by :func:`invseg.commands.train.train`.
         inputs: case folders, dataset folders or image files (NIfTI ``.nii``/``.nii.gz``,
             Analyze ``.hdr``); several modality files of one case are grouped by the dataset
             naming.
-        output: folder for ``<case_id>.nii.gz`` (created; must not be a folder holding inputs).
+        output: folder for ``<case_id>.nii.gz`` (created; must not be a folder holding inputs;
+            checked writable before any inference).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         tta: average the prediction over the 8 axis flips.
         save_probabilities: also write ``probabilities/<case_id>.nii.gz`` (float32, channels last).
         overlap: sliding-window overlap (default: the checkpoint's ``infer.overlap``).
+        labels: label convention of the written maps (``"brats"``, ``"brats2023"``, ``"msd"``,
+            ``"iseg"``); ``None``: from the input layout.
+        skip_existing: leave cases whose ``<case_id>.nii.gz`` exists in ``output`` alone (else
+            they are replaced, and the summary says how many).
 
     Returns:
         Number of cases that failed (each reported by one line on stderr).
 
     Raises:
-        ValueError: bad checkpoint, device or output folder; inputs that match no image.
-
-    Example:
-        >>> from invseg.commands.predict import predict  # a full run: see tests/commands
+        ValueError: bad checkpoint, device, labels or output folder; inputs that match no image.
     """
     from tqdm import tqdm
 
-    from invseg.data import DataError, cases_from_paths, check_case
+    from invseg.data import get_convention
 
     dev = resolve_device(device)
     if overlap is not None and not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap={overlap} must be in [0, 1).")
+    infos, cases, errors, out_dir = plan(inputs, output)
     model, meta = load_model(checkpoint, device=dev)
-    in_paths = [Path(p) for p in inputs]
-    if not in_paths:
-        raise ValueError("no inputs given: pass case folders, a dataset folder or image files.")
-    failures = 0
-    try:
-        _, cases = cases_from_paths(in_paths)
-    except DataError:
-        # one unusable input (e.g. a case folder missing a modality): skip it, keep the others
-        cases = []
-        for path in in_paths:
-            try:
-                cases.extend(cases_from_paths([path])[1])
-            except DataError as err:
-                failures += 1
-                print(f"error: {_one_line(err)}", file=sys.stderr)
-    if not cases and not failures:
-        raise ValueError(f"no cases found in {', '.join(map(str, in_paths))}.")
-    out_dir = Path(output).expanduser().resolve()
-    if out_dir in _input_dirs(in_paths, cases):
-        raise ValueError(
-            f"output folder '{output}' holds input images; choose another folder "
-            "with -o so no input can be overwritten."
-        )
-    input_files = {Path(f).resolve() for c in cases for f in (*c.images, c.label) if f}
-    in_channels = int(meta["kwargs"].get("in_channels") or len(meta["modalities"]))
+    conv = output_convention(labels, infos, get_convention(meta["convention"]))
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    total = len(cases) + len(errors)
+    writer = writer_for(infos)
+    existing = {c.case_id for c in cases if writer.prediction_path(out_dir, c.case_id).exists()}
+    if skip_existing:
+        cases = [c for c in cases if c.case_id not in existing]
     predictor = _CasePredictor(
         model, meta, dev, tta=tta, overlap=float(meta["overlap"] if overlap is None else overlap)
     )
-    done = 0
+    kw = {
+        "in_channels": int(meta["kwargs"].get("in_channels") or len(meta["modalities"])),
+        "save_probabilities": save_probabilities,
+        "writer": writer,
+        "input_files": {Path(f).resolve() for c in cases for f in (*c.images, c.label) if f},
+    }
+    done, failures, replaced = 0, len(errors), 0
     for case in tqdm(cases, desc="predict", unit="case", leave=False, disable=len(cases) < 2):
-        target = out_dir / f"{case.case_id}.nii.gz"
-        prob_target = out_dir / "probabilities" / f"{case.case_id}.nii.gz"
-        try:
-            if target in input_files or prob_target in input_files:
-                raise DataError(f"{target}: would overwrite an input file; choose another -o.")
-            check_case(case, in_channels=in_channels)
-            shape, affine, header = _reference(Path(case.images[0]))
-            labels, probs = predictor(case)
-            if labels.shape != shape:
-                raise DataError(
-                    f"{case.images[0]}: prediction shape {labels.shape} does not "
-                    f"match the input shape {shape}."
-                )
-            _nifti_write(labels, affine, header, target)
-            if save_probabilities:
-                _nifti_write(
-                    np.moveaxis(probs, 0, -1),
-                    affine,
-                    header.copy() if header is not None else None,
-                    prob_target,
-                )
+        err = _case_error(case, lambda c=case: _predict_case(c, predictor, conv, out_dir, **kw))
+        if err is not None:
+            failures += 1
+            tqdm.write(f"error: {err}", file=sys.stderr)
+        else:
             done += 1
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except DataError as err:
-            failures += 1
-            tqdm.write(f"error: {_one_line(err)}", file=sys.stderr)
-        except Exception as err:
-            failures += 1
-            first = case.images[0] if case.images else case.case_id
-            tqdm.write(f"error: {first}: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-    print(
-        f"predict: wrote {done} of {len(cases)} cases to {out_dir}"
-        + (f" ({failures} failed)" if failures else "")
-    )
+            replaced += case.case_id in existing
+    skipped = len(existing) if skip_existing else 0
+    print(summary(done, total, out_dir, failed=failures, replaced=replaced, skipped=skipped))
     return failures

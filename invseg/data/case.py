@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from invseg.data.conventions import LabelConvention
 
-__all__ = ["Case", "DatasetInfo", "case_dicts", "iter_cases"]
+__all__ = ["Case", "DatasetInfo", "case_dicts"]
 
 
 @dataclass(frozen=True)
@@ -71,32 +71,6 @@ class DatasetInfo:
     def labelled(self) -> tuple[Case, ...]:
         """The cases that have a label."""
         return tuple(c for c in self.cases if c.label is not None)
-
-
-def iter_cases(
-    source: str | Path | DatasetInfo | Iterable[Case], *, labelled: bool | None = None
-) -> Iterator[Case]:
-    """Iterate over the cases of a dataset folder, a :class:`DatasetInfo` or a list of cases.
-
-    Args:
-        source: dataset folder (passed to :func:`~invseg.data.discover`), info or cases.
-        labelled: ``True``: only cases with a label; ``False``: only prediction-only cases;
-            ``None``: all.
-
-    Example:
-        >>> from pathlib import Path
-        >>> cs = [Case("a", (Path("a.nii"),), Path("a_seg.nii")), Case("b", (Path("b.nii"),))]
-        >>> [c.case_id for c in iter_cases(cs, labelled=False)]
-        ['b']
-    """
-    if isinstance(source, str | Path):
-        from invseg.data.layouts import discover
-
-        source = discover(source)
-    cases = source.cases if isinstance(source, DatasetInfo) else source
-    for case in cases:
-        if labelled is None or case.has_label == labelled:
-            yield case
 
 
 def case_dicts(cases: Iterable[Case]) -> list[dict[str, Any]]:

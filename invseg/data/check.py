@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from invseg.data._errors import DataError
+from invseg.data.errors import DataError
 
 if TYPE_CHECKING:
     from invseg.data.case import Case
@@ -137,7 +137,7 @@ class _Named(np.ndarray):
 
 
 def _mod_name(path: Path, case_id: str) -> str:
-    from invseg.data._naming import split_ext
+    from invseg.data.naming import split_ext
 
     stem = split_ext(path)[0]
     return stem[len(case_id) :].lstrip("_-") or stem if stem.startswith(case_id) else stem

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from invseg._choices import check_option
-from invseg.data._errors import DataError
+from invseg.data.errors import DataError
 
 __all__ = ["CONVENTIONS", "LabelConvention", "get_convention"]
 
@@ -118,16 +118,33 @@ class LabelConvention:
             return tuple(sorted(set(self.class_values) | {0}))
         return tuple(sorted({0}.union(*map(set, self.regions))))
 
+    def describe(self) -> str:
+        """The name and the values written on disk, with the enhancing-tumour value if any.
+
+        Example:
+            >>> get_convention("brats2023").describe(), get_convention("iseg").describe()
+            ('brats2023 (0/1/2/3, ET=3)', 'iseg (0/10/150/250)')
+        """
+        values = "/".join(str(v) for v in self.native_values)
+        if self.kind == "regions" and "ET" in self.names:
+            return f"{self.name} ({values}, ET={dict(self.paint)[self.names.index('ET')]})"
+        return f"{self.name} ({values})"
+
     # ----------------------------------------------------------------- conversion
     def check_values(self, label: np.ndarray | torch.Tensor) -> None:
         """Raise :class:`DataError` when ``label`` holds values outside :attr:`native_values`."""
         found = _unique_values(label)
         bad = sorted(found - set(self.native_values))
-        if bad:
-            raise DataError(
-                f"{_source(label)}: label values {bad} are not part of the {self.name!r} "
-                f"convention (allowed: {list(self.native_values)}); pick the right convention"
-            )
+        if not bad:
+            return
+        hint = "pick the right convention"
+        if self.kind == "classes" and set(bad) <= set(range(1, len(self.class_values))):
+            stored = ", ".join(f"{v} ({n})" for v, n in zip(self.class_values, self.names))
+            hint = f"they look like class indices; {self.name} stores {stored}"
+        raise DataError(
+            f"{_source(label)}: label values {bad} are not part of the {self.name!r} "
+            f"convention (allowed: {list(self.native_values)}); {hint}"
+        )
 
     def to_target(self, label: ArrayT) -> ArrayT:
         """Native labels -> training target (see the class docstring for shapes)."""

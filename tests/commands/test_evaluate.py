@@ -43,14 +43,24 @@ def test_shifted_cubes_give_exact_dice_and_hd95(tmp_path):
     assert csv.loc[1, "dice_WT"] == pytest.approx(0.75)
 
 
-def test_region_semantics_and_empty_masks(tmp_path):
+@pytest.mark.parametrize(
+    ("scoring", "one_empty", "both_empty"),
+    [
+        ("none", math.nan, math.nan),
+        ("brats", 373.13, 0.0),
+    ],
+)
+def test_region_semantics_and_empty_masks(tmp_path, scoring, one_empty, both_empty):
     # reference: edema (2) only; prediction: same voxels as necrotic core (1)
     save(tmp_path / "ref" / "a.nii.gz", cube(2, (2, 2, 2)))
     save(tmp_path / "pred" / "a.nii.gz", cube(1, (2, 2, 2)))
-    row = evaluate(tmp_path / "pred", tmp_path / "ref", labels="brats").iloc[0]
+    df = evaluate(tmp_path / "pred", tmp_path / "ref", labels="brats", scoring=scoring)
+    row = df.iloc[0]
     assert row["dice_WT"] == 1.0 and row["hd95_WT"] == 0.0
-    assert row["dice_TC"] == 0.0 and math.isnan(row["hd95_TC"])  # reference TC empty
-    assert row["dice_ET"] == 1.0 and math.isnan(row["hd95_ET"])  # both empty
+    assert row["dice_TC"] == 0.0  # reference TC empty, predicted TC not
+    assert row["hd95_TC"] == pytest.approx(one_empty, nan_ok=True)
+    assert row["dice_ET"] == 1.0 and row["hd95_ET"] == pytest.approx(both_empty, nan_ok=True)
+    assert df.attrs["scoring"] == scoring
 
 
 def test_msd_numbering(tmp_path):
@@ -116,3 +126,85 @@ def test_prediction_without_reference(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no prediction files"):
         evaluate(tmp_path / "empty", tmp_path / "ref")
+
+
+def _three_of_five(tmp_path: Path) -> None:
+    for k in range(5):
+        save(tmp_path / "ref" / f"c{k}.nii.gz", cube(4, (2, 2, 2)))
+        if k < 3:
+            save(tmp_path / "pred" / f"c{k}.nii.gz", cube(4, (2, 2, 2)))
+
+
+def test_missing_predictions_score_zero_under_brats_scoring(tmp_path, capsys):
+    _three_of_five(tmp_path)
+    df = evaluate(tmp_path / "pred", tmp_path / "ref")  # BraTS labels: BraTS scoring by default
+    warning = capsys.readouterr().err
+    assert "2 reference case(s) have no prediction" in warning and "c3, c4" in warning
+    assert list(df["case_id"]) == ["c0", "c1", "c2", "c3", "c4", "mean"]
+    assert df.attrs["scoring"] == "brats" and df.attrs["missing"] == ["c3", "c4"]
+    for k in (3, 4):
+        assert (df.loc[k, ["dice_TC", "dice_WT", "dice_ET"]] == 0.0).all()
+        assert (df.loc[k, ["hd95_TC", "hd95_WT", "hd95_ET"]] == 373.13).all()
+    assert df.loc[5, "dice_WT"] == pytest.approx(3 / 5)
+    text = format_summary(df)
+    assert text.startswith("5 cases") and "Dice 0 and HD95 373.13" in text
+    assert "2 case(s) had no prediction: c3, c4" in text
+
+
+def test_missing_predictions_are_left_out_with_a_warning_without_brats_scoring(tmp_path, capsys):
+    _three_of_five(tmp_path)
+    df = evaluate(tmp_path / "pred", tmp_path / "ref", scoring="none")
+    assert "left out" in capsys.readouterr().err
+    assert list(df["case_id"]) == ["c0", "c1", "c2", "mean"]
+    assert "2 reference case(s) without a prediction left out: c3, c4" in format_summary(df)
+    with pytest.raises(ValueError, match="unknown scoring 'brat'.*Did you mean 'brats'"):
+        evaluate(tmp_path / "pred", tmp_path / "ref", scoring="brat")
+
+
+def test_directed_distances_of_a_small_prediction_inside_a_large_reference(tmp_path):
+    """MHD takes the larger directed mean, ASD pools both directions, HD95 the larger P95.
+
+    Reference: a 9^3 WM cube (edge voxels at Chebyshev distance 4 from its centre);
+    prediction: its centre voxel only. Prediction -> reference: every distance is 4 mm.
+    Reference -> prediction: the distances from each edge voxel to the centre.
+    """
+    ref = np.zeros((13, 13, 13), np.uint8)
+    ref[2:11, 2:11, 2:11] = 250
+    pred = np.zeros_like(ref)
+    pred[6, 6, 6] = 250
+    save(tmp_path / "ref" / "subject-1.nii.gz", ref, np.eye(4))
+    save(tmp_path / "pred" / "subject-1.nii.gz", pred, np.eye(4))
+    row = evaluate(tmp_path / "pred", tmp_path / "ref", labels="iseg").iloc[0]
+    offsets = np.stack(np.meshgrid(*[np.arange(-4, 5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    edge = offsets[np.abs(offsets).max(axis=1) == 4]  # the 9^3 - 7^3 = 386 edge voxels
+    d_gp = np.linalg.norm(edge, axis=1)
+    assert len(d_gp) == 386 and d_gp.mean() > 5.0  # one-way means: 4.0 vs > 5
+    assert row["dice_WM"] == pytest.approx(2 / (1 + 729))
+    assert row["mhd_WM"] == pytest.approx(d_gp.mean(), abs=1e-4)  # max(4, mean), not min
+    assert row["asd_WM"] == pytest.approx((4.0 + d_gp.sum()) / 387, abs=1e-4)  # both ways
+    assert row["hd95_WM"] == pytest.approx(np.percentile(d_gp, 95), abs=1e-4)
+
+
+def test_iseg_class_indices_get_an_iseg_hint(tmp_path):
+    save(tmp_path / "ref" / "subject-1.nii.gz", cube(1, (1, 1, 1)) + cube(3, (6, 6, 6)))
+    save(tmp_path / "pred" / "subject-1.nii.gz", cube(1, (1, 1, 1)))
+    with pytest.raises(DataError, match=r"iSeg stores 10 \(CSF\), 150 \(GM\), 250 \(WM\)"):
+        evaluate(tmp_path / "pred", tmp_path / "ref")
+    save(tmp_path / "ref2" / "subject-1.nii.gz", cube(10, (1, 1, 1)))
+    with pytest.raises(DataError, match="look like class indices.*10.*150.*250"):
+        evaluate(tmp_path / "pred", tmp_path / "ref2")
+
+
+def test_cli_flags(tmp_path, capsys):
+    from invseg.cli import main
+
+    _three_of_five(tmp_path)
+    csv = tmp_path / "out" / "scores.csv"
+    argv = ["evaluate", "-p", str(tmp_path / "pred"), "-r", str(tmp_path / "ref"), "-o", str(csv)]
+    assert main([*argv, "--convention", "none", "--labels", "brats"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("3 cases (labels: brats)") and "c3, c4" in out.err
+    assert list(pd.read_csv(csv)["case_id"]) == ["c0", "c1", "c2", "mean"]
+    assert main(argv) == 0
+    assert "BraTS scoring" in capsys.readouterr().out
+    assert list(pd.read_csv(csv)["case_id"]) == ["c0", "c1", "c2", "c3", "c4", "mean"]

@@ -132,3 +132,217 @@ def test_not_a_checkpoint_is_a_clear_error(brats_tiny, tmp_path):
         f.write(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable invseg checkpoint"):
         predict(bogus, [brats_tiny.root], tmp_path / "o")
+
+
+# ------------------------------------------------------------------ fast tests (no training)
+def _conv_checkpoint(
+    path: Path,
+    convention: str = "brats",
+    bias: tuple = (5.0, 5.0, 5.0),
+    modalities: tuple = ("t1", "t1ce", "t2", "flair"),
+) -> Path:
+    """A 1x1x1 Conv3d checkpoint whose outputs are constant (BraTS: every region present)."""
+    import torch
+
+    from invseg.runtime.checkpoint import save_checkpoint
+
+    net = torch.nn.Conv3d(len(modalities), len(bias), 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor(bias))
+    meta = {
+        "target": "torch.nn.Conv3d",
+        "kwargs": {"in_channels": len(modalities), "out_channels": len(bias), "kernel_size": 1},
+        "convention": convention,
+        "modalities": list(modalities),
+        "spacing": [1.0, 1.0, 1.0],
+        "roi_size": [16, 16, 16],
+        "sw_batch_size": 1,
+        "overlap": 0.0,
+        "amp": False,
+    }
+    return save_checkpoint({"model": net.state_dict(), "meta": meta}, path)
+
+
+@pytest.fixture(scope="module")
+def small_sets(tmp_path_factory):
+    from invseg.data import synthesize
+
+    root = tmp_path_factory.mktemp("small")
+    return {
+        layout: synthesize("brats", root / layout, cases=2, shape=(20, 18, 16), layout=layout)
+        for layout in ("brats2020", "brats2023")
+    }
+
+
+@pytest.mark.parametrize(("layout", "et"), [("brats2020", 4), ("brats2023", 3)])
+def test_output_labels_follow_the_input_layout(small_sets, tmp_path, capsys, layout, et):
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")  # trained on BraTS 2020 numbering (ET=4)
+    out = tmp_path / "pred"
+    assert predict(ckpt, [small_sets[layout].root], out) == 0
+    assert f"ET={et}" in capsys.readouterr().out
+    for case in small_sets[layout].cases:
+        values = np.unique(np.asarray(nib.load(out / f"{case.case_id}.nii.gz").dataobj))
+        assert values.tolist() == [et]  # every voxel enhancing: the ET value of the layout
+
+
+def test_labels_flag_overrides_the_layout(small_sets, tmp_path, capsys):
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "pred"
+    assert predict(ckpt, [small_sets["brats2023"].root], out, labels="brats") == 0
+    assert "labels brats (0/1/2/4, ET=4) from --labels" in capsys.readouterr().out
+    case = small_sets["brats2023"].cases[0]
+    assert np.unique(np.asarray(nib.load(out / f"{case.case_id}.nii.gz").dataobj)).tolist() == [4]
+    with pytest.raises(ValueError, match="--labels iseg"):
+        predict(ckpt, [small_sets["brats2023"].root], out, labels="iseg")
+
+
+def test_rerun_says_how_many_it_replaced_or_skips_them(small_sets, tmp_path, capsys):
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "pred"
+    root = small_sets["brats2020"].root
+    assert predict(ckpt, [root], out) == 0
+    assert "replaced" not in capsys.readouterr().out
+    first = out / f"{small_sets['brats2020'].cases[0].case_id}.nii.gz"
+    first.unlink()
+    assert predict(ckpt, [root], out) == 0
+    assert "wrote 2 of 2 cases" in capsys.readouterr().out.splitlines()[-1]
+    assert predict(ckpt, [root], out) == 0
+    assert "(replaced 2 earlier results)" in capsys.readouterr().out
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
+    first.unlink()
+    assert predict(ckpt, [root], out, skip_existing=True) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "wrote 1 of 2 cases" in last and "skipped 1 with an existing result" in last
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.nii.gz") if p != first} == {
+        p: t for p, t in before.items() if p != first
+    }
+
+
+def test_unwritable_output_fails_before_inference(small_sets, tmp_path, monkeypatch):
+    import invseg.commands.predict as mod
+
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    calls = []
+    monkeypatch.setattr(mod, "load_model", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=r"output folder is not writable .*choose another") as err:
+        predict(ckpt, [small_sets["brats2020"].root], blocker / "out")
+    assert "\n" not in str(err.value) and calls == []
+
+
+def test_case_missing_a_modality_names_the_case_and_file(small_sets, tmp_path, capsys):
+    src = small_sets["brats2020"]
+    data = tmp_path / "data"
+    shutil.copytree(src.root, data)
+    broken = src.cases[1].case_id
+    (data / broken / f"{broken}_t1ce.nii.gz").unlink()
+    out = tmp_path / "pred"
+    assert predict(_conv_checkpoint(tmp_path / "m.pt"), [data], out) == 1
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and broken in err[0] and f"{broken}_t1ce.nii.gz" in err[0]
+    assert "wrote 1 of 2 cases" in captured.out and "(1 failed)" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == [f"{src.cases[0].case_id}.nii.gz"]
+
+
+def test_tta_flips_probabilities_back_on_a_non_cubic_volume():
+    import torch
+
+    from invseg.commands.predict import predict_probabilities
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(2, 3, 1)  # pointwise: equivariant to every flip
+    x = torch.randn(1, 2, 7, 5, 4)
+    kw = {"roi_size": (8, 8, 8), "overlap": 0.0}
+    plain = predict_probabilities(net, x, **kw)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(x))
+    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=0)
+    for activation in ("sigmoid", "softmax"):
+        a = predict_probabilities(net, x, activation=activation, **kw)
+        b = predict_probabilities(net, x, activation=activation, tta=True, **kw)
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+
+
+def test_checkpoint_pickling_an_object_is_refused_without_running_it(tmp_path):
+    import torch
+
+    from invseg.commands.predict import load_model
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "meta": {"target": "x", "kwargs": {}}, "x": Payload()}, bad)
+    with pytest.raises(ValueError, match="refused: the file pickles Python objects") as err:
+        load_model(bad)
+    assert not marker.exists()
+    assert "weights_only=False" not in str(err.value)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS"])
+def test_labels_land_on_the_input_voxels_of_a_non_cubic_volume(tmp_path, orientation):
+    """Fast guard against transposed/flipped labels: ET exactly where the T1 is bright."""
+    import torch
+
+    from invseg.data import synthesize
+
+    spacing = (1.2, 0.9, 1.5)
+    info = synthesize(
+        "brats",
+        tmp_path / "d",
+        cases=1,
+        shape=(22, 18, 16),
+        spacing=spacing,
+        seed=3,
+        orientation=orientation,
+    )
+    ckpt = _conv_checkpoint(tmp_path / "m.pt", bias=(0.0, 0.0, 0.0))
+    state = torch.load(ckpt, weights_only=True)
+    state["model"]["weight"][:, 0] = 1.0  # logits = normalised T1 in every region
+    state["meta"]["spacing"] = list(spacing)  # no resampling: the voxels map one to one
+    torch.save(state, ckpt)
+    assert predict(ckpt, [info.root], tmp_path / "out") == 0
+    case = info.cases[0]
+    got = np.asarray(nib.load(tmp_path / "out" / f"{case.case_id}.nii.gz").dataobj)
+    t1 = np.asarray(nib.load(case.images[0]).dataobj, dtype=np.float64)
+    expected = np.where((t1 == 0) | (t1 >= t1[t1 != 0].mean()), 4, 0)
+    assert 0.1 < (expected == 4).mean() < 0.9
+    assert (got == expected).mean() > 0.999
+
+
+def test_cli_labels_and_skip_existing(small_sets, tmp_path, capsys):
+    from invseg.cli import main
+
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    root = small_sets["brats2023"].root
+    argv = ["predict", "-m", str(ckpt), "-i", str(root), "-o", str(tmp_path / "o")]
+    assert main([*argv, "--labels", "brats", "--device", "cpu"]) == 0
+    assert "from --labels" in capsys.readouterr().out
+    assert main([*argv, "--skip-existing", "--device", "cpu"]) == 0
+    assert "wrote 0 of 2 cases" in capsys.readouterr().out
+
+
+def test_iseg_subject_missing_a_modality_fails_alone(tmp_path, capsys):
+    from invseg.data import synthesize
+
+    info = synthesize("iseg", tmp_path / "iseg", cases=2, shape=(16, 16, 16))
+    for ext in (".hdr", ".img"):
+        (info.root / f"subject-2-T2{ext}").unlink()
+    ckpt = _conv_checkpoint(
+        tmp_path / "m.pt", "iseg", bias=(0.0, 0.0, 0.0, 5.0), modalities=("T1", "T2")
+    )
+    out = tmp_path / "pred"
+    assert predict(ckpt, [info.root], out) == 1
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "subject-2-T2" in err[0] and "'subject-2'" in err[0]
+    assert "labels iseg (0/10/150/250) from the input layout iseg" in captured.out
+    assert "wrote 1 of 2 cases" in captured.out
+    labels = np.asarray(nib.load(out / "subject-1.nii.gz").dataobj)
+    assert np.unique(labels).tolist() == [250]  # WM everywhere, in iSeg's own values

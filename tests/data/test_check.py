@@ -25,8 +25,17 @@ def check_message(err: pytest.ExceptionInfo, path: Path, reason: str) -> None:
 
 
 def test_good_case_passes(tmp_path):
-    check_case(make_case(tmp_path), in_channels=2)
-    check_case(make_case(tmp_path), in_channels=2, convention=get_convention("brats"))
+    case = make_case(tmp_path)
+    label = np.zeros((6, 6, 6), np.uint8)
+    label[1:3, 1:3, 1:3], label[3, 3, 3], label[4, 4, 4] = 2, 1, 4  # every BraTS value once
+    write_nifti(case.label, label)
+    assert check_case(case, in_channels=2) is None
+    assert check_case(case, in_channels=2, convention=get_convention("brats")) is None
+    # the same files fail as soon as one thing is off: the checks above did run
+    with pytest.raises(DataError, match="but the model expects 3"):
+        check_case(case, in_channels=3)
+    with pytest.raises(DataError, match=r"label values \[4\] are not part of the 'brats2023'"):
+        check_case(case, in_channels=2, convention=get_convention("brats2023"))
 
 
 def test_corrupt_header(tmp_path):

@@ -260,3 +260,68 @@ def test_convention_from_dataset_json_generic_classes():
     )
     with pytest.raises(DataError, match="labels"):
         convention_from_dataset_json({}, where=Path("dataset.json"))
+
+
+# ------------------------------------------------------------------ the layout registry
+def test_registry_lists_every_layout_with_its_convention_and_modalities():
+    from invseg.data import LAYOUTS, get_layout
+
+    assert list(LAYOUTS) == ["msd", "nnunet", "brats2020", "brats2021", "brats2023", "iseg"]
+    conventions = {name: layout.convention for name, layout in LAYOUTS.items()}
+    assert conventions == {
+        "msd": "msd",
+        "nnunet": None,  # from dataset.json
+        "brats2020": "brats",
+        "brats2021": "brats",
+        "brats2023": "brats2023",
+        "iseg": "iseg",
+    }
+    assert get_layout("brats2023").label_convention().et_label == 3
+    assert get_layout("BraTS2020").modalities == ("t1", "t1ce", "t2", "flair")
+    with pytest.raises(ValueError, match="Did you mean 'brats2023'"):
+        get_layout("brats2033")
+
+
+def test_layout_writes_a_prediction_with_the_input_geometry(tmp_path):
+    import nibabel as nib
+
+    from invseg.data import get_layout
+
+    affine = np.diag([-1.2, -0.9, 1.5, 1.0])
+    labels = np.zeros((5, 4, 3), np.uint8)
+    labels[1, 2, 0] = 3
+    layout = get_layout("brats2023")
+    path = layout.write_prediction(labels, tmp_path, "BraTS-GLI-00000-000", affine=affine)
+    assert path == layout.prediction_path(tmp_path, "BraTS-GLI-00000-000")
+    assert path.name == "BraTS-GLI-00000-000.nii.gz"
+    img = nib.load(path)
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(img.dataobj), labels)
+    np.testing.assert_allclose(img.affine, affine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+
+
+def test_a_registered_layout_is_detected(tmp_path):
+    from dataclasses import dataclass
+
+    from invseg.data import LAYOUTS, Case, Layout
+    from invseg.data.layouts import register_layout
+
+    @dataclass(frozen=True)
+    class Flat(Layout):
+        def discover(self, root):
+            files = sorted(root.glob("*_img.nii.gz"))
+            if not files:
+                return None
+            return self.info(root, [Case(p.name[:-11], (p,)) for p in files])
+
+    write_nifti(tmp_path / "a_img.nii.gz", np.zeros((4, 4, 4), np.float32))
+    register_layout(Flat("flat", "<case>_img.nii.gz", ("t1",), "brats"))
+    try:
+        info = discover(tmp_path)
+        assert (info.layout, [c.case_id for c in info.cases]) == ("flat", ["a"])
+        assert info.convention.name == "brats"
+        with pytest.raises(ValueError, match="already registered"):
+            register_layout(Flat("flat", "", ()))
+    finally:
+        LAYOUTS.pop("flat")

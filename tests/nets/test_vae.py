@@ -31,6 +31,27 @@ def test_branch_loss_is_the_weighted_sum_of_mse_and_kl() -> None:
     assert float(loss.detach()) == 0.0
 
 
+@pytest.mark.parametrize("weights", [(0.0, 1.0), (1.0, 0.25)])
+def test_branch_kl_matches_the_closed_form_at_non_zero_mean_and_variance(weights) -> None:
+    """KL(N(mu, sigma^2) || N(0, 1)) per latent, averaged: catches a dropped or flipped KL."""
+    from torch.distributions import Normal, kl_divergence
+
+    branch = VAEBranch(3, 4, 1, bottleneck_size=(2, 2, 2), latent_dim=3, weights=weights).eval()
+    mu = torch.tensor([0.5, -1.0, 2.0])
+    logvar = torch.tensor([0.3, -0.7, 1.2])
+    with torch.no_grad():
+        branch.encode.weight.zero_()
+        branch.encode.bias.copy_(torch.cat([mu, logvar]))  # eval: z = mu, no noise
+    image = torch.randn(1, 1, 2, 2, 2)
+    with torch.no_grad():
+        recon, loss = branch(torch.randn(1, 4, 2, 2, 2), image)
+    kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).mean()
+    assert float(kl) == pytest.approx(1.10276, abs=1e-5)  # 0.5 * mean(mu^2 + s^2 - log s^2 - 1)
+    mse = torch.nn.functional.mse_loss(recon, image)
+    expected = weights[0] * mse + weights[1] * kl
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
 @pytest.mark.parametrize("name", list(NETS))
 def test_vae_loss_is_positive_and_reaches_the_encoder(name: str, make_net) -> None:
     net = make_net(name, vae=True, input_image_size=(10, 12, 8)).train()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invseg.data._io import save_image, save_json
+from invseg.data.io import save_image, save_json
 
 __all__ = ["BRATS_LAYOUTS", "write_brats", "write_dataset_json", "write_iseg"]
 

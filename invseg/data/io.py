@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from invseg.data._naming import split_ext
+from invseg.data.naming import split_ext
 
 
 def save_image(img: Any, path: Path) -> None:
