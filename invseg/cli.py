@@ -118,13 +118,13 @@ def _bench(a: argparse.Namespace) -> int:
                           seeds=a.seeds, device=a.device, docs=a.docs))  # fmt: skip
         print(f"results written to {out}")
         return 0
-    from invseg.bench import engine, nets, recon
+    from invseg.bench import engine, nets, plan, recon
 
     output = a.output or Path("docs/benchmarks.md")
-    suites = {"engine": engine, "nets": nets, "recon": recon}
+    suites = {"engine": engine.run, "nets": nets.run, "recon": recon.run, "plan": plan.docs_section}
     names = list(suites) if a.suite == "all" else [a.suite]
     for name in names:
-        print(suites[name].run(quick=a.quick, output=output, device=a.device))
+        print(suites[name](quick=a.quick, output=output, device=a.device))
         print()
     print(f"results written to {output}")
     return 0
@@ -184,7 +184,7 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     p.set_defaults(handler=_recon_predict)
 
     p = sub.add_parser("bench", help="measure memory and speed against the baselines")
-    p.add_argument("suite", choices=["engine", "nets", "recon", "quality", "all"])
+    p.add_argument("suite", choices=["engine", "nets", "recon", "plan", "quality", "all"])
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(

@@ -14,7 +14,7 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,6 @@ def plan_candidate(
     fit: ActivationFit = fit_activations(
         cand.build_fn, cand.in_channels, sizes=default_sizes(mult), amp=amp, device=device
     )
-    from dataclasses import replace
-
     fit = replace(fit, native=False)  # the target is a GPU
     fov = tuple(math.ceil(s / cand.multiple) * cand.multiple for s in BRATS_FOV)
     fov_params = _meta(cand.build_fn, max(fov))
@@ -223,3 +221,44 @@ def run(
     return f"Plan for {budget} ({budget_bytes / GiB:.1f} GiB), amp={amp}:\n\n" + table_markdown(
         rows
     )
+
+
+def docs_section(
+    *,
+    quick: bool = False,
+    output: str | Path = "docs/benchmarks.md",
+    device: str = "cpu",
+    models: Sequence[str] | None = None,
+    base: int = 16,
+) -> str:
+    """``invseg bench plan``: the 12/24/80 GB table of every zoo model, into ``output``.
+
+    Every zoo model (or ``models``) at ``base`` channels (our nets and the MONAI peers), plus
+    ``DynUNet`` at nnU-Net's own widths (32 .. 320) when it is among them. Exact bytes, so ``quick`` changes nothing; ``device`` is where the bytes
+    are measured (the same on CPU and CUDA up to cuDNN workspaces, which the overhead covers).
+    """
+    from invseg.bench.models import ZOO
+    from invseg.bench.report import update_section
+
+    names = list(models or ZOO)
+    cands = zoo_candidates(names, base=base)
+    if "dynunet" in names:
+        nnunet = zoo_candidates(["dynunet"], base=32)[0]
+        cands.append(replace(nnunet, name="dynunet (nnU-Net widths 32..320)"))
+    rows = plan_table(cands, device=device)
+    md = (
+        "## What trains on one GPU (`invseg plan`, `invseg bench plan`)\n\n"
+        "Largest cubic crop at batch 1 (4 input channels, 3 outputs, float32, Adam) and the "
+        "largest batch at the full BraTS field of view 4 x 240 x 240 x 155 (padded to the "
+        "net's multiple) within 12, 24 and 80 GB. Every model has "
+        f"{base} channels at its first level (DynUNet also at nnU-Net's 32..320). Activation bytes are measured exactly "
+        "(saved-for-backward tensors) at three small cubes and extrapolated in voxels; weights, "
+        "gradients, Adam state and a "
+        f"{CUDA_OVERHEAD_BYTES / GiB:g} GiB CUDA overhead are added. `no`: batch 1 at the full "
+        "FOV does not fit. *FOV act. GiB*: activations of one full-FOV sample. Check one "
+        "model on your GPU with `invseg plan CONFIG --budget 12GB --device cuda` (it trains "
+        "at the predicted crop and one step above under a memory cap).\n\n"
+        + table_markdown(rows)
+    )
+    update_section(Path(output), "plan", md)
+    return md

@@ -79,3 +79,13 @@ def test_cuda_verification_agrees_with_the_prediction(tmp_path: Path) -> None:
     row = plan.plan_table([cand], [2 * GB], device="cuda")[0]
     result = plan.verify_cuda(cand, row["max_cube"], 2 * GB)
     assert result["fits"]
+
+
+def test_bench_plan_writes_the_budget_section(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n")
+    md = plan.docs_section(output=page, models=["monai_unet"], base=4)
+    text = page.read_text()
+    assert "<!-- bench:plan -->" in text and md.strip() in text
+    assert "| monai_unet | store |" in md and "80 GB: cube / FOV batch" in md
+    assert "4 channels at its first level" in md
