@@ -234,8 +234,8 @@ def docs_section(
     """``invseg bench plan``: the 12/24/80 GB table of every zoo model, into ``output``.
 
     Every zoo model (or ``models``) at ``base`` channels (our nets and the MONAI peers), plus
-    ``DynUNet`` at nnU-Net's own widths (32 .. 320) when it is among them. Exact bytes, so ``quick`` changes nothing; ``device`` is where the bytes
-    are measured (the same on CPU and CUDA up to cuDNN workspaces, which the overhead covers).
+    ``DynUNet`` at nnU-Net's own widths (32 .. 320) when it is among them. Exact bytes, so
+    ``quick`` changes nothing; ``device`` is where the bytes are measured (the same on CPU and CUDA up to cuDNN workspaces, which the overhead covers).
     """
     from invseg.bench.models import ZOO
     from invseg.bench.report import update_section
@@ -251,14 +251,13 @@ def docs_section(
         "Largest cubic crop at batch 1 (4 input channels, 3 outputs, float32, Adam) and the "
         "largest batch at the full BraTS field of view 4 x 240 x 240 x 155 (padded to the "
         "net's multiple) within 12, 24 and 80 GB. Every model has "
-        f"{base} channels at its first level (DynUNet also at nnU-Net's 32..320). Activation bytes are measured exactly "
-        "(saved-for-backward tensors) at three small cubes and extrapolated in voxels; weights, "
+        f"{base} channels at its first level (DynUNet also at nnU-Net's 32..320). "
+        "Activation bytes are measured exactly (saved-for-backward tensors) at three small cubes and extrapolated in voxels; weights, "
         "gradients, Adam state and a "
         f"{CUDA_OVERHEAD_BYTES / GiB:g} GiB CUDA overhead are added. `no`: batch 1 at the full "
         "FOV does not fit. *FOV act. GiB*: activations of one full-FOV sample. Check one "
         "model on your GPU with `invseg plan CONFIG --budget 12GB --device cuda` (it trains "
-        "at the predicted crop and one step above under a memory cap).\n\n"
-        + table_markdown(rows)
+        "at the predicted crop and one step above under a memory cap).\n\n" + table_markdown(rows)
     )
     update_section(Path(output), "plan", md)
     return md
