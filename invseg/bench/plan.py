@@ -235,7 +235,8 @@ def docs_section(
 
     Every zoo model (or ``models``) at ``base`` channels (our nets and the MONAI peers), plus
     ``DynUNet`` at nnU-Net's own widths (32 .. 320) when it is among them. Exact bytes, so
-    ``quick`` changes nothing; ``device`` is where the bytes are measured (the same on CPU and CUDA up to cuDNN workspaces, which the overhead covers).
+    ``quick`` changes nothing; ``device`` is where the bytes are measured (the same on CPU and
+    CUDA up to cuDNN workspaces, which the overhead covers).
     """
     from invseg.bench.models import ZOO
     from invseg.bench.report import update_section
