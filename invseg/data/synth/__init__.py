@@ -13,11 +13,12 @@ Two presets:
 
 - ``"easy"``: one ellipsoid tumour (necrotic core, enhancing ring, edema shell) with its own
   contrast in every modality, or adult-like iSeg contrasts: a small network learns it within
-  minutes on a CPU (demos, smoke tests).
+  minutes on a CPU (smoke tests).
 - ``"hard"``: 1-3 irregular lesions (multifocal in about a third) covering 0.3-6% of the brain,
   edema along white matter, broken or absent enhancing rims, contrasts that overlap normal
   tissue, unlabelled look-alikes, bias up to 30%, Rician noise of 3-8%; iSeg in the isointense
-  phase. Sized to tell models apart (see ``docs/data.rst`` and :func:`label_statistics`).
+  phase. Sized to tell models apart (see ``docs/data.rst`` and :func:`label_statistics`);
+  ``invseg demo`` uses it too, so its Dice is not saturated.
 
 Modules: :mod:`.anatomy` (templates, deformation, noise fields), :mod:`.lesions` (tumour maps),
 :mod:`.contrast` (image formation), :mod:`.brats`, :mod:`.iseg` (cases), :mod:`.writers`
