@@ -3,7 +3,8 @@
 Modules: :mod:`~invseg.recon.fft` (centred FFTs), :mod:`~invseg.recon.operators`
 (:class:`LinearOperator`, :class:`SenseOperator`), :mod:`~invseg.recon.cg`,
 :mod:`~invseg.recon.dc` (data consistency), :mod:`~invseg.recon.denoiser`,
-:mod:`~invseg.recon.modl`, :mod:`~invseg.recon.baselines`, :mod:`~invseg.recon.simulate`,
+:mod:`~invseg.recon.modl`, :mod:`~invseg.recon.baselines`, :mod:`~invseg.recon.simulate`
+(phantoms, coil maps, k-space), :mod:`~invseg.recon.masks` (sampling masks),
 :mod:`~invseg.recon.transforms` (MONAI), :mod:`~invseg.recon.io` (fastMRI HDF5),
 :mod:`~invseg.recon.metrics`.
 """

@@ -172,7 +172,7 @@ class ReconData(Section):
 
 @dataclass
 class ReconModel(Section):
-    """``model``: the arguments of :class:`invseg.recon.MoDL`."""
+    """``model``: the arguments of :class:`invseg.recon.MoDL` (same names and defaults)."""
 
     num_unrolls: int = field(10, ge=1)
     spatial_dims: Literal[2, 3] = 2
@@ -180,16 +180,31 @@ class ReconModel(Section):
     layers: int = field(5, ge=2)
     shared_weights: bool = True
     memory: Literal["invert", "checkpoint", "store"] = "invert"
-    cg_iters: int = field(10, ge=1)
-    cg_tol: float = field(1.0e-6, gt=0)
-    mu_init: float = field(0.05, gt=0)
-    anchor_every: int | None = field(2, ge=1)
-    lipschitz: float = field(0.9, gt=0, lt=1)
+    cg_iters: int = field(30, ge=1)  # CG cap per solve
+    cg_tol: float = field(1.0e-5, gt=0)  # CG relative residual tolerance
+    mu_init: float = field(0.05, gt=0)  # >= mu_min
+    anchor_every: int | Auto | None = field("auto", ge=1)  # auto: from drift_tol; null: none
+    lipschitz: float = field(0.9, gt=0, lt=1)  # certified bound of the denoiser residual
     init: Literal["adjoint", "sense"] = "adjoint"
     fixed_point_iters: int = field(50, ge=1)
     fixed_point_tol: float = field(1.0e-6, gt=0)
-    drift_tol: float | None = field(5.0e-2, gt=0)
+    drift_tol: float | None = field(1.0e-3, gt=0)  # drift budget of rebuilt inputs
     dc_refine_steps: int = field(1, ge=0)
+    mu_min: float = field(0.05, gt=0)  # floor of the learnable mu
+    drift_every: int | None = field(None, ge=1)  # measure drift every n backwards; null: never
+    lipschitz_grid: int | None = field(None, ge=16)  # null: 32 in 2D, 24 in 3D
+
+    def check(self, path: str) -> None:
+        """``mu_init`` at or above ``mu_min``; ``anchor_every: auto`` needs ``drift_tol``."""
+        if self.mu_init < self.mu_min:
+            raise ConfigError(
+                f"{path}.mu_init: {self.mu_init} must be >= {path}.mu_min ({self.mu_min})"
+            )
+        if self.anchor_every == "auto" and self.drift_tol is None:
+            raise ConfigError(
+                f"{path}.drift_tol: null is not allowed with {path}.anchor_every 'auto' "
+                "(the drift budget picks the spacing); set a tolerance such as 1e-3"
+            )
 
 
 @dataclass
