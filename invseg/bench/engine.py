@@ -108,32 +108,44 @@ def memory_vs_depth(
     depths: tuple[int, ...], *, channels: int, size: int, device: torch.device
 ) -> pd.DataFrame:
     """Activation bytes per training step against chain depth for the three modes."""
-    x = torch.randn(1, channels, size, size, size, device=device)
-    rows = []
-    for depth in depths:
-        row: dict[str, float] = {"depth": depth}
+
+    def row(depth: int, x: Tensor) -> dict[str, float]:
+        out = {}
         for mode in ("store", "checkpoint", "invert"):
             chain = InvertibleSequential(*couplings(depth, channels), memory=mode).to(device)
-            row[mode] = activation_bytes(lambda c=chain: c(x).square().mean()) / 2**20
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("depth")
+            out[mode] = activation_bytes(lambda c=chain: c(x).square().mean()) / 2**20
+        return out
+
+    return _per_depth(depths, row, channels=channels, size=size, device=device)
 
 
 def inverse_drift(
     depths: tuple[int, ...], *, channels: int, size: int, device: torch.device
 ) -> pd.DataFrame:
     """Relative error of ``inverse(forward(x))`` against depth, in float32 and bfloat16."""
-    x = torch.randn(1, channels, size, size, size, device=device)
-    rows = []
-    for depth in depths:
+
+    def row(depth: int, x: Tensor) -> dict[str, float]:
         chain = InvertibleSequential(*couplings(depth, channels)).to(device)
-        row: dict[str, float] = {"depth": depth}
         with torch.no_grad():
-            row["float32"] = _rel(chain.inverse(chain(x)), x)
+            out = {"float32": _rel(chain.inverse(chain(x)), x)}
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                row["bfloat16 autocast"] = _rel(chain.inverse(chain(x)).float(), x)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("depth")
+                out["bfloat16 autocast"] = _rel(chain.inverse(chain(x)).float(), x)
+        return out
+
+    return _per_depth(depths, row, channels=channels, size=size, device=device)
+
+
+def _per_depth(
+    depths: tuple[int, ...],
+    row: Callable[[int, Tensor], dict[str, float]],
+    *,
+    channels: int,
+    size: int,
+    device: torch.device,
+) -> pd.DataFrame:
+    """A table indexed by ``depth``: ``row(depth, x)`` on one random ``1 x channels x size^3``."""
+    x = torch.randn(1, channels, size, size, size, device=device)
+    return pd.DataFrame([{"depth": d, **row(d, x)} for d in depths]).set_index("depth")
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -186,60 +198,16 @@ def run(
     drift = inverse_drift(
         (1, 16, 64, 256) if not quick else (1, 16), channels=channels, size=size // 2, device=dev
     )
-    img = output.parent / "img" / "engine_memory_vs_depth.png"
-    plot = f"![engine memory vs depth](img/{img.name})"
-    if can_plot():
-        _plot(by_depth, img)
-    else:
-        plot = "(plot skipped: matplotlib is not installed)"
-    sac, offload = modes.loc["selective checkpoint (torch)"], modes.loc["save_on_cpu (torch)"]
-
-    modes_md = modes.copy()
-    modes_md["peak CUDA MiB"] = modes_md["peak CUDA MiB"].map(mib_or_dash)
-    invert, store = modes.loc["invert"], modes.loc["store"]
-    markdown = "\n".join(
-        [
-            "## Engine",
-            "",
-            f"Device: {describe_device(dev)}; torch {torch.__version__}. "
-            f"{depth} additive couplings (F, G = GroupNorm → LeakyReLU → 3³ conv on "
-            f"{channels // 2} channels), input 1×{channels}×{size}³, one training step = "
-            "forward + backward of a mean-square loss; median of "
-            f"{repeats} steps.{' Quick run.' if quick else ''}",
-            "",
-            modes_md.to_markdown(floatfmt=".3g"),
-            "",
-            f"`invert` holds {invert['activation MiB'] / store['activation MiB']:.1%} of "
-            f"`store`'s activations at {invert['time vs store']:.2f}× its step time "
-            + (
-                f"(memcnn's wrapper: {modes.loc['memcnn wrapper', 'time vs store']:.2f}×). "
-                if "memcnn wrapper" in modes.index
-                else "(memcnn not installed: no memcnn row). "
-            )
-            + f"Selective checkpointing (conv outputs kept, the rest recomputed) holds "
-            f"{sac['activation MiB'] / store['activation MiB']:.0%} at "
-            f"{sac['time vs store']:.2f}×; `save_on_cpu` holds "
-            f"{offload['activation MiB'] / store['activation MiB']:.0%} in device memory at "
-            f"{offload['time vs store']:.2f}× (on a CPU nothing moves; on CUDA every saved "
-            "tensor goes to pinned host memory and back, see the peak column). Both grow "
-            "with depth; `invert` does not (below).",
-            "",
-            "### Activation memory vs depth (MiB)",
-            "",
-            by_depth.to_markdown(floatfmt=".3g"),
-            "",
-            plot,
-            "",
-            "### Numerical drift of the inverse",
-            "",
-            "Relative error ‖inverse(forward(x)) − x‖ / ‖x‖ of an untrained chain. In float32 it "
-            "grows slowly with depth; under bfloat16 autocast each residual is rounded to 8 "
-            "mantissa bits, so rebuilt inputs drift much more — use `anchor_every` or "
-            "`drift_tol` (see the concepts page) for long bf16 chains.",
-            "",
-            drift.to_markdown(floatfmt=".2e"),
-        ]
+    intro = (
+        f"Device: {describe_device(dev)}; torch {torch.__version__}. "
+        f"{depth} additive couplings (F, G = GroupNorm → LeakyReLU → 3³ conv on "
+        f"{channels // 2} channels), input 1×{channels}×{size}³, one training step = "
+        "forward + backward of a mean-square loss; median of "
+        f"{repeats} steps.{' Quick run.' if quick else ''}"
     )
+    plot = _plot_or_note(by_depth, output)
+    sections = [_modes_section(modes), _depth_section(by_depth, plot), _drift_section(drift)]
+    markdown = "\n".join(["## Engine", "", intro, ""] + [line for s in sections for line in s])
     if dev.type != "cuda":
         markdown += (
             "\n\nPeak CUDA memory and GPU step times: run `invseg bench engine --device cuda` "
@@ -247,6 +215,63 @@ def run(
         )
     update_section(output, "engine", markdown)
     return markdown
+
+
+def _modes_section(modes: pd.DataFrame) -> list[str]:
+    """The table of :func:`compare_modes` and a paragraph reading it."""
+    sac, offload = modes.loc["selective checkpoint (torch)"], modes.loc["save_on_cpu (torch)"]
+    invert, store = modes.loc["invert"], modes.loc["store"]
+    modes_md = modes.copy()
+    modes_md["peak CUDA MiB"] = modes_md["peak CUDA MiB"].map(mib_or_dash)
+    memcnn = (
+        f"(memcnn's wrapper: {modes.loc['memcnn wrapper', 'time vs store']:.2f}×). "
+        if "memcnn wrapper" in modes.index
+        else "(memcnn not installed: no memcnn row). "
+    )
+    return [
+        modes_md.to_markdown(floatfmt=".3g"),
+        "",
+        f"`invert` holds {invert['activation MiB'] / store['activation MiB']:.1%} of "
+        f"`store`'s activations at {invert['time vs store']:.2f}× its step time "
+        + memcnn
+        + f"Selective checkpointing (conv outputs kept, the rest recomputed) holds "
+        f"{sac['activation MiB'] / store['activation MiB']:.0%} at "
+        f"{sac['time vs store']:.2f}×; `save_on_cpu` holds "
+        f"{offload['activation MiB'] / store['activation MiB']:.0%} in device memory at "
+        f"{offload['time vs store']:.2f}× (on a CPU nothing moves; on CUDA every saved "
+        "tensor goes to pinned host memory and back, see the peak column). Both grow "
+        "with depth; `invert` does not (below).",
+        "",
+    ]
+
+
+def _plot_or_note(by_depth: pd.DataFrame, output: Path) -> str:
+    """Plot memory vs depth next to ``output``; the markdown image link (or why there is none)."""
+    img = output.parent / "img" / "engine_memory_vs_depth.png"
+    if not can_plot():
+        return "(plot skipped: matplotlib is not installed)"
+    _plot(by_depth, img)
+    return f"![engine memory vs depth](img/{img.name})"
+
+
+def _depth_section(by_depth: pd.DataFrame, plot: str) -> list[str]:
+    """Activation memory against chain depth, as a table and a plot."""
+    heading = "### Activation memory vs depth (MiB)"
+    return [heading, "", by_depth.to_markdown(floatfmt=".3g"), "", plot, ""]
+
+
+def _drift_section(drift: pd.DataFrame) -> list[str]:
+    """How far ``inverse(forward(x))`` drifts from ``x``, with a word on bfloat16."""
+    return [
+        "### Numerical drift of the inverse",
+        "",
+        "Relative error ‖inverse(forward(x)) − x‖ / ‖x‖ of an untrained chain. In float32 it "
+        "grows slowly with depth; under bfloat16 autocast each residual is rounded to 8 "
+        "mantissa bits, so rebuilt inputs drift much more — use `anchor_every` or "
+        "`drift_tol` (see the concepts page) for long bf16 chains.",
+        "",
+        drift.to_markdown(floatfmt=".2e"),
+    ]
 
 
 def mib_or_dash(value: float | None) -> str:

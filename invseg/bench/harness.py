@@ -150,6 +150,41 @@ def measure(
     return rows
 
 
+def largest_edge(
+    make: Callable[[], nn.Module],
+    loss: Callable[[nn.Module, Tensor], Tensor],
+    device: torch.device,
+    edges: tuple[int, ...],
+    *,
+    channels: int,
+    cap_bytes: int,
+) -> int | None:  # pragma: no cover - GPU
+    """Largest cube edge of ``edges`` (ascending) whose training step fits under ``cap_bytes``.
+
+    The cap is set with ``torch.cuda.set_per_process_memory_fraction`` and lifted afterwards;
+    the input is ``1 x channels x edge^3``. ``None`` when even the first edge runs out.
+    """
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), device)
+    model, best = make().to(device).train(), None
+    try:
+        for edge in edges:
+            x = torch.randn(1, channels, edge, edge, edge, device=device)
+            try:
+                training_step(loss, model, x)()
+                torch.cuda.synchronize(device)
+                best = edge
+            except torch.cuda.OutOfMemoryError:
+                break
+            finally:
+                del x
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return best
+
+
 def can_plot() -> bool:
     """Whether matplotlib is installed (plots are skipped without it, tables are not)."""
     import importlib.util

@@ -10,6 +10,7 @@ name                      network (``base`` = width of the first level)
 ========================  =================================================================
 unet3d                    :class:`~invseg.nets.UNet3D` (store), channels ``base * (1,2,4,8)``
 unet3d_ckpt               the same net, each level's stage under ``torch.utils.checkpoint``
+                          (:class:`~invseg.bench.peers.Checkpointed`)
 partially / _vae          :class:`~invseg.nets.PartiallyInvResUNet` invert (± VAE branch)
 fully / _vae              :class:`~invseg.nets.FullyInvResUNet` invert (± VAE branch)
 segresnet / segresnetvae  MONAI ``SegResNet`` / ``SegResNetVAE``, ``init_filters = base // 2``
@@ -29,26 +30,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from invseg._choices import check_option
+from invseg.bench.peers import Checkpointed
 
 __all__ = ["ZOO", "ZooNet", "build", "dynunet_layout"]
-
-
-class Checkpointed(nn.Module):
-    """Run ``inner`` under non-reentrant ``torch.utils.checkpoint`` while training."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and torch.is_grad_enabled():
-            return checkpoint(self.inner, x, use_reentrant=False)
-        return self.inner(x)
 
 
 class ZooNet(nn.Module):
@@ -218,6 +205,7 @@ def build(
         ValueError: unknown name (did-you-mean), bad crop or base, a memory mode for a peer.
 
     Example:
+        >>> import torch
         >>> net = build("monai_unet", in_channels=4, out_channels=3, crop=(16, 16, 16), base=8)
         >>> logits, vae = net(torch.randn(1, 4, 16, 16, 16))
         >>> tuple(logits.shape), vae is None, net.memory

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from invseg.bench import peers
-from invseg.bench.harness import can_plot, describe_device, measure, training_step
+from invseg.bench.harness import Row, can_plot, describe_device, largest_edge, measure
 from invseg.bench.report import update_section
 from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
@@ -40,6 +40,15 @@ BLOCKS = (1, 2, 4, 8)
 CAP_BYTES = 12 * 2**30
 TARGETS = {"partially": 0.35, "fully": 0.10, "flat": 1.05, "time": 1.30, "time_cuda": 1.25}
 LIFT = "FullyInvResUNet (lift)"
+#: ``(class, memory)`` of our nets in the depth sweep (``None``: UNet3D, which has no modes).
+SWEEP = (
+    (UNet3D, None),
+    (PartiallyInvResUNet, "invert"),
+    (PartiallyInvResUNet, "store"),
+    (FullyInvResUNet, "invert"),
+    (FullyInvResUNet, "store"),
+)
+MEMORIES = ("store", "invert")  # the largest-cube rows of each invertible net
 
 
 def _ours(
@@ -105,35 +114,6 @@ def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.square().mean() + (vae if vae is not None else 0.0)
 
 
-def _step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    return training_step(_loss, model, x)
-
-
-def _largest_edge(
-    make: Callable[[], nn.Module], device: torch.device, edges: tuple[int, ...]
-) -> int | None:  # pragma: no cover - GPU
-    """Largest cube edge whose training step fits under :data:`CAP_BYTES`."""
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_BYTES / total), device)
-    model, best = make().to(device).train(), None
-    try:
-        for edge in edges:
-            x = torch.randn(1, IN_CHANNELS, edge, edge, edge, device=device)
-            try:
-                _step(model, x)()
-                torch.cuda.synchronize(device)
-                best = edge
-            except torch.cuda.OutOfMemoryError:
-                break
-            finally:
-                del x
-                model.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-    return best
-
-
 def _plot(sweep: dict[str, dict[int, int]], path: Path, size: int) -> None:
     import matplotlib
 
@@ -157,6 +137,11 @@ def _plot(sweep: dict[str, dict[int, int]], path: Path, size: int) -> None:
 
 def _mib(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**20:.1f}"
+
+
+def _short(cls: type) -> str:
+    """``"Partially"`` / ``"Fully"``: the depth table's name of an invertible net."""
+    return cls.__name__.split("Inv")[0]
 
 
 def _verdict(ok: bool) -> str:
@@ -191,86 +176,82 @@ def run(
         >>> out = pathlib.Path(tempfile.mkdtemp()) / "benchmarks.md"
         >>> md = run(quick=True, output=out)  # doctest: +SKIP
     """
+    dev, size = _check_args(device, size, quick)
+    repeats = 2 if quick else 5
+    x = torch.randn(1, IN_CHANNELS, size, size, size, device=dev)
+    configs, filters = _contenders(size)
+    rows = measure(configs, _loss, x, repeats)
+    sweep = _depth_sweep(size, dev, x)
+    lines = _intro(dev, size, repeats)
+    lines += _step_table(rows, dev)
+    lines += _sweep_table(sweep, _plot_or_note(sweep, Path(output), size))
+    lines += _targets(rows, sweep, filters, dev)
+    if dev.type == "cuda":  # pragma: no cover - needs a GPU
+        lines += _largest_cubes(dev, quick, filters)
+    markdown = "\n".join(lines) + "\n"
+    update_section(Path(output), "nets", markdown)
+    return markdown
+
+
+def _check_args(device: str, size: int | None, quick: bool) -> tuple[torch.device, int]:
+    """The checked device and the cube edge (its default depends on the device)."""
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but CUDA is not available; use device='cpu'.")
-    dev = torch.device(device)
     if size is None:
         size = (64 if quick else 128) if device == "cuda" else (16 if quick else 32)
     if not isinstance(size, int) or size < 8 or size % 8:
         raise ValueError(f"size must be a multiple of 8 (4 levels), >= 8; got {size!r}.")
-    repeats = 2 if quick else 5
-    x = torch.randn(1, IN_CHANNELS, size, size, size, device=dev)
+    return torch.device(device), size
 
+
+def _contenders(size: int) -> tuple[list[tuple[str, str, nn.Module]], int]:
+    """The ``(name, memory, model)`` rows of the step table and SegResNet's ``init_filters``."""
     configs: list[tuple[str, str, nn.Module]] = [("UNet3D", "store", _ours(UNet3D, None, size))]
-    for label, cls in (
-        ("PartiallyInvResUNet", PartiallyInvResUNet),
-        ("FullyInvResUNet", FullyInvResUNet),
-    ):
+    for cls in (PartiallyInvResUNet, FullyInvResUNet):
         for memory in ("invert", "checkpoint", "store"):
-            configs.append((label, memory, _ours(cls, memory, size)))
+            configs.append((cls.__name__, memory, _ours(cls, memory, size)))
     for memory in ("invert", "store"):
-        configs.append((LIFT, memory, _ours(FullyInvResUNet, memory, size, lift=True)))
-    for label, cls in (
-        ("PartiallyInvResUNet+VAE", PartiallyInvResUNet),
-        ("FullyInvResUNet+VAE", FullyInvResUNet),
-    ):
+        configs.append((LIFT, memory, _lifted(memory, size, 1)))
+    for cls in (PartiallyInvResUNet, FullyInvResUNet):
         for memory in ("invert", "store"):
-            configs.append((label, memory, _ours(cls, memory, size, vae=True)))
+            configs.append((f"{cls.__name__}+VAE", memory, _ours(cls, memory, size, vae=True)))
     filters = _matching_filters(_params(configs[1][2]))
-    configs.append(
-        (f"SegResNet (init_filters={filters})", "store", _segresnet(filters, size, False))
-    )
-    configs.append(
-        (f"SegResNetVAE (init_filters={filters})", "store", _segresnet(filters, size, True))
-    )
+    for vae, name in ((False, "SegResNet"), (True, "SegResNetVAE")):
+        model = _segresnet(filters, size, vae)
+        configs.append((f"{name} (init_filters={filters})", "store", model))
     configs += peers.unet_peers(configs[0][2], CHANNELS, IN_CHANNELS, OUT_CHANNELS)
-    rows = measure(configs, _loss, x, repeats)
-    by = {(r.name, r.memory): r for r in rows}
+    return configs, filters
 
-    sweep: dict[str, dict[int, int]] = {}
-    for label, cls, memory in (
-        ("UNet3D", UNet3D, None),
-        ("Partially invert", PartiallyInvResUNet, "invert"),
-        ("Partially store", PartiallyInvResUNet, "store"),
-        ("Fully invert", FullyInvResUNet, "invert"),
-        ("Fully store", FullyInvResUNet, "store"),
-    ):
-        sweep[label] = {
-            b: activation_bytes(_loss, _ours(cls, memory, size, blocks=b).to(dev).train(), x)
-            for b in BLOCKS
-        }
+
+def _depth_sweep(size: int, dev: torch.device, x: torch.Tensor) -> dict[str, dict[int, int]]:
+    """Activation bytes per :data:`BLOCKS` entry, for each row of the depth table."""
+    makers: dict[str, Callable[[int], nn.Module]] = {}
+    for cls, memory in SWEEP:
+        label = "UNet3D" if memory is None else f"{_short(cls)} {memory}"
+        makers[label] = lambda b, c=cls, m=memory: _ours(c, m, size, blocks=b)
     for memory in ("invert", "store"):
-        sweep[f"Fully (lift) {memory}"] = {
-            b: activation_bytes(_loss, _lifted(memory, size, b).to(dev).train(), x)
-            for b in BLOCKS
-        }
+        makers[f"Fully (lift) {memory}"] = lambda b, m=memory: _lifted(m, size, b)
     for label, policy in (("UNet3D ckpt per level", "full"), ("UNet3D selective", "selective")):
-        sweep[label] = {
-            b: activation_bytes(_loss, _peer(policy, size, b).to(dev).train(), x) for b in BLOCKS
-        }
-    img = Path(output).parent / "img" / "nets_memory_vs_blocks.png"
-    plot = f"![activation memory vs blocks](img/{img.name})"
-    if can_plot():
-        _plot(sweep, img, size)
-    else:
-        plot = "(plot skipped: matplotlib is not installed)"
+        makers[label] = lambda b, p=policy: _peer(p, size, b)
+    return {
+        label: {b: activation_bytes(_loss, make(b).to(dev).train(), x) for b in BLOCKS}
+        for label, make in makers.items()
+    }
 
-    # --- verdicts against the targets --------------------------------------------------------
-    def ratio(name: str, key: str = "act_bytes") -> float:
-        return getattr(by[(name, "invert")], key) / getattr(by[(name, "store")], key)
 
-    p_ratio, f_ratio = ratio("PartiallyInvResUNet"), ratio("FullyInvResUNet")
-    f_sweep = [sweep["Fully invert"][b] / sweep["Fully store"][b] for b in BLOCKS]
-    l_sweep = [sweep["Fully (lift) invert"][b] / sweep["Fully (lift) store"][b] for b in BLOCKS]
-    flat = max(sweep["Fully invert"].values()) / min(sweep["Fully invert"].values())
-    srv = by[(f"SegResNetVAE (init_filters={filters})", "store")]
-    p_vae, f_vae = by[("PartiallyInvResUNet+VAE", "invert")], by[("FullyInvResUNet+VAE", "invert")]
-    t_p, t_f = ratio("PartiallyInvResUNet", "step_s"), ratio("FullyInvResUNet", "step_s")
-    t_l = ratio(LIFT, "step_s")
-    t_max = TARGETS["time_cuda" if dev.type == "cuda" else "time"]
+def _plot_or_note(sweep: dict[str, dict[int, int]], output: Path, size: int) -> str:
+    """Plot the depth sweep next to ``output``; the markdown image link (or why there is none)."""
+    img = output.parent / "img" / "nets_memory_vs_blocks.png"
+    if not can_plot():
+        return "(plot skipped: matplotlib is not installed)"
+    _plot(sweep, img, size)
+    return f"![activation memory vs blocks](img/{img.name})"
 
+
+def _intro(dev: torch.device, size: int, repeats: int) -> list[str]:
+    """The section title and the paragraph saying what was measured, and how."""
     lines = [
         "## Segmentation networks (`invseg bench nets`)",
         "",
@@ -289,11 +270,18 @@ def run(
             "bytes scale with the number of voxels, so the ratios hold at any size; peak CUDA "
             "memory and the largest trainable cube are measured only with `--device cuda`.",
         ]
-    lines += [
+    return lines
+
+
+def _step_table(rows: list[Row], dev: torch.device) -> list[str]:
+    """Parameters, activation MiB and step time per row (vs its store twin), then the peers."""
+    cuda = dev.type == "cuda"
+    by = {(r.name, r.memory): r for r in rows}
+    lines = [
         "",
         "| model | memory | params | activation MiB | vs store twin | step s | step vs store |"
-        + (" peak CUDA MiB |" if dev.type == "cuda" else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if dev.type == "cuda" else ""),
+        + (" peak CUDA MiB |" if cuda else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
     ]
     for r in rows:
         twin = by.get((r.name, "store"))
@@ -303,11 +291,14 @@ def run(
             f"| {r.name} | {r.memory} | {r.params / 1e6:.2f} M | {_mib(r.act_bytes)} | {rel} | "
             f"{r.step_s:.3f} | {trel} |"
         )
-        lines.append(line + (f" {_mib(r.peak_bytes)} |" if dev.type == "cuda" else ""))
-
+        lines.append(line + (f" {_mib(r.peak_bytes)} |" if cuda else ""))
     ours = [(n, "invert") for n in ("PartiallyInvResUNet", "FullyInvResUNet")]
-    lines += ["", peers.summary(rows, twin=("UNet3D", "store"), ours=ours)]
-    lines += [
+    return [*lines, "", peers.summary(rows, twin=("UNet3D", "store"), ours=ours)]
+
+
+def _sweep_table(sweep: dict[str, dict[int, int]], plot: str) -> list[str]:
+    """The activation-vs-depth table and its plot."""
+    lines = [
         "",
         "### Activation MiB vs blocks per level",
         "",
@@ -316,9 +307,28 @@ def run(
     ]
     for label, values in sweep.items():
         lines.append(f"| {label} | " + " | ".join(_mib(v) for v in values.values()) + " |")
-    lines += ["", plot, ""]
+    return [*lines, "", plot, ""]
 
-    lines += [
+
+def _targets(
+    rows: list[Row], sweep: dict[str, dict[int, int]], filters: int, dev: torch.device
+) -> list[str]:
+    """The targets table (measured value and verdict per target) and the note on the floor."""
+    by = {(r.name, r.memory): r for r in rows}
+
+    def ratio(name: str, key: str = "act_bytes") -> float:
+        return getattr(by[(name, "invert")], key) / getattr(by[(name, "store")], key)
+
+    p_ratio, f_ratio = ratio("PartiallyInvResUNet"), ratio("FullyInvResUNet")
+    f_sweep = [sweep["Fully invert"][b] / sweep["Fully store"][b] for b in BLOCKS]
+    l_sweep = [sweep["Fully (lift) invert"][b] / sweep["Fully (lift) store"][b] for b in BLOCKS]
+    flat = max(sweep["Fully invert"].values()) / min(sweep["Fully invert"].values())
+    srv = by[(f"SegResNetVAE (init_filters={filters})", "store")]
+    p_vae, f_vae = by[("PartiallyInvResUNet+VAE", "invert")], by[("FullyInvResUNet+VAE", "invert")]
+    t_p, t_f = ratio("PartiallyInvResUNet", "step_s"), ratio("FullyInvResUNet", "step_s")
+    t_l = ratio(LIFT, "step_s")
+    t_max = TARGETS["time_cuda" if dev.type == "cuda" else "time"]
+    return [
         "### Targets",
         "",
         "| target | measured | verdict |",
@@ -352,26 +362,27 @@ def run(
         f"has an orthogonal 1x1 mixing at both ends: only the body output ({CHANNELS[0]} "
         "channels) is held.",
     ]
-    if dev.type == "cuda":  # pragma: no cover - needs a GPU
-        edges = tuple(range(64, 513, 64 if quick else 32))
-        lines += [
-            "",
-            "### Largest trainable cube under a 12 GB cap (CUDA)",
-            "",
-            "| model | memory | largest edge |",
-            "|---|---|---|",
-        ]
-        for label, cls, memory in (
-            ("UNet3D", UNet3D, None),
-            ("PartiallyInvResUNet", PartiallyInvResUNet, "store"),
-            ("PartiallyInvResUNet", PartiallyInvResUNet, "invert"),
-            ("FullyInvResUNet", FullyInvResUNet, "store"),
-            ("FullyInvResUNet", FullyInvResUNet, "invert"),
-        ):
-            edge = _largest_edge(lambda c=cls, m=memory: _ours(c, m, 8), dev, edges)
-            lines.append(f"| {label} | {memory or 'store'} | {edge or '< 64'}^3 |")
-        edge = _largest_edge(lambda: _segresnet(filters, 8, False), dev, edges)
-        lines.append(f"| SegResNet (init_filters={filters}) | store | {edge or '< 64'}^3 |")
-    markdown = "\n".join(lines) + "\n"
-    update_section(Path(output), "nets", markdown)
-    return markdown
+
+
+def _largest_cubes(
+    dev: torch.device, quick: bool, filters: int
+) -> list[str]:  # pragma: no cover - needs a GPU
+    """The largest trainable cube of our nets and SegResNet under the 12 GB cap."""
+    edges = tuple(range(64, 513, 64 if quick else 32))
+    cap = {"channels": IN_CHANNELS, "cap_bytes": CAP_BYTES}
+    lines = [
+        "",
+        "### Largest trainable cube under a 12 GB cap (CUDA)",
+        "",
+        "| model | memory | largest edge |",
+        "|---|---|---|",
+    ]
+    ours = [(UNet3D, None)] + [
+        (cls, memory) for cls in (PartiallyInvResUNet, FullyInvResUNet) for memory in MEMORIES
+    ]
+    for cls, memory in ours:
+        edge = largest_edge(lambda c=cls, m=memory: _ours(c, m, 8), _loss, dev, edges, **cap)
+        lines.append(f"| {cls.__name__} | {memory or 'store'} | {edge or '< 64'}^3 |")
+    edge = largest_edge(lambda: _segresnet(filters, 8, False), _loss, dev, edges, **cap)
+    lines.append(f"| SegResNet (init_filters={filters}) | store | {edge or '< 64'}^3 |")
+    return lines

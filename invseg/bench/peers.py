@@ -10,6 +10,8 @@ from its twin only in how the activations are kept:
   (``create_selective_checkpoint_contexts``): inside each level the outputs of convolutions
   and matrix products are saved, the rest (norms, activations, additions) is recomputed;
 * :class:`BlockCheckpoint`: the same two policies around each block of a chain;
+* :class:`Checkpointed`: the same two policies around one module while it trains (how the
+  ``unet3d_ckpt`` entry of :mod:`invseg.bench.models` wraps each stage);
 * :class:`Offloaded`: ``torch.autograd.graph.save_on_cpu`` (pinned host memory on CUDA): all
   saved tensors move to host memory and come back in backward. On a CPU nothing moves, so the
   bytes held are the twin's (:attr:`Offloaded.device_bytes`);
@@ -35,6 +37,7 @@ __all__ = [
     "POLICIES",
     "SAVED_OPS",
     "BlockCheckpoint",
+    "Checkpointed",
     "LevelCheckpoint",
     "Offloaded",
     "monai_unet",
@@ -138,6 +141,33 @@ class BlockCheckpoint(nn.Module):
         for block in self.blocks:
             x = _checkpointed(block, x, policy=self.policy)
         return x
+
+
+class Checkpointed(nn.Module):
+    """Run ``inner`` under a (full or selective) non-reentrant checkpoint while training.
+
+    In eval mode, or with gradients off, ``inner`` runs as it is.
+
+    Args:
+        inner: the module, used as it is (not copied).
+        policy: ``"full"`` or ``"selective"``.
+
+    Example:
+        >>> lin = nn.Linear(3, 3)
+        >>> x = torch.randn(2, 3)
+        >>> torch.equal(Checkpointed(lin)(x), lin(x))
+        True
+    """
+
+    def __init__(self, inner: nn.Module, *, policy: str = "full") -> None:
+        super().__init__()
+        self.inner = inner
+        self.policy = check_option("policy", policy, POLICIES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self.inner(x)
+        return _checkpointed(self.inner, x, policy=self.policy)
 
 
 def _checkpointed(fn: Callable[..., Tensor], *args: Tensor, policy: str) -> Tensor:

@@ -1,4 +1,4 @@
-"""The residual U-Net macro-architecture shared by UNet3D and PartiallyInvResUNet (internal)."""
+"""The U-Net frame shared by the three nets, and the residual U-Net of UNet3D and Partially."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from invseg.nets._layers import (
+    DEFAULT_ACT,
+    DEFAULT_NORM,
     check_act,
     check_common,
     check_norm,
@@ -20,7 +22,76 @@ from invseg.nets._layers import (
 from invseg.nets.vae import VAEBranch
 
 
-class ResUNetBase(nn.Module):
+class UNetFrame(nn.Module):
+    """What every net of this package checks and keeps: its options, levels and VAE branch.
+
+    Sets ``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``, ``levels``,
+    ``blocks`` (one per level), ``act``, ``norm``, ``dropout``, ``input_image_size``,
+    ``multiple`` (``2**(levels - 1)``, the size inputs are padded to), ``vae``,
+    ``vae_weights``, ``vae_branch`` (``None`` until :meth:`build` sets it with
+    :meth:`make_vae`) and ``vae_loss``; then calls :meth:`build`, where each subclass creates
+    its layers (in its own order, which fixes the seeded weights). The arguments and defaults
+    are the public ones of :class:`~invseg.nets.UNet3D`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 4,
+        out_channels: int = 3,
+        *,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        blocks: int | Sequence[int] = 1,
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
+        dropout: float = 0.0,
+        vae: bool = False,
+        input_image_size: Sequence[int] | None = None,
+        vae_weights: tuple[float, float] = (0.1, 0.1),
+    ) -> None:
+        super().__init__()
+        channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
+        self.spatial_dims, self.in_channels, self.out_channels = (
+            spatial_dims,
+            in_channels,
+            out_channels,
+        )
+        self.channels = channels
+        self.levels = len(channels)
+        self.blocks = per_level(blocks, self.levels)
+        self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
+        self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
+        self.multiple = 2 ** (self.levels - 1)
+        self.vae, self.vae_weights = vae, vae_weights
+        self.vae_branch: VAEBranch | None = None
+        self.vae_loss: Tensor | None = None
+        self.build()
+
+    def build(self) -> None:
+        """Create the layers (subclasses); called once at the end of ``__init__``."""
+        raise NotImplementedError
+
+    def make_blocks(self, block: type[nn.Module], channels: int, count: int) -> list[nn.Module]:
+        """``count`` residual blocks of class ``block`` on ``channels``, with the net's options."""
+        kw = {"spatial_dims": self.spatial_dims, "act": self.act, "norm": self.norm}
+        return [block(channels, dropout=self.dropout, **kw) for _ in range(count)]
+
+    def make_vae(self, channels: Sequence[int]) -> VAEBranch:
+        """The VAE branch from a bottleneck of ``channels[-1]`` channels, decoding back up."""
+        padded = [s + (-s) % self.multiple for s in self.input_image_size]
+        return VAEBranch(
+            self.spatial_dims,
+            channels[-1],
+            self.in_channels,
+            bottleneck_size=[s // self.multiple for s in padded],
+            up_channels=tuple(reversed(channels)),
+            act=self.act,
+            norm=self.norm,
+            weights=self.vae_weights,
+        )
+
+
+class ResUNetBase(UNetFrame):
     """Stem conv, per-level residual stages, strided-conv down, transposed-conv up, additive skips.
 
     Level ``i`` works at ``1/2**i`` resolution with ``channels[i]`` channels. Encoder level
@@ -30,67 +101,25 @@ class ResUNetBase(nn.Module):
     Inputs of any size are zero-padded to a multiple of ``2**(L-1)`` and cropped back.
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        *,
-        channels: Sequence[int],
-        blocks: int | Sequence[int],
-        act: str | tuple,
-        norm: str | tuple,
-        dropout: float,
-        vae: bool,
-        input_image_size: Sequence[int] | None,
-        vae_weights: tuple[float, float],
-    ) -> None:
-        super().__init__()
-        channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
-        self.channels = channels
-        self.levels = len(channels)
-        self.blocks = per_level(blocks, self.levels)
-        self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
-        self.spatial_dims, self.in_channels, self.out_channels = (
-            spatial_dims,
-            in_channels,
-            out_channels,
-        )
-        self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
-        self.multiple = 2 ** (self.levels - 1)
-
-        self.stem = conv(spatial_dims, in_channels, channels[0], 3)
+    def build(self) -> None:
+        channels, dims = self.channels, self.spatial_dims
+        self.stem = conv(dims, self.in_channels, channels[0], 3)
         self.encoder = nn.ModuleList(
             [self.make_stage(c, n) for c, n in zip(channels[:-1], self.blocks[:-1])]
         )
         self.down = nn.ModuleList(
-            [conv(spatial_dims, a, b, 3, stride=2) for a, b in itertools.pairwise(channels)]
+            [conv(dims, a, b, 3, stride=2) for a, b in itertools.pairwise(channels)]
         )
         self.bottom = self.make_stage(channels[-1], self.blocks[-1])
         self.up = nn.ModuleList(
-            [
-                conv(spatial_dims, b, a, stride=2, transposed=True)
-                for a, b in itertools.pairwise(channels)
-            ]
+            [conv(dims, b, a, stride=2, transposed=True) for a, b in itertools.pairwise(channels)]
         )
         self.decoder = nn.ModuleList(
             [self.make_stage(c, n) for c, n in zip(channels[:-1], self.blocks[:-1])]
         )
-        self.head = conv(spatial_dims, channels[0], out_channels, 1)
-        self.vae_branch: VAEBranch | None = None
-        if vae:
-            padded = [s + (-s) % self.multiple for s in self.input_image_size]
-            self.vae_branch = VAEBranch(
-                spatial_dims,
-                channels[-1],
-                in_channels,
-                bottleneck_size=[s // self.multiple for s in padded],
-                up_channels=tuple(reversed(channels)),
-                act=act,
-                norm=norm,
-                weights=vae_weights,
-            )
-        self.vae_loss: Tensor | None = None
+        self.head = conv(dims, channels[0], self.out_channels, 1)
+        if self.vae:
+            self.vae_branch = self.make_vae(channels)
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         raise NotImplementedError

@@ -18,19 +18,13 @@ from invseg.nets._fully_level import BottleneckTap, ChannelLift, InvertibleLevel
 from invseg.nets._layers import (
     DEFAULT_ACT,
     DEFAULT_NORM,
-    check_act,
-    check_common,
-    check_norm,
     check_option,
-    check_vae_size,
     conv,
     crop_to,
     pad_to_multiple,
-    per_level,
 )
-from invseg.nets._unet import check_input
+from invseg.nets._unet import UNetFrame, check_input
 from invseg.nets.res_block import InvertibleResBlock
-from invseg.nets.vae import VAEBranch
 
 
 def fully_invertible_channels(channels: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -62,7 +56,7 @@ def fully_invertible_channels(channels: Sequence[int]) -> tuple[tuple[int, ...],
     return tuple(effective), tuple(skips)
 
 
-class FullyInvResUNet(nn.Module):
+class FullyInvResUNet(UNetFrame):
     r"""Fully invertible residual 3D U-Net (Fully-InvRes, arXiv 2103.09042; iUNet-style body).
 
     ``stem`` (3^3 conv to ``channels[0]``) :math:`\to` ``body`` :math:`\to` ``head`` (1x1 conv).
@@ -143,77 +137,70 @@ class FullyInvResUNet(nn.Module):
         vae_weights: tuple[float, float] = (0.1, 0.1),
         lift: bool = False,
     ) -> None:
-        super().__init__()
-        channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
-        if lift and out_channels > channels[0]:
+        self.__dict__["lift"] = bool(lift)  # read by build(), which super().__init__ calls
+        self.__dict__["_memory_arg"] = memory
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            channels=channels,
+            blocks=blocks,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            vae=vae,
+            input_image_size=input_image_size,
+            vae_weights=vae_weights,
+        )
+
+    def build(self) -> None:
+        channels, lift = self.channels, self.lift
+        if lift and self.out_channels > channels[0]:
             raise ValueError(
                 f"lift=True reads the logits from channels[0]={channels[0]} channels; "
-                f"out_channels={out_channels} is more. Widen channels[0] or use lift=False."
+                f"out_channels={self.out_channels} is more. Widen channels[0] or use lift=False."
             )
         if channels[0] % 2:
             raise ValueError(
                 f"channels[0] must be even (the couplings split channels in halves), got "
                 f"{channels[0]}."
             )
-        memory = check_option("memory", memory, MEMORY_MODES)
-        self.spatial_dims, self.in_channels, self.out_channels = (
-            spatial_dims,
-            in_channels,
-            out_channels,
-        )
-        self.channels = channels
-        self.levels = len(channels)
-        self.blocks = per_level(blocks, self.levels)
-        self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
+        memory = check_option("memory", self.__dict__.pop("_memory_arg"), MEMORY_MODES)
         self.effective_channels, self.skip_channels = fully_invertible_channels(channels)
-        self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
-        self.multiple = 2 ** (self.levels - 1)
-
-        self.lift = bool(lift)
         self.stem = (
-            ChannelLift(in_channels, channels[0])
+            ChannelLift(self.in_channels, channels[0])
             if lift
-            else conv(spatial_dims, in_channels, channels[0], 3)
+            else conv(self.spatial_dims, self.in_channels, channels[0], 3)
         )
-        self.tap = BottleneckTap() if vae else None
-        bottom = self._chain(self.effective_channels[-1], self.blocks[-1], self.tap)
-        if self.levels == 1:
-            inner = bottom.blocks
-        else:
-            inner = bottom
-            for level in reversed(range(self.levels - 1)):
-                c, s = self.effective_channels[level], self.skip_channels[level]
-                inner = InvertibleLevel(
-                    self._chain(c, self.blocks[level]),
-                    InvertibleDownsample3d(c - s, memory="store"),
-                    inner,
-                    InvertibleUpsample3d(8 * (c - s)),
-                    self._chain(c, self.blocks[level]),
-                    skip_channels=s,
-                )
-            inner = [inner]
+        self.tap = BottleneckTap() if self.vae else None
+        inner = self._levels()
         # lift: learnable invertible 1x1 mixing after the lift and before the logits
         ends = [OrthogonalMix(channels[0])] if lift else []
         self.body = InvertibleSequential(*ends, *inner, *copy.deepcopy(ends), memory=memory)
-        self.head = None if lift else conv(spatial_dims, channels[0], out_channels, 1)
-        self.vae_branch: VAEBranch | None = None
-        if vae:
-            padded = [s + (-s) % self.multiple for s in self.input_image_size]
-            self.vae_branch = VAEBranch(
-                spatial_dims,
-                self.effective_channels[-1],
-                in_channels,
-                bottleneck_size=[s // self.multiple for s in padded],
-                up_channels=tuple(reversed(self.effective_channels)),
-                act=act,
-                norm=norm,
-                weights=vae_weights,
+        self.head = None if lift else conv(self.spatial_dims, channels[0], self.out_channels, 1)
+        if self.vae:
+            self.vae_branch = self.make_vae(self.effective_channels)
+
+    def _levels(self) -> list[nn.Module]:
+        """The body without its lift ends: the bottom chain wrapped level by level."""
+        bottom = self._chain(self.effective_channels[-1], self.blocks[-1], self.tap)
+        if self.levels == 1:
+            return list(bottom.blocks)
+        inner = bottom
+        for level in reversed(range(self.levels - 1)):
+            c, s = self.effective_channels[level], self.skip_channels[level]
+            inner = InvertibleLevel(
+                self._chain(c, self.blocks[level]),
+                InvertibleDownsample3d(c - s, memory="store"),
+                inner,
+                InvertibleUpsample3d(8 * (c - s)),
+                self._chain(c, self.blocks[level]),
+                skip_channels=s,
             )
-        self.vae_loss: Tensor | None = None
+        return [inner]
 
     def _chain(self, channels: int, blocks: int, tap: nn.Module | None = None) -> nn.Module:
-        kw = {"spatial_dims": self.spatial_dims, "act": self.act, "norm": self.norm}
-        layers = [InvertibleResBlock(channels, dropout=self.dropout, **kw) for _ in range(blocks)]
+        layers = self.make_blocks(InvertibleResBlock, channels, blocks)
         return InvertibleSequential(*layers, *([tap] if tap is not None else []), memory="store")
 
     @property

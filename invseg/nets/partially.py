@@ -108,8 +108,6 @@ class PartiallyInvResUNet(ResUNetBase):
                 m.memory = self._memory
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
-        kw = {"spatial_dims": self.spatial_dims, "act": self.act, "norm": self.norm}
         return InvertibleSequential(
-            *[InvertibleResBlock(channels, dropout=self.dropout, **kw) for _ in range(blocks)],
-            memory=self._memory,
+            *self.make_blocks(InvertibleResBlock, channels, blocks), memory=self._memory
         )

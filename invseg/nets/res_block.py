@@ -62,17 +62,8 @@ class InvertibleResBlock(AdditiveCoupling):
                 f"InvertibleResBlock splits its channels into two halves, so channels must be an "
                 f"even int >= 2; got {channels!r}. Use an even number of channels."
             )
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd ('same' padding), got {kernel_size}.")
-        check_act(act)
-        check_norm(norm)
-        half = channels // 2
-        kw = {"spatial_dims": spatial_dims, "act": act, "norm": norm, "dropout": dropout}
-        super().__init__(
-            norm_act_conv(half, kernel_size=kernel_size, **kw),
-            norm_act_conv(half, kernel_size=kernel_size, **kw),
-            split_dim=1,
-        )
+        f, g = unit_pair(channels // 2, spatial_dims, act, norm, dropout, kernel_size)
+        super().__init__(f, g, split_dim=1)
         self.channels = channels
 
 
@@ -110,13 +101,31 @@ class ResidualBlock(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd ('same' padding), got {kernel_size}.")
-        check_act(act)
-        check_norm(norm)
-        kw = {"spatial_dims": spatial_dims, "act": act, "norm": norm, "dropout": dropout}
-        self.f = norm_act_conv(channels, kernel_size=kernel_size, **kw)
-        self.g = norm_act_conv(channels, kernel_size=kernel_size, **kw)
+        self.f, self.g = unit_pair(channels, spatial_dims, act, norm, dropout, kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.g(self.f(x))
+
+
+def unit_pair(
+    channels: int,
+    spatial_dims: int,
+    act: str | tuple,
+    norm: str | tuple,
+    dropout: float,
+    kernel_size: int,
+) -> tuple[nn.Module, nn.Module]:
+    """The ``F`` and ``G`` of a residual block: two ``norm -> act -> conv`` units on ``channels``.
+
+    Raises:
+        ValueError: for an even ``kernel_size`` or an unknown ``act``/``norm``.
+    """
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd ('same' padding), got {kernel_size}.")
+    check_act(act)
+    check_norm(norm)
+    kw = {"spatial_dims": spatial_dims, "act": act, "norm": norm, "dropout": dropout}
+    return (
+        norm_act_conv(channels, kernel_size=kernel_size, **kw),
+        norm_act_conv(channels, kernel_size=kernel_size, **kw),
+    )
