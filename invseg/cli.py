@@ -297,10 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder")
     p.add_argument(
         "--preset",
-        choices=["easy", "hard"],
+        choices=["easy", "medium", "hard"],
         default="easy",
-        help="easy: one distinct ellipsoid tumour (demos); hard: irregular multifocal lesions, "
-        "overlapping contrasts, artefacts (benchmarks); iSeg hard: isointense phase",
+        help="easy: one distinct ellipsoid tumour (smoke tests); hard: irregular multifocal "
+        "lesions, overlapping contrasts, artefacts (demo, GPU benchmarks; iSeg: isointense); "
+        "medium: hard's lesions with clearer contrasts (CPU quick benchmark)",
     )
     p.add_argument("--cases", type=int, default=6)
     geometry = p.add_mutually_exclusive_group()

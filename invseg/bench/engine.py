@@ -25,6 +25,7 @@ from invseg.bench.harness import (
 from invseg.bench.peers import BlockCheckpoint, Offloaded
 from invseg.bench.report import update_section
 from invseg.engine import AdditiveCoupling, InvertibleSequential, activation_bytes, import_memcnn
+from invseg.runtime.plots import save_figure
 
 
 def residual_function(channels: int) -> nn.Module:
@@ -168,11 +169,7 @@ def _plot(frame: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def run(

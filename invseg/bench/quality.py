@@ -57,11 +57,12 @@ class Preset:
     base: int  # first-level channels of every model
     overlap: float  # sliding-window overlap at test time
     pool: int = 16  # training cases generated (``--cases`` takes the first ones)
+    data: str = "hard"  # synthetic preset of the cases (:func:`invseg.data.synthesize`)
 
 
 #: ``quick``: 2 CPU cores, ~15 min for 11 models x 3 seeds; ``full``: one GPU at native size.
 PRESETS = {
-    "quick": Preset((48, 48, 40), 32, 2, 200, 5e-3, 4, 8, 0.25),
+    "quick": Preset((48, 48, 40), 32, 2, 200, 5e-3, 6, 8, 0.25, data="medium"),
     "full": Preset((240, 240, 155), 128, 2, 4000, 1e-3, 20, 16, 0.5),
 }
 
@@ -245,8 +246,9 @@ def make_data(root: Path, preset: Preset, train_cases: int) -> tuple[list[dict],
 
     pool = max(preset.pool, train_cases)
     info = synthesize(
-        "brats", root, cases=pool + preset.test_cases, shape=preset.shape, seed=0, preset="hard"
-    )
+        "brats", root, cases=pool + preset.test_cases, shape=preset.shape, seed=0,
+        preset=preset.data,
+    )  # fmt: skip
     dicts = case_dicts(info.cases)
     return dicts[:train_cases], dicts[pool:]
 
@@ -296,6 +298,7 @@ def run(
     import pandas as pd
 
     from invseg.bench.quality_report import per_run, quality_markdown, quality_plot
+    from invseg.runtime.files import atomic_write_text
     from invseg.runtime.planner import parse_bytes
 
     preset = preset or PRESETS["quick" if quick else "full"]
@@ -327,12 +330,31 @@ def run(
             print(f"{result[0]['model']:>22} seed {result[0]['seed']}: "
                   f"dice {np.mean([r['dice_mean'] for r in result]):.3f}", flush=True)  # fmt: skip
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "quality_cases.csv", index=False)
-    per_run(frame).to_csv(out / "quality.csv", index=False)
+    atomic_write_text(out / "quality_cases.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "quality.csv", per_run(frame).to_csv(index=False))
     md = quality_markdown(frame, preset=asdict(preset), device=device)
     quality_plot(frame, out / "quality.png")
     if docs is not None:
-        from invseg.bench.report import update_section
+        md = publish(frame, docs, preset=preset, device=device)
+    return md
 
-        update_section(Path(docs), "quality", md)
+
+def publish(frame: Any, docs: str | Path, *, preset: Preset, device: str = "cpu") -> str:
+    """Write one regime's results into the benchmarks page: section and Pareto PNG.
+
+    ``frame`` holds the per-case rows of one regime (``quality_cases.csv``); the section is
+    ``quality-<regime>`` of ``docs`` and the figure ``img/quality_<regime>.png`` beside it, so
+    the regimes (``--cases 16``, ``--cases 4``, ``--budget``) each keep their own.
+    """
+    from invseg.bench.quality_report import quality_markdown, quality_plot
+    from invseg.bench.report import update_section
+
+    docs = Path(docs)
+    regime = str(frame["regime"].iloc[0])
+    figure = docs.parent / "img" / f"quality_{regime}.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    quality_plot(frame, figure)
+    md = quality_markdown(frame, preset=asdict(preset), device=device)
+    md += f"\n![Dice vs memory and time, {regime}](img/{figure.name})\n"
+    update_section(docs, f"quality-{regime}", md)
     return md

@@ -89,6 +89,6 @@ def quality_plot(cases: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("held-out mean Dice")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from invseg.runtime.plots import save_figure
+
+    return save_figure(fig, path, dpi=120)

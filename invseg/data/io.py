@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from invseg.data.naming import split_ext
+from invseg.runtime.files import atomic_write_text
 
 
 def save_image(img: Any, path: Path) -> None:
@@ -37,11 +38,4 @@ def save_image(img: Any, path: Path) -> None:
 
 def save_json(data: Any, path: Path) -> None:
     """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from invseg.recon.fft import ifftc
+from invseg.runtime.files import atomic_path
 
 __all__ = ["estimate_coil_maps", "read_fastmri_h5", "write_fastmri_h5"]
 
@@ -90,29 +91,18 @@ def write_fastmri_h5(path: Path, kspace: np.ndarray | Tensor, *, mask: object = 
         >>> read_fastmri_h5(p)["kspace"].shape
         torch.Size([1, 2, 4, 4])
     """
-    import os
-    import tempfile
-
     import h5py
 
     path = Path(path)
     k = np.asarray(kspace.detach().cpu() if isinstance(kspace, Tensor) else kspace)
     if k.ndim != 4 or not np.iscomplexobj(k):
         raise ValueError(f"kspace must be complex (slices, coils, H, W), got {k.dtype} {k.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".h5.tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("kspace", data=k.astype(np.complex64))
-            if mask is not None:
-                m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
-                f.create_dataset("mask", data=m)
-            f.attrs["acquisition"] = "simulated"
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("kspace", data=k.astype(np.complex64))
+        if mask is not None:
+            m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+            f.create_dataset("mask", data=m)
+        f.attrs["acquisition"] = "simulated"
     return path
 
 

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_overlay"]
+__all__ = ["plot_curves", "plot_overlay", "save_figure"]
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: str | Path, *, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically (umask honoured) and close it."""
+    import matplotlib.pyplot as plt
+
+    from invseg.runtime.files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
     return path
 
 

@@ -69,7 +69,8 @@ def test_run_writes_csv_png_and_docs_section(tmp_path: Path) -> None:
     assert (runs["steps"] == 2).all() and (runs["activation_mib"] > 0).all()
     assert runs["dice_mean"].between(0, 1).all()
     assert (tmp_path / "q" / "quality.png").stat().st_size > 1000
-    assert "monai_unet" in md and "<!-- bench:quality -->" in docs.read_text()
+    assert "monai_unet" in md and "<!-- bench:quality-cases2 -->" in docs.read_text()
+    assert (docs.parent / "img" / "quality_cases2.png").stat().st_size > 1000
 
 
 def test_summary_gives_mean_and_std_over_cases_and_seeds() -> None:

@@ -104,3 +104,21 @@ def test_cli_synth_flags() -> None:
         build_parser().parse_args(
             ["data", "synth", "--kind", "iseg", "-o", "d", "--native", "--shape", "1", "2", "3"]
         )
+
+
+def test_medium_keeps_hard_lesions_with_clearer_contrast(tmp_path, hard_brats) -> None:
+    medium = synthesize("brats", tmp_path, cases=8, shape=SHAPE, seed=0, preset="medium")
+    stats = label_statistics(medium)
+    assert stats["lesions"].between(1, 3).all()
+    assert stats["wt_fraction"].between(0.0015, 0.07).all()
+    flair_medium = flair_threshold_dice(medium)
+    flair_hard = flair_threshold_dice(hard_brats)
+    assert flair_medium.mean() > flair_hard.mean() + 0.1  # easier than hard ...
+    assert flair_medium.mean() < 0.92  # ... and not a threshold task like easy
+
+
+def test_medium_iseg_contrast_lies_between_isointense_and_adult(tmp_path) -> None:
+    kw = {"cases": 2, "shape": SHAPE, "preset": "medium"}
+    stats = label_statistics(synthesize("iseg", tmp_path, **kw))
+    assert stats["t1_wm_gm_contrast"].between(0.02, 0.15).all()
+    assert stats["t2_wm_gm_contrast"].between(-0.18, -0.02).all()

@@ -9,7 +9,7 @@ field, gain and noise:
     I_m(x) = g_m\,b_m(x)\sum_t p_t(x)\,c_{m,t} + \epsilon,\qquad t \in
     \{\mathrm{CSF}, \mathrm{GM}, \mathrm{WM}, \text{tumour tissues}, \text{look-alikes}\}
 
-Two presets:
+Three presets:
 
 - ``"easy"``: one ellipsoid tumour (necrotic core, enhancing ring, edema shell) with its own
   contrast in every modality, or adult-like iSeg contrasts: a small network learns it within
@@ -19,6 +19,9 @@ Two presets:
   tissue, unlabelled look-alikes, bias up to 30%, Rician noise of 3-8%; iSeg in the isointense
   phase. Sized to tell models apart (see ``docs/data.rst`` and :func:`label_statistics`);
   ``invseg demo`` uses it too, so its Dice is not saturated.
+- ``"medium"``: hard's lesions and look-alikes with less contrast overlap, noise and bias (iSeg:
+  WM/GM contrast of 5-12%): what ``invseg bench quality --quick`` trains on, where a few hundred
+  CPU steps must separate models.
 
 Modules: :mod:`.anatomy` (templates, deformation, noise fields), :mod:`.lesions` (tumour maps),
 :mod:`.contrast` (image formation), :mod:`.brats`, :mod:`.iseg` (cases), :mod:`.writers`
@@ -54,7 +57,9 @@ __all__ = [
 ]
 
 #: The presets of :func:`synthesize`.
-PRESETS = ("easy", "hard")
+PRESETS = ("easy", "medium", "hard")
+#: The random stream of each preset (fixed, so adding a preset never changes another's data).
+_STREAM = {"easy": None, "hard": 1, "medium": 2}
 #: Native geometries at 1 mm (``shape="native"``): BraTS 240x240x155, iSeg 144x192x256.
 NATIVE_SHAPES = {"brats": (240, 240, 155), "iseg": (144, 192, 256)}
 _NATIVE_SCALE = {"brats": 1.0, "iseg": 0.8}  # anatomy size at 1 mm: adult, infant (~6 months)
@@ -101,9 +106,10 @@ def synthesize(
             nnU-Net BraTS region labels); for ``kind="iseg"``: ``"iseg"`` (Analyze ``.hdr/.img``).
         unlabeled: extra prediction-only cases (BraTS 2020: ``BraTS20_Validation_NNN``; MSD and
             nnU-Net: ``imagesTs``; others: further case numbers without a label file).
-        preset: ``"easy"`` (one ellipsoid tumour, distinct contrasts; adult-like iSeg) or
+        preset: ``"easy"`` (one ellipsoid tumour, distinct contrasts; adult-like iSeg),
             ``"hard"`` (irregular multifocal lesions, overlapping contrasts, look-alikes,
-            artefacts; isointense iSeg). See the module docstring.
+            artefacts; isointense iSeg) or ``"medium"`` (hard's lesions, clearer contrasts).
+            See the module docstring.
         orientation: NIfTI axis codes of the stored arrays (``"RAS"``, ``"LPS"``, ...); the
             anatomy stays put in world space. Ignored for Analyze (iSeg), which has no rotation.
         spacing: voxel size in mm along the R, A, S axes.
@@ -136,7 +142,8 @@ def synthesize(
     scale = _NATIVE_SCALE[kind] if native else None
     for i in range(int(cases) + int(unlabeled)):
         # easy keeps the historical streams; other presets get their own
-        key = [int(seed), i] if preset == "easy" else [int(seed), i, PRESETS.index(preset)]
+        stream = _STREAM[preset]
+        key = [int(seed), i] if stream is None else [int(seed), i, stream]
         rng = np.random.default_rng(key)
         labelled = i < cases
         if kind == "iseg":

@@ -3,6 +3,8 @@
 ``easy``: adult-like contrasts (WM > GM > CSF on T1). ``hard``: the isointense phase (about
 6 months of age), where labelled GM and WM differ by at most 3% on T1 and 6% on T2, with
 partial volume from the probability maps, a per-case bias of up to 30% and Rician noise.
+``medium``: the same image formation about three months later, WM 5-10% brighter than GM on T1
+and 6-12% darker on T2.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ def iseg_case(
     """One case: ``({"T1": int16, "T2": int16}, uint8 labels 0/10/150/250)``."""
     from scipy import ndimage
 
-    maps = deform(rng, templates(shape, scale), fast=preset == "hard")
+    maps = deform(rng, templates(shape, scale), fast=preset != "easy")
     probs = np.stack([maps["csf"], maps["gm"], maps["wm"]])
     label = np.where(probs.sum(0) > 0.5, np.asarray(ISEG_LABELS)[probs.argmax(0)], 0)
     images = {}
     for mod, c in _ISEG_CONTRAST.items():
-        if preset == "hard":
-            images[mod] = _hard_image(rng, mod, probs, label, shape, scale)
+        if preset != "easy":
+            images[mod] = _hard_image(rng, mod, probs, label, shape, scale, preset)
             continue
         img = ndimage.gaussian_filter(sum(ci * p for ci, p in zip(c, probs)), 0.5)
         img *= 1.0 + 0.08 * smooth_field(rng, shape, coarse=3)
@@ -46,7 +48,13 @@ def iseg_case(
 
 
 def _hard_image(
-    rng: np.random.Generator, mod: str, probs: np.ndarray, label: np.ndarray, shape, scale
+    rng: np.random.Generator,
+    mod: str,
+    probs: np.ndarray,
+    label: np.ndarray,
+    shape,
+    scale,
+    preset: str = "hard",
 ) -> np.ndarray:
     r"""Isointense contrast: labelled WM and GM differ by a few percent on average.
 
@@ -58,7 +66,10 @@ def _hard_image(
     """
     gm = rng.uniform(0.5, 0.6)
     csf = rng.uniform(0.15, 0.3) if mod == "T1" else rng.uniform(0.9, 1.1)
-    delta = rng.uniform(-0.03, 0.03) if mod == "T1" else rng.uniform(0.0, 0.06)
+    if preset == "medium":
+        delta = rng.uniform(0.05, 0.10) if mod == "T1" else rng.uniform(-0.12, -0.06)
+    else:
+        delta = rng.uniform(-0.03, 0.03) if mod == "T1" else rng.uniform(0.0, 0.06)
     m_gm = probs[:, label == ISEG_LABELS[1]].mean(1)  # mean CSF/GM/WM fractions in GM
     m_wm = probs[:, label == ISEG_LABELS[2]].mean(1)
     known = (1 + delta) * (csf * m_gm[0] + gm * m_gm[1]) - csf * m_wm[0] - gm * m_wm[1]
