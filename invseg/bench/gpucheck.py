@@ -146,9 +146,7 @@ def check_lazy_imports(python: str) -> Check:
     if proc.returncode or bad:
         detail = "; ".join(bad) or proc.stderr.strip().splitlines()[-1:]
         return Check("lazy imports", "FAIL", f"{detail}")
-    return Check(
-        "lazy imports", "PASS", f"{len(MODULES)} modules import without {', '.join(LAZY)}"
-    )
+    return Check("lazy imports", "PASS", f"{len(MODULES)} modules import without {', '.join(LAZY)}")
 
 
 def check_cuda() -> Check:

@@ -13,7 +13,7 @@ Measures, on one input shared by every row (``1 x 4 x size^3``):
 
 The measured numbers are compared with the targets: Partially-InvRes <= 35% of its ``"store"``
 twin, Fully-InvRes <= 10% and flat in depth (+5% from 1 to 8 blocks), both below SegResNetVAE,
-and the ``"invert"`` step time <= 1.35x ``"store"``.
+and the ``"invert"`` step time <= 1.30x ``"store"``.
 """
 
 from __future__ import annotations

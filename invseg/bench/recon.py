@@ -46,12 +46,14 @@ VARIANTS = (
 PRESETS: dict[str, dict] = {
     "quick": {
         "n": 32, "coils": 4, "channels": 16, "reps": 5,
-        "cine_shape": (8, 32, 32), "cine_coils": 4, "cine_channels": 16, "train": 16, "val": 8,
-        "seeds": 2, "steps": 30, "batch": 2, "lr": 3e-3,
+        "cine_shape": (8, 32, 32), "cine_coils": 4, "cine_channels": 16, "calib": 2,
+        "train": 16, "val": 8,
+        "seeds": 2, "steps": 60, "batch": 2, "lr": 3e-3,
     },
     "full": {
         "n": 64, "coils": 8, "channels": 64, "reps": 7,
-        "cine_shape": (16, 64, 64), "cine_coils": 8, "cine_channels": 64, "train": 64, "val": 16,
+        "cine_shape": (16, 64, 64), "cine_coils": 8, "cine_channels": 64, "calib": 4,
+        "train": 64, "val": 16,
         "seeds": 3, "steps": 600, "batch": 2, "lr": 1e-3,
     },
 }  # fmt: skip
@@ -122,7 +124,7 @@ def _cine_data(cfg: dict, count: int, seed: int) -> list[tuple]:
     """``count`` normalised cine samples ``(x, y, op)`` (beating phantom, ky-t 6x)."""
     rng = np.random.default_rng(seed)
     T, H, W = cfg["cine_shape"]
-    sim = SimulateKSpace(cfg["cine_coils"], 6.0, mask_type="kt", calib=4, seed=seed)
+    sim = SimulateKSpace(cfg["cine_coils"], 6.0, mask_type="kt", calib=cfg["calib"], seed=seed)
     out = []
     for _ in range(count):
         img = beating_phantom(
@@ -301,7 +303,8 @@ def _markdown(name, cfg, dev, modes, quality, scale, seconds) -> str:
     T, H, W = cfg["cine_shape"]
     lines += [
         "",
-        f"### Quality on simulated cine ({T}x{H}x{W}, {cfg['cine_coils']} coils, ky-t 6x)",
+        f"### Quality on simulated cine ({T}x{H}x{W}, {cfg['cine_coils']} coils, ky-t 6x, "
+        f"{cfg['calib']} calibration lines)",
         "",
         f"{cfg['steps']} Adam steps (lr {cfg['lr']:g}, batch {cfg['batch']}, {cfg['train']} "
         f"training samples) per depth and seed, {cfg['seeds']} seeds, {cfg['val']} held-out "

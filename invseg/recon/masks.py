@@ -114,8 +114,11 @@ def cartesian_kt_mask(
     r"""1D Cartesian ky-t mask for cine: a different variable-density set of lines per frame.
 
     Each frame keeps the ``calib`` central lines and draws the remaining
-    :math:`\lfloor W/R\rfloor - \mathrm{calib}` lines without replacement from a Gaussian density
-    over :math:`k_y`.
+    :math:`\lfloor W/R\rceil - \mathrm{calib}` lines without replacement from a Gaussian density
+    over :math:`k_y`. Lines taken by earlier frames are drawn again only once every line has
+    been used (as in VISTA-like ky-t sampling), so the union over frames covers k-space: that
+    is what lets a reconstruction share information across time. Independent draws per frame
+    would leave most outer lines unsampled in every frame.
 
     Args:
         frames: number of frames ``T``.
@@ -131,8 +134,8 @@ def cartesian_kt_mask(
         >>> m = cartesian_kt_mask(4, 32, 4.0, seed=0)
         >>> m.shape, int(m[0].sum())
         (torch.Size([4, 1, 32]), 8)
-        >>> bool((m[0] != m[1]).any())
-        True
+        >>> bool((m[0] != m[1]).any()), int(m.amax(0).sum())  # 4 calib + 4 x 4 distinct lines
+        (True, 20)
     """
     if acceleration < 1:
         raise ValueError(f"acceleration must be >= 1, got {acceleration}")
@@ -144,10 +147,16 @@ def cartesian_kt_mask(
     k = np.arange(width) - width / 2
     pdf = np.exp(-0.5 * (k / (0.3 * width)) ** 2)
     pdf[centre] = 0
+    unused = pdf > 0
     out = np.zeros((frames, 1, width), dtype=np.float32)
     for t in range(frames):
         out[t, 0, centre] = 1
-        if lines > calib:
-            extra = rng.choice(width, size=lines - calib, replace=False, p=pdf / pdf.sum())
+        need = lines - calib
+        if need > 0 and unused.sum() < need:
+            unused = pdf > 0  # every line used once: start a new round
+        if need > 0:
+            p = np.where(unused, pdf, 0.0)
+            extra = rng.choice(width, size=need, replace=False, p=p / p.sum())
             out[t, 0, extra] = 1
+            unused[extra] = False
     return torch.from_numpy(out)

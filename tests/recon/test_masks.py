@@ -36,3 +36,13 @@ def test_kt_mask_differs_per_frame_and_keeps_centre():
     assert bool((m[:, 0, 14:18] == 1).all())
     assert len({tuple(r.flatten().tolist()) for r in m}) > 1
     assert (m.sum(-1) == 8).all()
+
+
+def test_kt_mask_union_covers_kspace_over_time():
+    # 8 frames x (2 calib + 3 drawn) lines at R=6: the drawn lines never repeat before every
+    # line was used, so the union has 2 + 8 * 3 = 26 of 32 lines (independent draws: ~14).
+    m = cartesian_kt_mask(8, 32, 6.0, calib=2, seed=0)
+    assert int(m.amax(0).sum()) == 26
+    assert (m.sum(-1) == 5).all()
+    # once every line is used, a new round starts: 12 frames x 6 drawn lines of 28 cover all
+    assert int(cartesian_kt_mask(12, 32, 3.2, calib=4, seed=1).amax(0).sum()) == 32
