@@ -105,3 +105,31 @@ def test_gram_bound_is_an_upper_bound_and_tight():
     ratio = gram_bound(m) / torch.linalg.svdvals(m)[:, 0]
     assert ratio.min() >= 1 - 1e-12
     assert ratio.max() <= 16 ** (1 / 128) + 1e-12  # rank^(1/2^(J+1)) with J = 6
+
+
+def _top_singular_value(w: torch.Tensor, size: int) -> float:
+    d = w.dim() - 2
+    k = torch.fft.fftn(w, s=(size,) * d, dim=tuple(range(2, 2 + d)))
+    return torch.linalg.svdvals(k.permute(*range(2, 2 + d), 0, 1))[..., 0].max().item()
+
+
+@pytest.mark.parametrize("grid", [16, 24, 32])
+def test_grid_margin_bounds_the_norm_between_grid_points(grid):
+    """A kernel whose response peaks half-way between grid frequencies needs the margin, and the
+    margin covers it; so do random 3D kernels against a 4x finer grid."""
+    import math
+
+    from invseg.recon.denoiser import grid_margin
+
+    a = math.pi / grid  # taps e^{i a n} as 2x2 rotations: |K(w)| peaks at w = a, off the grid
+    w = torch.zeros(2, 2, 3, dtype=torch.float64)
+    for n in range(3):
+        c, s = math.cos(a * n), math.sin(a * n)
+        w[:, :, n] = torch.tensor([[c, -s], [s, c]])
+    ratio = _top_singular_value(w, 64 * grid) / _top_singular_value(w, grid)
+    assert 1.002 < ratio <= grid_margin((grid,))
+    gen = torch.Generator().manual_seed(grid)
+    for _ in range(5):
+        w = torch.randn(3, 3, 3, 3, 3, dtype=torch.float64, generator=gen)
+        ratio = _top_singular_value(w, 4 * grid) / _top_singular_value(w, grid)
+        assert 1.0 <= ratio <= grid_margin((grid,) * 3)
