@@ -76,6 +76,7 @@ def quality_plot(cases: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     s = summary(cases)
+    one_regime = s["regime"].nunique() == 1
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, col, label in zip(
         axes, ["activation_mib", "step_s"], ["activation MiB at the crop", "median step (s)"]
@@ -83,11 +84,23 @@ def quality_plot(cases: pd.DataFrame, path: Path) -> Path:
         for r in s.itertuples():
             x = getattr(r, col)
             ax.errorbar(x, r.dice_mean, yerr=r.seed_std, fmt="o", capsize=3)
-            ax.annotate(f"{r.model} ({r.regime})", (x, r.dice_mean), fontsize=7)
+            tag = f"crop {r.crop}" if one_regime else r.regime
+            ax.annotate(
+                f"{r.model} ({tag})",
+                (x, r.dice_mean),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("held-out mean Dice")
         ax.grid(alpha=0.3)
+    if one_regime:
+        fig.suptitle(f"regime {s['regime'].iloc[0]}", fontsize=9)
     fig.tight_layout()
     from invseg.runtime.plots import save_figure
 
