@@ -11,12 +11,13 @@ Modules: :mod:`~invseg.recon.fft` (centred FFTs), :mod:`~invseg.recon.operators`
 
 from __future__ import annotations
 
+from invseg.recon.anchors import anchor_spacing, fixed_point_slack
 from invseg.recon.baselines import cg_sense, zero_filled
 from invseg.recon.cg import CGInfo, conjugate_gradient
 from invseg.recon.dc import DataConsistency, dc_solve
 from invseg.recon.denoiser import ResidualDenoiser
 from invseg.recon.fft import fftc, ifftc
-from invseg.recon.modl import MoDL, MoDLUnroll, anchor_spacing
+from invseg.recon.modl import MoDL, MoDLUnroll
 from invseg.recon.operators import LinearOperator, SenseOperator
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "conjugate_gradient",
     "dc_solve",
     "fftc",
+    "fixed_point_slack",
     "ifftc",
     "zero_filled",
 ]

@@ -24,59 +24,14 @@ from torch import Tensor, nn
 
 from invseg._choices import closest
 from invseg.engine import InvertibleSequential
+from invseg.recon.anchors import PLAN_FIXED_POINT_TOL, anchor_spacing, fixed_point_slack
 from invseg.recon.dc import DataConsistency, check_mu
 from invseg.recon.denoiser import ResidualDenoiser
 from invseg.recon.operators import LinearOperator
 
-__all__ = ["DataConsistency", "MoDL", "MoDLUnroll", "anchor_spacing"]
+__all__ = ["DataConsistency", "MoDL", "MoDLUnroll"]
 
 _INITS = ("adjoint", "sense")
-
-
-def anchor_spacing(
-    mu: float,
-    lipschitz: float,
-    *,
-    drift_tol: float,
-    eps: float,
-    cg_tol: float,
-    refine_steps: int = 1,
-    fixed_point_tol: float = 1e-6,
-    max_spacing: int | None = None,
-) -> int:
-    r"""Anchor spacing :math:`k` that keeps rebuilt unroll inputs within ``drift_tol``.
-
-    One inversion of an unroll amplifies an error in its output by at most
-    :math:`a = \kappa / (1 - L)`, :math:`\kappa = (1 + \mu)/\mu` (the DC layer's condition
-    number) and :math:`1/(1 - L)` (the denoiser inverse), and adds a local error
-    :math:`\delta = (\epsilon\kappa + (\mathrm{cg\_tol}\,\kappa)^{r + 1}
-    + \mathrm{fixed\_point\_tol}) / (1 - L)` (rounding, the CG residual left after
-    :math:`r` Newton refinements, the fixed-point stop). After :math:`m` inversions from a kept
-    input the error is at most :math:`e_m = \delta\sum_{j < m} a^j`; the spacing is
-    :math:`k = 1 + \max\{m : e_m \le \mathrm{drift\_tol}\}` (``k - 1`` unrolls inverted
-    between two anchors).
-
-    Example:
-        >>> anchor_spacing(0.05, 0.9, drift_tol=1e-3, eps=1.2e-7, cg_tol=1e-5)  # float32
-        2
-        >>> anchor_spacing(0.05, 0.9, drift_tol=1e-3, eps=2.2e-16, cg_tol=1e-9,
-        ...                fixed_point_tol=1e-12)  # float64
-        5
-    """
-    kappa = (1.0 + mu) / mu
-    amp = kappa / (1.0 - lipschitz)
-    delta = (eps * kappa + (cg_tol * kappa) ** (refine_steps + 1) + fixed_point_tol) / (
-        1.0 - lipschitz
-    )
-    m, err = 0, 0.0
-    while max_spacing is None or m + 1 < max_spacing:
-        err = err * amp + delta  # e_{m+1} = a e_m + delta
-        if not err <= drift_tol:
-            break
-        m += 1
-        if m > 10_000:
-            break
-    return m + 1
 
 
 class MoDLUnroll(nn.Module):
@@ -223,7 +178,8 @@ class MoDL(nn.Module):
         lipschitz: certified bound on the denoiser residual's Lipschitz constant.
         init: ``"adjoint"`` (:math:`A^H y`) or ``"sense"`` (CG-SENSE with :math:`\mu`).
         fixed_point_iters: iterations of the denoiser inverse.
-        fixed_point_tol: tolerance of the denoiser inverse.
+        fixed_point_tol: tolerance of the denoiser inverse; ``None`` (default): from the drift
+            budget with automatic anchors (:meth:`pick_anchors`), else ``1e-6``.
         drift_tol: budget for the relative error of rebuilt inputs (anchor choice and the
             sampled check).
         dc_refine_steps: Newton corrections of the closed-form DC inverse, one CG each.
@@ -265,7 +221,7 @@ class MoDL(nn.Module):
         lipschitz: float = 0.9,
         init: str = "adjoint",
         fixed_point_iters: int = 50,
-        fixed_point_tol: float = 1e-6,
+        fixed_point_tol: float | None = None,
         drift_tol: float | None = 1e-3,
         dc_refine_steps: int = 1,
         mu_min: float = 0.05,
@@ -290,6 +246,7 @@ class MoDL(nn.Module):
             raise ValueError("anchor_every='auto' needs drift_tol (the drift budget), got None")
         check_mu(mu_init, "mu_init")
         self.init, self.drift_budget = init, drift_tol
+        self.fixed_point_tol = fixed_point_tol
         denoiser = ResidualDenoiser(
             spatial_dims, channels, layers, lipschitz=lipschitz, grid=lipschitz_grid
         )
@@ -305,7 +262,10 @@ class MoDL(nn.Module):
             )
             unrolls.append(
                 MoDLUnroll(
-                    d, c, fixed_point_iters=fixed_point_iters, fixed_point_tol=fixed_point_tol
+                    d,
+                    c,
+                    fixed_point_iters=fixed_point_iters,
+                    fixed_point_tol=fixed_point_tol or PLAN_FIXED_POINT_TOL,
                 )
             )
         self.chain = InvertibleSequential(
@@ -356,22 +316,28 @@ class MoDL(nn.Module):
 
     @torch.no_grad()
     def pick_anchors(self) -> int:
-        """Set the chain's anchor spacing from the drift budget (:func:`anchor_spacing`)."""
+        """Set the chain's anchor spacing from the drift budget (:func:`anchor_spacing`).
+
+        With ``fixed_point_tol=None`` the spacing is planned at :data:`PLAN_FIXED_POINT_TOL`
+        and the fixed-point inverse then runs at the loosest tolerance that keeps the chosen
+        spacing within budget (:func:`fixed_point_slack`), never tighter than the plan.
+        """
         u0 = self.chain.blocks[0]
-        mu = min(float(u.dc.mu) for u in self.chain.blocks)
-        lip = max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9
-        eps = torch.finfo(u0.dc.raw_mu.dtype).eps
-        k = anchor_spacing(
-            mu,
-            lip,
-            drift_tol=self.drift_budget,
-            eps=eps,
-            cg_tol=u0.dc.cg_tol,
-            refine_steps=u0.dc.refine_steps,
-            fixed_point_tol=u0.fixed_point_tol,
-            max_spacing=self.num_unrolls,
-        )
+        budget = {
+            "mu": min(float(u.dc.mu) for u in self.chain.blocks),
+            "lipschitz": max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9,
+            "drift_tol": self.drift_budget,
+            "eps": torch.finfo(u0.dc.raw_mu.dtype).eps,
+            "cg_tol": u0.dc.cg_tol,
+            "refine_steps": u0.dc.refine_steps,
+        }
+        planned = self.fixed_point_tol or PLAN_FIXED_POINT_TOL
+        k = anchor_spacing(**budget, fixed_point_tol=planned, max_spacing=self.num_unrolls)
         self.chain.anchor_every = k
+        if self.fixed_point_tol is None:
+            slack = fixed_point_slack(k, **budget)
+            for u in self.chain.blocks:
+                u.fixed_point_tol = max(planned, min(slack, self.drift_budget))
         return k
 
     def initial(self, AHy: Tensor, operator: LinearOperator) -> Tensor:
