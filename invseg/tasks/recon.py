@@ -29,8 +29,15 @@ from invseg.tasks.config import ReconConfig
 
 __all__ = ["RESUME_MUTABLE", "ReconTask", "build_model", "collate", "simulate_dataset"]
 
-#: Config keys a ``--resume`` may change (the others are refused).
+#: Config keys a ``--resume`` may change (the others are refused): the training schedule, and
+#: the model keys that trade compute for memory without touching the weights or the maths.
 RESUME_MUTABLE = (
+    "model.memory",
+    "model.anchor_every",
+    "model.drift_tol",
+    "model.drift_every",
+    "model.fixed_point_tol",
+    "model.fixed_point_iters",
     "train.steps",
     "train.lr",
     "train.grad_clip",

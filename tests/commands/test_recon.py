@@ -38,10 +38,10 @@ def test_train_and_predict_end_to_end(tmp_path):
     assert state["step"] >= 1 and "raw_mu" in "".join(state["model"])
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
     assert [r["step"] for r in rows] == ["1", "2"] and float(rows[-1]["val_psnr"]) > 0
-    # resume continues from last.pt
+    # resume continues from last.pt; memory keys may change, they do not touch the weights
     train_recon(
         "configs/recon_2d.yaml",
-        overrides=[*TINY, "train.steps=3"],
+        overrides=[*TINY, "train.steps=3", "model.memory=checkpoint", "model.drift_every=1"],
         output=tmp_path / "run",
         resume=True,
     )
@@ -78,6 +78,12 @@ def test_existing_run_needs_resume(tmp_path):
     before = (run / "last.pt").read_bytes()
     with pytest.raises(ValueError, match="--resume"):
         train_recon("recon_2d", overrides=[*TINY, "train.steps=1"], output=run)
+    assert (run / "last.pt").read_bytes() == before
+    with pytest.raises(ValueError, match="model.channels"):
+        train_recon(
+            "recon_2d", overrides=[*TINY, "train.steps=2", "model.channels=8"], output=run,
+            resume=True,
+        )  # fmt: skip
     assert (run / "last.pt").read_bytes() == before
 
 
