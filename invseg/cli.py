@@ -115,7 +115,8 @@ def _bench(a: argparse.Namespace) -> int:
 
         out = a.output or Path("bench_quality")
         print(quality.run(quick=a.quick, output=out, cases=a.cases, budget=a.budget,
-                          seeds=a.seeds, device=a.device, docs=a.docs))  # fmt: skip
+                          seeds=a.seeds, device=a.device, docs=a.docs, steps=a.steps,
+                          models=a.models or None))  # fmt: skip
         print(f"results written to {out}")
         return 0
     from invseg.bench import engine, nets, plan, recon
@@ -195,6 +196,8 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     p.add_argument("--seeds", type=int, default=3, help="quality: seeds per model")
     p.add_argument("--budget", default=None, help="quality: equal-memory regime, e.g. 512MB")
     p.add_argument("--docs", type=Path, default=None, help="quality: markdown page to update")
+    p.add_argument("--steps", type=int, default=None, help="quality: training steps per run")
+    p.add_argument("--models", nargs="+", default=None, help="quality: zoo models (default all)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("plan", help="largest crop and batch that train within a memory budget")

@@ -295,7 +295,9 @@ def run(
     Writes ``output/quality.csv`` (one row per model x seed x regime),
     ``output/quality_cases.csv`` (per held-out case), ``output/quality.png`` and, when ``docs``
     is given, the
-    ``quality`` section of that markdown page. Returns the markdown.
+    ``quality`` section of that markdown page. Returns the markdown. ``steps`` other than the
+    preset's trains longer (or shorter) with the same schedule shape; the regime is then named
+    e.g. ``cases16-steps600`` so its section does not replace the preset's.
     """
     import pandas as pd
 
@@ -303,7 +305,10 @@ def run(
     from invseg.runtime.files import atomic_write_text
     from invseg.runtime.planner import parse_bytes
 
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
     preset = preset or PRESETS["quick" if quick else "full"]
+    longer = f"-steps{int(steps)}" if steps and int(steps) != preset.steps else ""
     preset = replace(preset, steps=int(steps)) if steps else preset
     names = list(models or ZOO)
     for n in names:
@@ -312,10 +317,10 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     train, test = make_data(out / "data", preset, int(cases))
     crops = {n: preset.crop for n in names}
-    regime = f"cases{int(cases)}"
+    regime = f"cases{int(cases)}{longer}"
     if budget is not None:
         crops = plan_crops(names, parse_bytes(budget), preset, device)
-        regime = f"budget{budget}"
+        regime = f"budget{budget}{longer}"
     cuda = device.startswith("cuda")
     workers = workers or (1 if cuda else max(1, min(2, os.cpu_count() or 1)))
     jobs = [

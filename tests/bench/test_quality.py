@@ -44,7 +44,7 @@ def test_score_hd95_is_in_voxels_of_1mm() -> None:
 def test_run_writes_csv_png_and_docs_section(tmp_path: Path) -> None:
     docs = tmp_path / "bench.md"
     md = quality.run(output=tmp_path / "q", cases=2, seeds=2, models=["monai_unet", "fully"],
-                     workers=1, docs=docs, preset=TINY)  # fmt: skip
+                     workers=1, docs=docs, preset=TINY, steps=3)  # fmt: skip
     runs = pd.read_csv(tmp_path / "q" / "quality.csv")
     assert len(runs) == 4  # 2 models x 2 seeds x 1 regime
     need = {
@@ -66,11 +66,14 @@ def test_run_writes_csv_png_and_docs_section(tmp_path: Path) -> None:
     }
     assert need <= set(runs.columns)
     assert set(runs["memory"]) == {"store", "invert"}
-    assert (runs["steps"] == 2).all() and (runs["activation_mib"] > 0).all()
+    assert (runs["steps"] == 3).all() and (runs["activation_mib"] > 0).all()
+    assert set(runs["regime"]) == {"cases2-steps3"}  # longer than the preset: its own section
     assert runs["dice_mean"].between(0, 1).all()
     assert (tmp_path / "q" / "quality.png").stat().st_size > 1000
-    assert "monai_unet" in md and "<!-- bench:quality-cases2 -->" in docs.read_text()
-    assert (docs.parent / "img" / "quality_cases2.png").stat().st_size > 1000
+    assert "monai_unet" in md and "<!-- bench:quality-cases2-steps3 -->" in docs.read_text()
+    assert (docs.parent / "img" / "quality_cases2-steps3.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="--steps"):
+        quality.run(output=tmp_path / "r", steps=0, preset=TINY)
 
 
 def test_summary_gives_mean_and_std_over_cases_and_seeds() -> None:
