@@ -80,6 +80,20 @@ def _overlay(case: Any, modalities: Any, pred_dir: Path, path: Path) -> Path:
     )
 
 
+def _train(out: Path, held: list[str], minutes: float, seed: int) -> Path:
+    """Train the demo config on ``out/data`` (validating on ``held``) into a fresh ``out/run``."""
+    from invseg.commands.train import train
+    from invseg.runtime.config import read_yaml
+
+    cfg = read_yaml(DEMO_CONFIG_NAME)
+    cfg["data"].update(root=str(out / "data"), val_cases=held)
+    cfg["train"].update(max_minutes=minutes, seed=seed)
+    cfg["output"]["dir"] = str(out / "run")
+    if (out / "run" / "last.pt").exists():  # a previous demo run: start over
+        shutil.rmtree(out / "run")
+    return train(cfg)
+
+
 def demo(
     output: str | Path = Path("demo_output"),
     *,
@@ -110,9 +124,7 @@ def demo(
         [32, 32, 32]
     """
     from invseg.commands.predict import predict
-    from invseg.commands.train import train
     from invseg.data import synthesize
-    from invseg.runtime.config import read_yaml
 
     if int(cases) < 3:
         raise ValueError(f"cases={cases}: the demo needs at least 3 cases (train + held-out).")
@@ -128,14 +140,7 @@ def demo(
         )
         ids = sorted(c.case_id for c in info.cases)
         held = ids[-max(1, len(ids) // 4) :]
-        cfg = read_yaml(DEMO_CONFIG_NAME)
-        cfg["data"].update(root=str(out / "data"), val_cases=held)
-        cfg["train"].update(max_minutes=float(minutes), seed=int(seed))
-        cfg["output"]["dir"] = str(out / "run")
-        run_dir = out / "run"
-        if (run_dir / "last.pt").exists():  # a previous demo run: start over
-            shutil.rmtree(run_dir)
-        run_dir = train(cfg)
+        run_dir = _train(out, held, float(minutes), int(seed))
         held_cases = [c for c in info.cases if c.case_id in held]
         folders = sorted({Path(c.images[0]).parent for c in held_cases})
         pred_dir = out / "predictions"

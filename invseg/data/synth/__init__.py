@@ -77,6 +77,13 @@ def _check_shape(kind: str, shape: Sequence[int] | str) -> tuple[tuple[int, int,
     return shape3, False  # type: ignore[return-value]
 
 
+def _check_counts(cases: int, unlabeled: int, spacing: Sequence[float]) -> None:
+    if int(cases) < 1 or int(unlabeled) < 0:
+        raise ValueError(f"need cases >= 1 and unlabeled >= 0, got {cases} and {unlabeled}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be 3 positive sizes in mm, got {tuple(spacing)}")
+
+
 def synthesize(
     kind: str,
     root: str | Path,
@@ -132,10 +139,7 @@ def synthesize(
     layout = check_option(f"layout for {kind}", layout or layouts[0], layouts)
     preset = check_option("synthetic preset", preset, PRESETS)
     shape3, native = _check_shape(kind, shape)
-    if int(cases) < 1 or int(unlabeled) < 0:
-        raise ValueError(f"need cases >= 1 and unlabeled >= 0, got {cases} and {unlabeled}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be 3 positive sizes in mm, got {tuple(spacing)}")
+    _check_counts(cases, unlabeled, spacing)
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if compress else ".nii"
