@@ -29,9 +29,9 @@ class UNetFrame(nn.Module):
     ``blocks`` (one per level), ``act``, ``norm``, ``dropout``, ``input_image_size``,
     ``multiple`` (``2**(levels - 1)``, the size inputs are padded to), ``vae``,
     ``vae_weights``, ``vae_branch`` (``None`` until :meth:`build` sets it with
-    :meth:`make_vae`) and ``vae_loss``; then calls :meth:`build`, where each subclass creates
-    its layers (in its own order, which fixes the seeded weights). The arguments and defaults
-    are the public ones of :class:`~invseg.nets.UNet3D`.
+    :meth:`make_vae`) and ``vae_loss``. Each net then sets its own options and calls
+    :meth:`build`, which creates its layers (in its own order, which fixes the seeded weights).
+    The arguments and defaults are the public ones of :class:`~invseg.nets.UNet3D`.
     """
 
     def __init__(
@@ -65,10 +65,9 @@ class UNetFrame(nn.Module):
         self.vae, self.vae_weights = vae, vae_weights
         self.vae_branch: VAEBranch | None = None
         self.vae_loss: Tensor | None = None
-        self.build()
 
     def build(self) -> None:
-        """Create the layers (subclasses); called once at the end of ``__init__``."""
+        """Create the layers (subclasses); each net calls it once at the end of ``__init__``."""
         raise NotImplementedError
 
     def make_blocks(self, block: type[nn.Module], channels: int, count: int) -> list[nn.Module]:

@@ -137,8 +137,6 @@ class FullyInvResUNet(UNetFrame):
         vae_weights: tuple[float, float] = (0.1, 0.1),
         lift: bool = False,
     ) -> None:
-        self.__dict__["lift"] = bool(lift)  # read by build(), which super().__init__ calls
-        self.__dict__["_memory_arg"] = memory
         super().__init__(
             spatial_dims,
             in_channels,
@@ -152,8 +150,11 @@ class FullyInvResUNet(UNetFrame):
             input_image_size=input_image_size,
             vae_weights=vae_weights,
         )
+        self.lift = bool(lift)
+        self.build(check_option("memory", memory, MEMORY_MODES))
 
-    def build(self) -> None:
+    def build(self, memory: str = "invert") -> None:
+        """Create the stem, the invertible body (in ``memory`` mode) and the head."""
         channels, lift = self.channels, self.lift
         if lift and self.out_channels > channels[0]:
             raise ValueError(
@@ -165,7 +166,6 @@ class FullyInvResUNet(UNetFrame):
                 f"channels[0] must be even (the couplings split channels in halves), got "
                 f"{channels[0]}."
             )
-        memory = check_option("memory", self.__dict__.pop("_memory_arg"), MEMORY_MODES)
         self.effective_channels, self.skip_channels = fully_invertible_channels(channels)
         self.stem = (
             ChannelLift(self.in_channels, channels[0])

@@ -80,7 +80,6 @@ class PartiallyInvResUNet(ResUNetBase):
                 f"PartiallyInvResUNet needs even channels (each coupling splits them in halves), "
                 f"got {tuple(channels)!r}."
             )
-        self.__dict__["_memory"] = check_option("memory", memory, MEMORY_MODES)
         super().__init__(
             spatial_dims,
             in_channels,
@@ -94,6 +93,8 @@ class PartiallyInvResUNet(ResUNetBase):
             input_image_size=input_image_size,
             vae_weights=vae_weights,
         )
+        self._memory = check_option("memory", memory, MEMORY_MODES)
+        self.build()
 
     @property
     def memory(self) -> str:
@@ -102,7 +103,7 @@ class PartiallyInvResUNet(ResUNetBase):
 
     @memory.setter
     def memory(self, value: str) -> None:
-        self.__dict__["_memory"] = check_option("memory", value, MEMORY_MODES)
+        self._memory = check_option("memory", value, MEMORY_MODES)
         for m in self.modules():
             if isinstance(m, InvertibleSequential) and m is not self:
                 m.memory = self._memory

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
+from invseg.nets._layers import DEFAULT_ACT, DEFAULT_NORM
 from invseg.nets._unet import ResUNetBase
 from invseg.nets.res_block import ResidualBlock
 
@@ -47,6 +50,28 @@ class UNet3D(ResUNetBase):
         >>> net(torch.randn(1, 2, 7, 9, 8)).shape
         torch.Size([1, 3, 7, 9, 8])
     """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 4,
+        out_channels: int = 3,
+        *,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        blocks: int | Sequence[int] = 1,
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
+        dropout: float = 0.0,
+        vae: bool = False,
+        input_image_size: Sequence[int] | None = None,
+        vae_weights: tuple[float, float] = (0.1, 0.1),
+    ) -> None:
+        super().__init__(
+            spatial_dims, in_channels, out_channels, channels=channels, blocks=blocks, act=act,
+            norm=norm, dropout=dropout, vae=vae, input_image_size=input_image_size,
+            vae_weights=vae_weights,
+        )  # fmt: skip
+        self.build()
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         return nn.Sequential(*self.make_blocks(ResidualBlock, channels, blocks))
