@@ -22,7 +22,12 @@ from invseg.engine.resample import (
     squeeze3d,
     unsqueeze3d,
 )
-from invseg.engine.sequential import InverseDriftWarning, Inverted, InvertibleSequential
+from invseg.engine.sequential import (
+    InverseDriftWarning,
+    Inverted,
+    InvertibleSequential,
+    set_memory,
+)
 
 __all__ = [
     "MEMORY_MODES",
@@ -41,6 +46,7 @@ __all__ = [
     "import_memcnn",
     "is_invertible",
     "reverse_block",
+    "set_memory",
     "squeeze3d",
     "unsqueeze3d",
 ]

@@ -242,3 +242,19 @@ class Inverted(nn.Module):
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
         return self.block(y, *context)
+
+
+def set_memory(module: nn.Module, memory: str) -> nn.Module:
+    """Set ``memory`` on every :class:`InvertibleSequential` inside ``module`` (in place).
+
+    Example:
+        >>> from invseg.engine import AdditiveCoupling
+        >>> net = torch.nn.Sequential(InvertibleSequential(AdditiveCoupling(torch.nn.Identity())))
+        >>> set_memory(net, "store")[0].memory
+        'store'
+    """
+    check_option("memory", memory, MEMORY_MODES)
+    for m in module.modules():
+        if isinstance(m, InvertibleSequential):
+            m.memory = memory
+    return module

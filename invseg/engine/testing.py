@@ -8,9 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from invseg._choices import check_option
-from invseg.engine._protocol import MEMORY_MODES
-from invseg.engine.sequential import InvertibleSequential
+from invseg.engine.sequential import set_memory
 
 
 def assert_round_trip(
@@ -26,22 +24,6 @@ def assert_round_trip(
     with torch.no_grad():
         rebuilt = block.inverse(block(x, *context), *context)
     torch.testing.assert_close(rebuilt, x, rtol=rtol, atol=atol)
-
-
-def set_memory(module: nn.Module, memory: str) -> nn.Module:
-    """Set ``memory`` on every :class:`InvertibleSequential` inside ``module`` (in place).
-
-    Example:
-        >>> from invseg.engine import AdditiveCoupling
-        >>> net = torch.nn.Sequential(InvertibleSequential(AdditiveCoupling(torch.nn.Identity())))
-        >>> set_memory(net, "store")[0].memory
-        'store'
-    """
-    check_option("memory", memory, MEMORY_MODES)
-    for m in module.modules():
-        if isinstance(m, InvertibleSequential):
-            m.memory = memory
-    return module
 
 
 def relative_error(a: Tensor, b: Tensor) -> float:
@@ -88,7 +70,7 @@ def gradient_parity(
         AssertionError: if a gradient exists in one mode but not the other.
 
     Example:
-        >>> from invseg.engine import AdditiveCoupling
+        >>> from invseg.engine import AdditiveCoupling, InvertibleSequential
         >>> chain = InvertibleSequential(AdditiveCoupling(torch.nn.Conv3d(2, 2, 3, padding=1)))
         >>> x = torch.randn(1, 4, 6, 6, 6, dtype=torch.float64, requires_grad=True)
         >>> max(gradient_parity(chain.double(), x).values()) < 1e-10

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from invseg.engine import MEMORY_MODES, InvertibleSequential
+from invseg.engine import MEMORY_MODES, InvertibleSequential, set_memory
 from invseg.nets._layers import DEFAULT_ACT, DEFAULT_NORM, check_option
 from invseg.nets._unet import ResUNetBase
 from invseg.nets.res_block import InvertibleResBlock
@@ -104,9 +104,7 @@ class PartiallyInvResUNet(ResUNetBase):
     @memory.setter
     def memory(self, value: str) -> None:
         self._memory = check_option("memory", value, MEMORY_MODES)
-        for m in self.modules():
-            if isinstance(m, InvertibleSequential) and m is not self:
-                m.memory = self._memory
+        set_memory(self, self._memory)
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         return InvertibleSequential(
