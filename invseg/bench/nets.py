@@ -30,6 +30,7 @@ from invseg.bench.harness import Row, can_plot, describe_device, largest_edge, m
 from invseg.bench.report import update_section
 from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
+from invseg.runtime.device import resolve_device
 from invseg.runtime.plots import save_figure
 
 __all__ = ["run"]
@@ -195,15 +196,12 @@ def run(
 
 def _check_args(device: str, size: int | None, quick: bool) -> tuple[torch.device, int]:
     """The checked device and the cube edge (its default depends on the device)."""
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but CUDA is not available; use device='cpu'.")
+    dev = resolve_device(device)
     if size is None:
-        size = (64 if quick else 128) if device == "cuda" else (16 if quick else 32)
+        size = (64 if quick else 128) if dev.type == "cuda" else (16 if quick else 32)
     if not isinstance(size, int) or size < 8 or size % 8:
         raise ValueError(f"size must be a multiple of 8 (4 levels), >= 8; got {size!r}.")
-    return torch.device(device), size
+    return dev, size
 
 
 def _contenders(size: int) -> tuple[list[tuple[str, str, nn.Module]], int]:

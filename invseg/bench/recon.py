@@ -32,6 +32,7 @@ from invseg.recon.modl import MoDL
 from invseg.recon.operators import SenseOperator
 from invseg.recon.simulate import beating_phantom, birdcage_maps, poisson_disc_mask, shepp_logan
 from invseg.recon.transforms import SimulateKSpace
+from invseg.runtime.device import resolve_device
 
 __all__ = ["PRESETS", "run"]
 
@@ -263,9 +264,7 @@ def run(
     Returns:
         The markdown section.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but CUDA is not available; use device='cpu'")
+    dev = resolve_device(device)
     name = "quick" if quick else "full"
     cfg = PRESETS[name]
     t0 = time.perf_counter()
