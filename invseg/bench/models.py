@@ -13,6 +13,9 @@ unet3d_ckpt               the same net, each level's stage under ``torch.utils.c
                           (:class:`~invseg.bench.peers.Checkpointed`)
 partially / _vae          :class:`~invseg.nets.PartiallyInvResUNet` invert (± VAE branch)
 fully / _vae              :class:`~invseg.nets.FullyInvResUNet` invert (± VAE branch)
+partially_deep            4 invertible blocks per level instead of 1: the twin's parameter
+fully_deep                count (Partially; Fully 0.8x) at the activation memory of one
+                          block per level (opt-in rows, ``--models``)
 segresnet / segresnetvae  MONAI ``SegResNet`` / ``SegResNetVAE``, ``init_filters = base // 2``
                           (parameter count close to the U-Nets'); the VAE loss weighted 0.1
 dynunet                   MONAI ``DynUNet`` configured like nnU-Net for the crop: kernels 3,
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 from invseg._choices import check_option
 from invseg.bench.peers import Checkpointed
 
-__all__ = ["ZOO", "ZooNet", "build", "dynunet_layout"]
+__all__ = ["DEFAULT_MODELS", "ZOO", "ZooNet", "build", "dynunet_layout"]
 
 
 class ZooNet(nn.Module):
@@ -97,13 +100,13 @@ def _unet3d(ckpt: bool) -> Callable[..., nn.Module]:
     return make
 
 
-def _inv(kind: str, vae: bool) -> Callable[..., nn.Module]:
+def _inv(kind: str, vae: bool, blocks: int = 1) -> Callable[..., nn.Module]:
     def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
         from invseg.nets import FullyInvResUNet, PartiallyInvResUNet
 
         cls = PartiallyInvResUNet if kind == "partially" else FullyInvResUNet
         return cls(
-            3, i, o, channels=_widths(base), memory="invert", vae=vae,
+            3, i, o, channels=_widths(base), blocks=blocks, memory="invert", vae=vae,
             input_image_size=crop if vae else None,
         )  # fmt: skip
 
@@ -168,6 +171,8 @@ ZOO: dict[str, Spec] = {
     "partially_vae": Spec(_inv("partially", True), "invert", _const(1)),
     "fully": Spec(_inv("fully", False), "invert", _const(1)),
     "fully_vae": Spec(_inv("fully", True), "invert", _const(1)),
+    "partially_deep": Spec(_inv("partially", False, blocks=4), "invert", _const(1)),
+    "fully_deep": Spec(_inv("fully", False, blocks=4), "invert", _const(1)),
     "segresnet": Spec(_segresnet(False), "store", _const(8)),
     "segresnetvae": Spec(_segresnet(True), "store", _const(16), vae_scale=0.1),
     "dynunet": Spec(
@@ -176,6 +181,9 @@ ZOO: dict[str, Spec] = {
     "monai_unet": Spec(_monai_unet(False), "store", _const(8)),
     "monai_checkpoint_unet": Spec(_monai_unet(True), "checkpoint", _const(8)),
 }
+
+#: The rows of a default quality or plan run (the ``_deep`` variants are opt-in: ``--models``).
+DEFAULT_MODELS = tuple(name for name in ZOO if not name.endswith("_deep"))
 
 
 def build(

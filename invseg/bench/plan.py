@@ -238,10 +238,10 @@ def docs_section(
     ``quick`` changes nothing; ``device`` is where the bytes are measured (the same on CPU and
     CUDA up to cuDNN workspaces, which the overhead covers).
     """
-    from invseg.bench.models import ZOO
+    from invseg.bench.models import DEFAULT_MODELS
     from invseg.bench.report import update_section
 
-    names = list(models or ZOO)
+    names = list(models or DEFAULT_MODELS)
     cands = zoo_candidates(names, base=base)
     if "dynunet" in names:
         nnunet = zoo_candidates(["dynunet"], base=32)[0]

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from invseg.bench.models import ZOO, build
+from invseg.bench.models import DEFAULT_MODELS, build
 
 HD95_EMPTY = 373.13  # BraTS: an empty prediction against a non-empty reference
 
@@ -310,7 +310,7 @@ def run(
     preset = preset or PRESETS["quick" if quick else "full"]
     longer = f"-steps{int(steps)}" if steps and int(steps) != preset.steps else ""
     preset = replace(preset, steps=int(steps)) if steps else preset
-    names = list(models or ZOO)
+    names = list(models or DEFAULT_MODELS)
     for n in names:
         build(n, in_channels=4, out_channels=3, crop=(preset.crop,) * 3, base=preset.base)
     out = Path(output)
