@@ -339,10 +339,11 @@ def run(
     frame = pd.DataFrame(rows)
     atomic_write_text(out / "quality_cases.csv", frame.to_csv(index=False))
     atomic_write_text(out / "quality.csv", per_run(frame).to_csv(index=False))
-    md = quality_markdown(frame, preset=asdict(preset), device=device)
+    where = device if cuda else f"cpu ({workers} runs in parallel, 1 thread each)"
+    md = quality_markdown(frame, preset=asdict(preset), device=where)
     quality_plot(frame, out / "quality.png")
     if docs is not None:
-        md = publish(frame, docs, preset=preset, device=device)
+        md = publish(frame, docs, preset=preset, device=where)
     return md
 
 
