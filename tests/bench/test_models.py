@@ -62,3 +62,18 @@ def test_bad_names_and_options_are_rejected() -> None:
         build("monai_unet", in_channels=4, out_channels=3, crop=(16,) * 3, memory="invert")
     with pytest.raises(ValueError, match="crop"):
         build("unet3d", in_channels=4, out_channels=3, crop=(4, 4))
+
+
+def test_deep_rows_have_the_twins_parameters_at_one_blocks_memory() -> None:
+    from invseg.bench.models import DEFAULT_MODELS
+
+    assert set(ZOO) - set(DEFAULT_MODELS) == {"partially_deep", "fully_deep"}
+    x = torch.randn(1, 4, 16, 16, 16)
+    nets = {n: build(n, in_channels=4, out_channels=3, crop=(16,) * 3, base=8)
+            for n in ("unet3d", "partially", "partially_deep")}  # fmt: skip
+    params = {n: sum(p.numel() for p in net.parameters()) for n, net in nets.items()}
+    assert abs(params["partially_deep"] - params["unet3d"]) < 0.01 * params["unet3d"]
+    assert params["partially_deep"] > 2 * params["partially"]
+    act = {n: activation_bytes(lambda n=n: nets[n](x)[0].square().mean()) for n in nets}
+    assert act["partially_deep"] == act["partially"]  # flat in depth
+    assert act["partially_deep"] < act["unet3d"] / 4
