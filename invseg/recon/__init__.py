@@ -11,7 +11,7 @@ Modules: :mod:`~invseg.recon.fft` (centred FFTs), :mod:`~invseg.recon.operators`
 
 from __future__ import annotations
 
-from invseg.recon.anchors import anchor_spacing, fixed_point_slack
+from invseg.recon.anchors import anchor_spacing
 from invseg.recon.baselines import cg_sense, zero_filled
 from invseg.recon.cg import CGInfo, conjugate_gradient
 from invseg.recon.dc import DataConsistency, dc_solve
@@ -33,7 +33,6 @@ __all__ = [
     "conjugate_gradient",
     "dc_solve",
     "fftc",
-    "fixed_point_slack",
     "ifftc",
     "zero_filled",
 ]

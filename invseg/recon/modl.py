@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from invseg._choices import closest
 from invseg.engine import InvertibleSequential
-from invseg.recon.anchors import PLAN_FIXED_POINT_TOL, anchor_spacing, fixed_point_slack
+from invseg.recon.anchors import anchor_spacing
 from invseg.recon.dc import DataConsistency, check_mu
 from invseg.recon.denoiser import ResidualDenoiser
 from invseg.recon.operators import LinearOperator
@@ -178,8 +178,7 @@ class MoDL(nn.Module):
         lipschitz: certified bound on the denoiser residual's Lipschitz constant.
         init: ``"adjoint"`` (:math:`A^H y`) or ``"sense"`` (CG-SENSE with :math:`\mu`).
         fixed_point_iters: iterations of the denoiser inverse.
-        fixed_point_tol: tolerance of the denoiser inverse; ``None`` (default): from the drift
-            budget with automatic anchors (:meth:`pick_anchors`), else ``1e-6``.
+        fixed_point_tol: tolerance of the denoiser inverse.
         drift_tol: budget for the relative error of rebuilt inputs (anchor choice and the
             sampled check).
         dc_refine_steps: Newton corrections of the closed-form DC inverse, one CG each.
@@ -221,7 +220,7 @@ class MoDL(nn.Module):
         lipschitz: float = 0.9,
         init: str = "adjoint",
         fixed_point_iters: int = 50,
-        fixed_point_tol: float | None = None,
+        fixed_point_tol: float = 1e-6,
         drift_tol: float | None = 1e-3,
         dc_refine_steps: int = 1,
         mu_min: float = 0.05,
@@ -246,7 +245,6 @@ class MoDL(nn.Module):
             raise ValueError("anchor_every='auto' needs drift_tol (the drift budget), got None")
         check_mu(mu_init, "mu_init")
         self.init, self.drift_budget = init, drift_tol
-        self.fixed_point_tol = fixed_point_tol
         denoiser = ResidualDenoiser(
             spatial_dims, channels, layers, lipschitz=lipschitz, grid=lipschitz_grid
         )
@@ -265,7 +263,7 @@ class MoDL(nn.Module):
                     d,
                     c,
                     fixed_point_iters=fixed_point_iters,
-                    fixed_point_tol=fixed_point_tol or PLAN_FIXED_POINT_TOL,
+                    fixed_point_tol=fixed_point_tol,
                 )
             )
         self.chain = InvertibleSequential(
@@ -316,28 +314,19 @@ class MoDL(nn.Module):
 
     @torch.no_grad()
     def pick_anchors(self) -> int:
-        """Set the chain's anchor spacing from the drift budget (:func:`anchor_spacing`).
-
-        With ``fixed_point_tol=None`` the spacing is planned at :data:`PLAN_FIXED_POINT_TOL`
-        and the fixed-point inverse then runs at the loosest tolerance that keeps the chosen
-        spacing within budget (:func:`fixed_point_slack`), never tighter than the plan.
-        """
+        """Set the chain's anchor spacing from the drift budget (:func:`anchor_spacing`)."""
         u0 = self.chain.blocks[0]
-        budget = {
-            "mu": min(float(u.dc.mu) for u in self.chain.blocks),
-            "lipschitz": max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9,
-            "drift_tol": self.drift_budget,
-            "eps": torch.finfo(u0.dc.raw_mu.dtype).eps,
-            "cg_tol": u0.dc.cg_tol,
-            "refine_steps": u0.dc.refine_steps,
-        }
-        planned = self.fixed_point_tol or PLAN_FIXED_POINT_TOL
-        k = anchor_spacing(**budget, fixed_point_tol=planned, max_spacing=self.num_unrolls)
+        k = anchor_spacing(
+            min(float(u.dc.mu) for u in self.chain.blocks),
+            max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9,
+            drift_tol=self.drift_budget,
+            eps=torch.finfo(u0.dc.raw_mu.dtype).eps,
+            cg_tol=u0.dc.cg_tol,
+            refine_steps=u0.dc.refine_steps,
+            fixed_point_tol=u0.fixed_point_tol,
+            max_spacing=self.num_unrolls,
+        )
         self.chain.anchor_every = k
-        if self.fixed_point_tol is None:
-            slack = fixed_point_slack(k, **budget)
-            for u in self.chain.blocks:
-                u.fixed_point_tol = max(planned, min(slack, self.drift_budget))
         return k
 
     def initial(self, AHy: Tensor, operator: LinearOperator) -> Tensor:

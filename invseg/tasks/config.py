@@ -187,7 +187,7 @@ class ReconModel(Section):
     lipschitz: float = field(0.9, gt=0, lt=1)  # certified bound of the denoiser residual
     init: Literal["adjoint", "sense"] = "adjoint"
     fixed_point_iters: int = field(50, ge=1)
-    fixed_point_tol: float | None = field(None, gt=0)  # null: from drift_tol (auto anchors)
+    fixed_point_tol: float = field(1.0e-6, gt=0)
     drift_tol: float | None = field(1.0e-3, gt=0)  # drift budget of rebuilt inputs
     dc_refine_steps: int = field(1, ge=0)
     mu_min: float = field(0.05, gt=0)  # floor of the learnable mu
