@@ -158,12 +158,16 @@ def _scores(fn, val, device) -> list[tuple[float, float]]:
     return rows
 
 
+def _cg_sense(mu: float):
+    """CG-SENSE with Tikhonov weight ``mu`` as a ``(y, op) -> x`` reconstruction."""
+    return lambda y, op: cg_sense(y, op, mu=mu, max_iter=30)
+
+
 def _tune_cg_sense(train, device, mus=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1)) -> float:
     """The CG-SENSE regularisation with the best mean PSNR on the training samples."""
 
     def mean_psnr(mu: float) -> float:
-        rows = _scores(lambda y, op: cg_sense(y, op, mu=mu, max_iter=30), train, device)
-        return float(np.mean([r[0] for r in rows]))
+        return float(np.mean([r[0] for r in _scores(_cg_sense(mu), train, device)]))
 
     return max(mus, key=mean_psnr)
 
@@ -174,9 +178,7 @@ def _quality(cfg: dict, device: torch.device) -> dict[str, np.ndarray]:
     mu = _tune_cg_sense(_cine_data(cfg, cfg["train"], 0), device)
     res = {
         "zero-filled": np.asarray(_scores(zero_filled, val, device)),
-        f"CG-SENSE (mu {mu:g})": np.asarray(
-            _scores(lambda y, op: cg_sense(y, op, mu=mu, max_iter=30), val, device)
-        ),
+        f"CG-SENSE (mu {mu:g})": np.asarray(_scores(_cg_sense(mu), val, device)),
     }
     for n in (1, 4, 10):
         rows = []

@@ -93,7 +93,7 @@ class PartiallyInvResUNet(ResUNetBase):
             input_image_size=input_image_size,
             vae_weights=vae_weights,
         )
-        self._memory = check_option("memory", memory, MEMORY_MODES)
+        self.memory = memory  # checked by the setter; no stage exists yet
         self.build()
 
     @property

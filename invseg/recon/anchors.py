@@ -1,5 +1,4 @@
-r"""The drift budget of MoDL's anchored inversion: how far apart anchors may be, how loose the
-fixed-point stop may run.
+r"""The drift budget of MoDL's anchored inversion: how far apart anchors may be.
 
 Rebuilding an unroll's input from its output amplifies errors (the DC inverse by its condition
 number, the denoiser inverse by :math:`1/(1 - L)`) and adds a local error (rounding, the CG and

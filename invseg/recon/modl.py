@@ -260,10 +260,7 @@ class MoDL(nn.Module):
             )
             unrolls.append(
                 MoDLUnroll(
-                    d,
-                    c,
-                    fixed_point_iters=fixed_point_iters,
-                    fixed_point_tol=fixed_point_tol,
+                    d, c, fixed_point_iters=fixed_point_iters, fixed_point_tol=fixed_point_tol
                 )
             )
         self.chain = InvertibleSequential(
@@ -316,11 +313,14 @@ class MoDL(nn.Module):
     def pick_anchors(self) -> int:
         """Set the chain's anchor spacing from the drift budget (:func:`anchor_spacing`)."""
         u0 = self.chain.blocks[0]
+        mu = min(float(u.dc.mu) for u in self.chain.blocks)
+        lip = max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9
+        eps = torch.finfo(u0.dc.raw_mu.dtype).eps
         k = anchor_spacing(
-            min(float(u.dc.mu) for u in self.chain.blocks),
-            max(d.lipschitz for d in self._denoisers()) if self._denoisers() else 0.9,
+            mu,
+            lip,
             drift_tol=self.drift_budget,
-            eps=torch.finfo(u0.dc.raw_mu.dtype).eps,
+            eps=eps,
             cg_tol=u0.dc.cg_tol,
             refine_steps=u0.dc.refine_steps,
             fixed_point_tol=u0.fixed_point_tol,
