@@ -153,11 +153,15 @@ class MoDL(nn.Module):
 
     Anchors: the DC inverse amplifies errors by up to :math:`(1 + \mu)/\mu` (21 at the floor
     ``mu_min = 0.05``) and the denoiser inverse by :math:`1/(1 - L)`, so pure inversion drifts
-    geometrically. ``anchor_every="auto"`` picks the spacing from that amplification, the float
-    precision and the CG/fixed-point tolerances so that rebuilt inputs stay within ``drift_tol``
-    (:func:`anchor_spacing`), and re-picks it at every training forward as :math:`\mu` changes.
-    An int fixes the spacing; ``None`` is pure inversion (flat memory, unusable gradients past a
-    few unrolls).
+    geometrically. ``anchor_every=1`` (default) keeps every unroll's input: the bytes of
+    checkpointing, no denoiser inversion in backward, and the DC layer's known output spares
+    the forward CG that checkpointing repeats. ``"auto"`` picks the largest spacing whose rebuilt
+    inputs stay within ``drift_tol`` given that amplification, the float precision and the
+    CG/fixed-point tolerances (:func:`anchor_spacing`; 2 in float32, 5 in float64 at the floor),
+    and re-picks it at every training forward as :math:`\mu` changes: it keeps fewer inputs but
+    pays one fixed-point inversion (about 4 denoiser passes on fresh weights, 15 once the
+    denoiser uses its Lipschitz budget) per unroll it does not keep. An int fixes the spacing;
+    ``None`` is pure inversion (flat memory, unusable gradients past a few unrolls).
 
     Drift is measured only when asked: ``drift_every=n`` re-inverts the anchored unrolls on
     every ``n``-th backward, stores :attr:`inverse_errors` and raises an
@@ -174,7 +178,7 @@ class MoDL(nn.Module):
         cg_iters: CG cap per solve.
         cg_tol: CG relative residual tolerance.
         mu_init: initial :math:`\mu` (``>= mu_min``).
-        anchor_every: ``"auto"``, a positive int, or ``None``.
+        anchor_every: a positive int (default 1), ``"auto"`` or ``None``.
         lipschitz: certified bound on the denoiser residual's Lipschitz constant.
         init: ``"adjoint"`` (:math:`A^H y`) or ``"sense"`` (CG-SENSE with :math:`\mu`).
         fixed_point_iters: iterations of the denoiser inverse.
@@ -216,7 +220,7 @@ class MoDL(nn.Module):
         cg_iters: int = 30,
         cg_tol: float = 1e-5,
         mu_init: float = 0.05,
-        anchor_every: int | str | None = "auto",
+        anchor_every: int | str | None = 1,
         lipschitz: float = 0.9,
         init: str = "adjoint",
         fixed_point_iters: int = 50,

@@ -183,7 +183,7 @@ class ReconModel(Section):
     cg_iters: int = field(30, ge=1)  # CG cap per solve
     cg_tol: float = field(1.0e-5, gt=0)  # CG relative residual tolerance
     mu_init: float = field(0.05, gt=0)  # >= mu_min
-    anchor_every: int | Auto | None = field("auto", ge=1)  # auto: from drift_tol; null: none
+    anchor_every: int | Auto | None = field(1, ge=1)  # auto: from drift_tol; null: none
     lipschitz: float = field(0.9, gt=0, lt=1)  # certified bound of the denoiser residual
     init: Literal["adjoint", "sense"] = "adjoint"
     fixed_point_iters: int = field(50, ge=1)

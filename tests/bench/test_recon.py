@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from invseg.bench import recon
 
@@ -15,3 +16,23 @@ def test_largest_depth_fits_12_gib(per_voxel, fixed, expected):
     depth = recon._largest(per_voxel, fixed, 256 * 256)
     assert depth == expected
     assert depth * per_voxel * 256 * 256 + fixed <= recon.GIB12
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_passes_per_inversion_counts_the_fixed_point_passes(iters):
+    op, x, y = recon._problem_2d(16, 2, torch.device("cpu"))
+    m = recon._model(4, "invert", 4, "cpu", anchor_every=2, fixed_point_tol=1e-30)
+    for u in m.chain.blocks:
+        u.fixed_point_iters = iters  # the tolerance is never met: every inversion runs them all
+    assert recon._passes_per_inversion(m, y, op, x) == iters
+
+
+def test_speed_variants_share_the_trained_weights():
+    cfg = {**recon.PRESETS["quick"], "channels": 4, "warm_steps": 2}
+    op, x, y = recon._problem_2d(16, 2, torch.device("cpu"))
+    src = recon._trained(cfg, op, x, y, torch.device("cpu"))
+    fresh = recon._model(10, "store", 4, "cpu")
+    m = recon._variant(30, "invert", {}, src, cfg, torch.device("cpu"))
+    w = m.chain.blocks[29].denoiser.state_dict()
+    assert all(torch.equal(w[k], v) for k, v in src.chain.blocks[0].denoiser.state_dict().items())
+    assert not torch.equal(fresh.chain.blocks[0].dc.raw_mu, m.chain.blocks[29].dc.raw_mu)

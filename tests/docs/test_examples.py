@@ -42,6 +42,7 @@ def _check_modl(result: dict[str, Any]) -> None:
     store, invert = result["bytes"]["store"], result["bytes"]["invert"]
     assert store[-1] > 2 * store[0]  # plain autograd grows with the unrolls
     assert invert[-1] < 0.1 * store[-1]
+    assert result["bytes"]["invert auto"][-1] < invert[-1]  # fewer anchors kept
     assert result["psnr"]["modl"] > result["psnr"]["zero_filled"]
 
 

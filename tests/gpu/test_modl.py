@@ -46,13 +46,15 @@ def test_pure_invert_memory_is_flat_from_4_to_30_unrolls_while_store_grows(cuda)
     assert peaks["invert", 30] < 0.25 * peaks["store", 30], peaks
 
 
+@pytest.mark.parametrize("anchor_every", [1, "auto"])
 @pytest.mark.parametrize("unrolls", [4, 12])
-def test_default_anchored_invert_grads_match_store_within_the_cpu_tolerance(cuda, unrolls):
+def test_anchored_invert_grads_match_store_within_the_cpu_tolerance(cuda, unrolls, anchor_every):
     op, x, y = _problem(cuda, n=16, coils=2)
     grads = {}
-    for memory in ("store", "invert"):  # invert: defaults, anchor_every=2, one DC refinement
+    for memory in ("store", "invert"):  # auto: every 2nd unroll in float32, one DC refinement
         torch.manual_seed(0)
-        model = MoDL(unrolls, channels=8, layers=3, memory=memory).to(cuda)
+        model = MoDL(unrolls, channels=8, layers=3, memory=memory, anchor_every=anchor_every)
+        model = model.to(cuda)
         (model(y, op) - x).abs().square().mean().backward()
         grads[memory] = torch.cat([p.grad.flatten() for p in model.parameters()])
     ref, got = grads["store"], grads["invert"]

@@ -19,7 +19,7 @@ def trained():
     op = SenseOperator(S, poisson_disc_mask(16, 3.0, calib=4, seed=0)[None, None])
     x = shepp_logan(16).to(torch.complex64)[None, None]
     y = op.A(x)
-    m = MoDL(6, channels=8, layers=3, memory="store")
+    m = MoDL(6, channels=8, layers=3, memory="store", anchor_every="auto")
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     for _ in range(60):
         opt.zero_grad()

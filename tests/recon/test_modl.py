@@ -102,7 +102,8 @@ def test_default_arguments_work_in_2d():
     m = MoDL(num_unrolls=10)
     assert m.num_unrolls == 10 and m.memory == "invert"
     assert len({id(u.denoiser) for u in m.chain.blocks}) == 1  # shared weights
-    assert m.auto_anchors and m.anchor_every == 2  # float32, drift budget 1e-3
+    assert not m.auto_anchors and m.anchor_every == 1  # every unroll's input kept
+    assert MoDL(num_unrolls=10, anchor_every="auto").anchor_every == 2  # float32, budget 1e-3
     assert m.chain.drift_tol is None  # drift is measured only when asked
     dc = m.chain.blocks[0].dc
     assert dc.refine_steps == 1 and dc.mu_min == 0.05 and float(dc.mu.detach()) >= 0.05
@@ -115,10 +116,12 @@ def _float32_grads(memory: str, op, x, y, **kw):
     return m, torch.cat([p.grad.flatten() for p in m.parameters()])
 
 
-def test_default_anchored_invert_matches_store_in_float32_where_pure_inversion_drifts():
+def test_anchored_invert_matches_store_in_float32_where_pure_inversion_drifts():
     op, x, y = _problem(n=16, coils=2, acc=3.0, dtype=torch.complex64)
     _, ref = _float32_grads("store", op, x, y)
-    m, got = _float32_grads("invert", op, x, y, drift_every=1)  # auto anchors: every 2nd
+    _, got = _float32_grads("invert", op, x, y)  # default: every unroll's input kept
+    assert ((got - ref).norm() / ref.norm()).item() <= 1e-5
+    m, got = _float32_grads("invert", op, x, y, anchor_every="auto", drift_every=1)  # every 2nd
     assert ((got - ref).norm() / ref.norm()).item() <= 1e-4
     assert set(m.inverse_errors) == set(range(0, 12, 2))
     assert max(m.inverse_errors.values()) <= m.drift_budget
@@ -176,16 +179,19 @@ def test_drift_is_not_measured_unless_asked(drift_every, extra):
 
 
 def test_auto_anchors_follow_mu_and_the_drift_budget():
-    m = MoDL(num_unrolls=10, channels=4, layers=2, drift_tol=1e-3, mu_init=0.05).double()
+    m = MoDL(
+        num_unrolls=10, channels=4, layers=2, drift_tol=1e-3, mu_init=0.05, anchor_every="auto"
+    ).double()
     k_low = m.anchor_every
     with torch.no_grad():
         m.chain.blocks[0].dc.raw_mu.fill_(5.0)  # mu ~ 5: the DC inverse barely amplifies
     op, x, y = _problem()
     (m(y, op) - x).abs().square().mean().backward()
     assert m.anchor_every > k_low >= 1
-    assert MoDL(num_unrolls=10, drift_tol=1e-9).anchor_every == 1
+    assert MoDL(num_unrolls=10, drift_tol=1e-9, anchor_every="auto").anchor_every == 1
     with pytest.raises(ValueError, match="drift_tol"):
-        MoDL(num_unrolls=2, drift_tol=None)
+        MoDL(num_unrolls=2, drift_tol=None, anchor_every="auto")
+    assert MoDL(num_unrolls=2, drift_tol=None).anchor_every == 1  # no budget needed
 
 
 def test_certified_lipschitz_stays_below_its_setting_under_high_lr_training():
@@ -247,6 +253,7 @@ def test_cine_invert_matches_store_in_float64():
             cg_tol=1e-13,
             fixed_point_tol=1e-13,
             fixed_point_iters=300,
+            anchor_every="auto",
         ).double()
         (m(y, op) - x).abs().square().sum().backward()
         grads[memory] = torch.cat([p.grad.flatten() for p in m.parameters()])

@@ -28,7 +28,7 @@ def test_packaged_recon_config_states_every_model_key(name: str) -> None:
     assert sorted(read_yaml(name)["model"]) == sorted(ReconModel().keys())
     model = load_recon_config(name).model
     assert (model.cg_iters, model.cg_tol, model.mu_init, model.mu_min) == (30, 1e-5, 0.1, 0.05)
-    assert (model.anchor_every, model.drift_tol, model.drift_every) == ("auto", 1e-3, None)
+    assert (model.anchor_every, model.drift_tol, model.drift_every) == (1, 1e-3, None)
     assert model.lipschitz_grid is None
 
 
@@ -36,11 +36,11 @@ def test_packaged_recon_config_states_every_model_key(name: str) -> None:
 def test_packaged_recon_config_builds_small_model(name: str) -> None:
     cfg = load_recon_config(name, SMALL)
     model = build_model(cfg)
-    assert model.num_unrolls == 3 and model.auto_anchors
+    assert model.num_unrolls == 3 and not model.auto_anchors
     dc = model.chain.blocks[0].dc
     assert (dc.cg_iters, dc.cg_tol, dc.mu_min) == (30, 1e-5, 0.05)
     assert float(dc.mu.detach()) == pytest.approx(0.1, rel=1e-6)
-    assert 1 <= model.anchor_every <= 3
+    assert model.anchor_every == 1  # every unroll's input kept
     assert model.certified_lipschitz() <= 0.9
     assert model.chain.drift_tol is None  # drift_every null: never measured
     d = cfg.data.shape
@@ -57,7 +57,7 @@ def test_packaged_recon_config_builds_small_model(name: str) -> None:
         ("model.anchor_every=often", "model.anchor_every"),
         ("model.anchor_every=0", "model.anchor_every"),
         ("model.anchor_every=1.5", "model.anchor_every"),
-        ("model.drift_tol=null", "model.drift_tol"),
+        ("model.anchor_every=auto model.drift_tol=null", "model.drift_tol"),
         ("model.drift_every=0", "model.drift_every"),
         ("model.lipschitz_grid=8", "model.lipschitz_grid"),
         ("model.cg_iters=0", "model.cg_iters"),
@@ -65,7 +65,7 @@ def test_packaged_recon_config_builds_small_model(name: str) -> None:
 )
 def test_bad_recon_model_value_is_one_line_error_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_recon_config("recon_2d", [override])
+        load_recon_config("recon_2d", override.split())
     message = str(err.value)
     assert message.startswith(key) and "\n" not in message
 
@@ -77,3 +77,8 @@ def test_int_anchor_spacing_and_drift_sampling_reach_the_model() -> None:
     model = build_model(cfg)
     assert not model.auto_anchors and model.anchor_every == 2
     assert model.chain.drift_tol == pytest.approx(1e-3) and model.chain.drift_every == 5
+
+
+def test_auto_anchor_spacing_reaches_the_model() -> None:
+    model = build_model(load_recon_config("recon_2d", [*SMALL, "model.anchor_every=auto"]))
+    assert model.auto_anchors and model.anchor_every == 2  # float32 drift budget 1e-3
