@@ -89,11 +89,16 @@ def memory_vs_depth(out: Path, *, quick: bool = False) -> Path:
     img = shepp_logan(n).to(torch.complex64)[None, None]
     op = SenseOperator(birdcage_maps(4, n)[None], poisson_disc_mask(n, 4.0, calib=6)[None, None])
     y = op.A(img)
-    rec: dict[str, list[float]] = {"store": [], "invert": []}
+    variants = {
+        "store": {"memory": "store"},
+        "invert (anchor every unroll)": {},
+        "invert (auto anchors)": {"anchor_every": "auto"},
+    }
+    rec: dict[str, list[float]] = {name: [] for name in variants}
     for k in unrolls:
-        for memory in rec:
-            model = MoDL(num_unrolls=k, channels=16, layers=3, memory=memory)
-            rec[memory].append(
+        for name, kw in variants.items():
+            model = MoDL(num_unrolls=k, channels=16, layers=3, **kw)
+            rec[name].append(
                 activation_bytes(lambda m=model: (m(y, op) - img).abs().square().mean()) / 2**20
             )
 
