@@ -157,7 +157,8 @@ class MoDL(nn.Module):
     checkpointing, no denoiser inversion in backward, and the DC layer's known output spares
     the forward CG that checkpointing repeats. ``"auto"`` picks the largest spacing whose rebuilt
     inputs stay within ``drift_tol`` given that amplification, the float precision and the
-    CG/fixed-point tolerances (:func:`anchor_spacing`; 2 in float32, 5 in float64 at the floor),
+    CG/fixed-point tolerances (:func:`anchor_spacing`: 2 at the defaults; 5 at the floor in
+    float64 with ``cg_tol=1e-9``, ``fixed_point_tol=1e-12``),
     and re-picks it at every training forward as :math:`\mu` changes: it keeps fewer inputs but
     pays one fixed-point inversion (about 4 denoiser passes on fresh weights, 15 once the
     denoiser uses its Lipschitz budget) per unroll it does not keep. An int fixes the spacing;
