@@ -124,8 +124,11 @@ def _bench(a: argparse.Namespace) -> int:
     output = a.output or Path("docs/benchmarks.md")
     suites = {"engine": engine.run, "nets": nets.run, "recon": recon.run, "plan": plan.docs_section}
     names = list(suites) if a.suite == "all" else [a.suite]
+    if a.parts and a.suite != "recon":
+        raise ValueError(f"--parts applies to bench recon, not {a.suite}")
     for name in names:
-        print(suites[name](quick=a.quick, output=output, device=a.device))
+        extra = {"parts": a.parts} if name == "recon" and a.parts else {}
+        print(suites[name](quick=a.quick, output=output, device=a.device, **extra))
         print()
     print(f"results written to {output}")
     return 0
@@ -198,6 +201,10 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     p.add_argument("--docs", type=Path, default=None, help="quality: markdown page to update")
     p.add_argument("--steps", type=int, default=None, help="quality: training steps per run")
     p.add_argument("--models", nargs="+", default=None, help="quality: zoo models (default all)")
+    p.add_argument(
+        "--parts", nargs="+", choices=["speed", "quality", "scale"], default=None,
+        help="recon: which tables (default all; quality trains, the others take seconds on a GPU)",
+    )  # fmt: skip
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("plan", help="largest crop and batch that train within a memory budget")

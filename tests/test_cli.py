@@ -135,3 +135,9 @@ def test_only_rank_0_reports_the_run_folder(brats_tiny, tmp_path, monkeypatch, c
     monkeypatch.setenv("RANK", "0")
     assert main(["train", str(config)]) == 0
     assert "run written to" in capsys.readouterr().out
+
+
+def test_bench_parts_only_for_recon(capsys) -> None:
+    assert main(["bench", "engine", "--parts", "speed"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invseg: error: --parts applies to bench recon") and err.count("\n") == 1

@@ -7,9 +7,9 @@ All rows of one table come from this process, so they are comparable:
    bytes, relative gradient error vs ``store`` in float32 at 10 and 30 unrolls, and the step
    time at 10 unrolls (median of interleaved repeats, as a ratio to ``store``), on weights
    trained for a few hundred steps (fresh weights make the denoiser inverse look cheap);
-2. quality on simulated 2D+time (cine) data: zero-filled, CG-SENSE (its mu tuned on the
-   training samples) and MoDL with 1, 4 and 10 unrolls, PSNR/SSIM mean ± std over validation
-   samples and seeds;
+2. quality on simulated 2D+time (cine) data (:mod:`invseg.bench.recon_quality`): zero-filled,
+   CG-SENSE (its mu tuned on the training samples) and MoDL with 1, 4 and 10 unrolls, PSNR/SSIM
+   mean ± std over validation samples and seeds;
 3. scale: the largest 3D slab (slices x 256 x 256, 8 coils) and cine size (frames x 256 x 256)
    that trains in 12 GB at 10 and 30 unrolls, from exact activation bytes per voxel.
 """
@@ -20,22 +20,20 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from invseg.bench import recon_quality
 from invseg.bench.report import update_section
 from invseg.engine import InverseDriftWarning, activation_bytes
-from invseg.recon.baselines import cg_sense, zero_filled
-from invseg.recon.metrics import psnr, ssim
 from invseg.recon.modl import MoDL
 from invseg.recon.operators import SenseOperator
-from invseg.recon.simulate import beating_phantom, birdcage_maps, poisson_disc_mask, shepp_logan
-from invseg.recon.transforms import SimulateKSpace
+from invseg.recon.simulate import birdcage_maps, poisson_disc_mask, shepp_logan
 from invseg.runtime.device import resolve_device
 
-__all__ = ["PRESETS", "run"]
+__all__ = ["PARTS", "PRESETS", "run"]
 
 #: (label, memory mode, MoDL keyword arguments) of the speed/memory/accuracy table.
 VARIANTS = (
@@ -61,6 +59,8 @@ PRESETS: dict[str, dict] = {
     },
 }  # fmt: skip
 GIB12 = 12 * 2**30
+#: Tables of the section, in order (``--parts``).
+PARTS = ("speed", "quality", "scale")
 #: Columns of the 12 GiB table: memory mode, and ``auto`` for the drift-budget anchors.
 SCALE_MODES = ("store", "checkpoint", "invert", "invert auto")
 
@@ -167,87 +167,6 @@ def _modes_table(cfg: dict, device: torch.device) -> dict[str, dict]:
     return out
 
 
-def _cine_data(cfg: dict, count: int, seed: int) -> list[tuple]:
-    """``count`` normalised cine samples ``(x, y, op)`` (beating phantom, ky-t 6x)."""
-    rng = np.random.default_rng(seed)
-    T, H, W = cfg["cine_shape"]
-    sim = SimulateKSpace(cfg["cine_coils"], 6.0, mask_type="kt", calib=cfg["calib"], seed=seed)
-    out = []
-    for _ in range(count):
-        img = beating_phantom(
-            T, (H, W), cycles=float(rng.uniform(0.7, 1.5)), amplitude=float(rng.uniform(0.15, 0.3))
-        )
-        img = torch.roll(img, int(rng.integers(-T, T)), dims=0)
-        phase = float(rng.uniform(-np.pi, np.pi))
-        x = img.to(torch.complex64) * complex(np.cos(phase), np.sin(phase))
-        k, m, S = sim(x[None])
-        op = SenseOperator(S[None], m[None], fft_ndim=2)
-        scale = op.A_adjoint(k[None]).abs().max().clamp_min(1e-12)
-        out.append((x[None, None] / scale, k[None] / scale, S[None], m[None]))
-    return out
-
-
-def _batch(samples, device):
-    x, y, S, m = (torch.cat([s[i] for s in samples]).to(device) for i in range(4))
-    return x, y, SenseOperator(S, m, fft_ndim=2)
-
-
-def _scores(fn, val, device) -> list[tuple[float, float]]:
-    rows = []
-    for s in val:
-        x, y, op = _batch([s], device)
-        with torch.no_grad():
-            p = fn(y, op)
-        g, q = x.abs()[0, 0].cpu().numpy(), p.abs()[0, 0].cpu().numpy()
-        rows.append((psnr(g, q), ssim(g, q)))
-    return rows
-
-
-def _cg_sense(mu: float):
-    """CG-SENSE with Tikhonov weight ``mu`` as a ``(y, op) -> x`` reconstruction."""
-    return lambda y, op: cg_sense(y, op, mu=mu, max_iter=30)
-
-
-def _tune_cg_sense(train, device, mus=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1)) -> float:
-    """The CG-SENSE regularisation with the best mean PSNR on the training samples."""
-
-    def mean_psnr(mu: float) -> float:
-        return float(np.mean([r[0] for r in _scores(_cg_sense(mu), train, device)]))
-
-    return max(mus, key=mean_psnr)
-
-
-def _quality(cfg: dict, device: torch.device) -> dict[str, np.ndarray]:
-    """PSNR/SSIM rows per method; MoDL rows pool validation samples over seeds."""
-    val = _cine_data(cfg, cfg["val"], 10_000)
-    mu = _tune_cg_sense(_cine_data(cfg, cfg["train"], 0), device)
-    res = {
-        "zero-filled": np.asarray(_scores(zero_filled, val, device)),
-        f"CG-SENSE (mu {mu:g})": np.asarray(_scores(_cg_sense(mu), val, device)),
-    }
-    for n in (1, 4, 10):
-        rows = []
-        for seed in range(cfg["seeds"]):
-            train = _cine_data(cfg, cfg["train"], seed)
-            torch.manual_seed(seed)
-            # store: the same gradients as every memory mode, and the fastest on small data
-            model = MoDL(
-                n, spatial_dims=3, channels=cfg["cine_channels"], memory="store", mu_init=0.1
-            ).to(device)
-            opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-            rng = np.random.default_rng(seed)
-            for _ in range(cfg["steps"]):
-                idx = rng.choice(len(train), size=cfg["batch"], replace=False)
-                x, y, op = _batch([train[i] for i in idx], device)
-                opt.zero_grad(set_to_none=True)
-                _loss(model, y, op, x).backward()
-                opt.step()
-            model.eval()
-            rows += _scores(model, val, device)
-        res[f"MoDL {n} unroll{'s' if n > 1 else ''}"] = np.asarray(rows)
-    return res
-
-
 def _largest(per_voxel: float, fixed: float, plane: int) -> int:
     """Largest number of slices (or frames) whose bytes fit in 12 GiB."""
     return max(0, int((GIB12 - fixed) // (per_voxel * plane)))
@@ -290,18 +209,12 @@ def _scale(cfg: dict) -> dict[str, dict[int, int]]:
     return out
 
 
-def _fmt_rows(quality: dict[str, np.ndarray]) -> list[str]:
-    rows = []
-    for k, a in quality.items():
-        rows.append(
-            f"| {k} | {a[:, 0].mean():.2f} ± {a[:, 0].std():.2f} | "
-            f"{a[:, 1].mean():.4f} ± {a[:, 1].std():.4f} | {len(a)} |"
-        )
-    return rows
-
-
 def run(
-    *, quick: bool = False, output: Path = Path("docs/benchmarks.md"), device: str = "cpu"
+    *,
+    quick: bool = False,
+    output: Path = Path("docs/benchmarks.md"),
+    device: str = "cpu",
+    parts: Sequence[str] = PARTS,
 ) -> str:
     """Run the recon benchmark and write its section of ``output``.
 
@@ -310,33 +223,50 @@ def run(
             ``invseg bench recon --device cuda``).
         output: the benchmarks page.
         device: ``"cpu"`` or ``"cuda"``.
+        parts: which tables (:data:`PARTS`): ``speed`` (memory modes), ``quality`` (cine
+            training, most of the time), ``scale`` (12 GiB sizes).
 
     Returns:
         The markdown section.
+
+    Raises:
+        ValueError: an unknown part.
     """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ValueError(f"parts must be some of {PARTS}, got {list(parts)}")
     dev = resolve_device(device)
     name = "quick" if quick else "full"
     cfg = PRESETS[name]
     t0 = time.perf_counter()
-    modes = _modes_table(cfg, dev)
-    quality = _quality(cfg, dev)
-    scale = _scale(cfg)
-    md = _markdown(name, cfg, dev, modes, quality, scale, time.perf_counter() - t0)
+    lines = []
+    if "speed" in parts:
+        lines += _speed_md(cfg, _modes_table(cfg, dev))
+    if "quality" in parts:
+        lines += recon_quality.markdown(cfg, recon_quality.measure(cfg, dev), PRESETS["full"])
+    if "scale" in parts:
+        lines += _scale_md(_scale(cfg))
+    head = [
+        "## MoDL reconstruction (MEL)",
+        "",
+        f"`invseg bench recon{' --quick' if quick else ''}` (preset `{name}`) on {dev} "
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads), {time.perf_counter() - t0:.0f} s.",
+        "",
+    ]
+    md = "\n".join(head + lines)
     update_section(Path(output), "recon", md)
     return md
 
 
-def _markdown(name, cfg, dev, modes, quality, scale, seconds) -> str:
+def _speed_md(cfg: dict, modes: dict[str, dict]) -> list[str]:
     labels = [label for label, _, _ in VARIANTS]
     st = modes["store"]["seconds"]
     inv1, auto = labels[2], labels[3]
     lines = [
-        "## MoDL reconstruction (MEL)",
+        "### Memory modes, gradients and step time",
         "",
-        f"`invseg bench recon{' --quick' if name == 'quick' else ''}` (preset `{name}`) on "
-        f"{dev} ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads), {seconds:.0f} s. Speed/memory/accuracy: 2D "
-        f"{cfg['n']}x{cfg['n']}, {cfg['coils']} coils, Poisson-disc 4x, denoiser 5 conv x "
+        f"2D {cfg['n']}x{cfg['n']}, {cfg['coils']} coils, Poisson-disc 4x, denoiser 5 conv x "
         f"{cfg['channels']} ch, shared weights, MoDL defaults (CG tol 1e-5, cap 30, mu floor "
         "0.05, drift budget 1e-3), float32. Weights trained first: "
         f"{cfg['warm_steps']} Adam steps (lr {cfg['lr']:g}) in `store` mode on the same "
@@ -366,27 +296,11 @@ def _markdown(name, cfg, dev, modes, quality, scale, seconds) -> str:
             f"grad error {r['err30']:.1e} at 30 unrolls (targets <= 1.4x store, below "
             f"checkpoint, <= 1e-4: {'met' if ok else 'NOT met'})."
         )
-    q = {k: v[:, 0].mean() for k, v in quality.items()}
-    cg = next(k for k in q if k.startswith("CG-SENSE"))
-    T, H, W = cfg["cine_shape"]
-    lines += [
-        "",
-        f"### Quality on simulated cine ({T}x{H}x{W}, {cfg['cine_coils']} coils, ky-t 6x, "
-        f"{cfg['calib']} calibration lines)",
-        "",
-        f"{cfg['steps']} Adam steps (lr {cfg['lr']:g}, batch {cfg['batch']}, {cfg['train']} "
-        f"training samples) per depth and seed, {cfg['seeds']} seeds, {cfg['val']} held-out "
-        "samples; MoDL rows pool samples over seeds. CG-SENSE's mu is the best of 1e-3..1e-1 "
-        "by mean PSNR on the training samples of seed 0.",
-        "",
-        "| method | PSNR (dB) | SSIM | n |",
-        "|---|---|---|---|",
-        *_fmt_rows(quality),
-        "",
-        f"10 vs 4 unrolls: {q['MoDL 10 unrolls'] - q['MoDL 4 unrolls']:+.2f} dB (target >= "
-        f"+0.5); MoDL-10 vs CG-SENSE: {q['MoDL 10 unrolls'] - q[cg]:+.2f} dB (target "
-        ">= +2). The full preset (`invseg bench recon --device cuda`) trains "
-        f"{PRESETS['full']['steps']} steps on {'x'.join(map(str, PRESETS['full']['cine_shape']))}.",
+    return lines
+
+
+def _scale_md(scale: dict[str, dict[int, int]]) -> list[str]:
+    return [
         "",
         "### Largest size that trains in 12 GiB (64 channels, 8 coils, 256 x 256 in-plane)",
         "",
@@ -406,4 +320,3 @@ def _markdown(name, cfg, dev, modes, quality, scale, seconds) -> str:
         ],
         "",
     ]
-    return "\n".join(lines)

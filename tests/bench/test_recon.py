@@ -36,3 +36,19 @@ def test_speed_variants_share_the_trained_weights():
     w = m.chain.blocks[29].denoiser.state_dict()
     assert all(torch.equal(w[k], v) for k, v in src.chain.blocks[0].denoiser.state_dict().items())
     assert not torch.equal(fresh.chain.blocks[0].dc.raw_mu, m.chain.blocks[29].dc.raw_mu)
+
+
+def test_run_writes_only_the_requested_tables(tmp_path, monkeypatch):
+    sizes = {"store": 18, "checkpoint": 150, "invert": 149, "invert auto": 154}
+    monkeypatch.setattr(recon, "_scale", lambda cfg: {"10 unrolls": sizes})
+    md = recon.run(quick=True, output=tmp_path / "b.md", parts=["scale"])
+    assert "| 10 unrolls | 18 | 150 | 149 | 154 |" in md
+    assert "### Largest size" in md and "### Quality" not in md and "### Memory modes" not in md
+    assert "<!-- bench:recon -->" in (tmp_path / "b.md").read_text()
+
+
+@pytest.mark.parametrize("parts", [["speeed"], []])
+def test_run_refuses_unknown_parts_before_measuring(parts, tmp_path):
+    with pytest.raises(ValueError, match="parts must be some of"):
+        recon.run(output=tmp_path / "b.md", parts=parts)
+    assert not (tmp_path / "b.md").exists()
