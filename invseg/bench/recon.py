@@ -61,8 +61,13 @@ PRESETS: dict[str, dict] = {
 GIB12 = 12 * 2**30
 #: Tables of the section, in order (``--parts``).
 PARTS = ("speed", "quality", "scale")
-#: Columns of the 12 GiB table: memory mode, and ``auto`` for the drift-budget anchors.
-SCALE_MODES = ("store", "checkpoint", "invert", "invert auto")
+#: Columns of the 12 GiB table: ``{column: (memory mode, drift-budget anchors?)}``.
+SCALE_MODES = {
+    "store": ("store", False),
+    "checkpoint": ("checkpoint", False),
+    "invert": ("invert", False),
+    "invert auto": ("invert", True),
+}
 
 
 def _problem_2d(n: int, coils: int, device: torch.device):
@@ -122,17 +127,15 @@ def _variant(n: int, mode: str, kw: dict, src: MoDL, cfg: dict, device) -> MoDL:
 def _passes_per_inversion(m: MoDL, y, op, x) -> float:
     """Denoiser passes per rebuilt unroll input in one backward (the last one is the
     recomputation that backward needs anyway)."""
-    calls = [0]
-    hook = m.chain.blocks[0].denoiser.f.register_forward_pre_hook(
-        lambda *_: calls.__setitem__(0, calls[0] + 1)
-    )
+    calls: list[None] = []
+    hook = m.chain.blocks[0].denoiser.f.register_forward_pre_hook(lambda *_: calls.append(None))
     m.zero_grad(set_to_none=True)
     loss = _loss(m, y, op, x)
-    forward = calls[0]
+    forward = len(calls)
     loss.backward()
     hook.remove()
     kept = -(-m.num_unrolls // m.anchor_every)  # anchors: unrolls 0, k, 2k, ...
-    return (calls[0] - forward - kept) / max(m.num_unrolls - kept, 1)
+    return (len(calls) - forward - kept) / max(m.num_unrolls - kept, 1)
 
 
 def _modes_table(cfg: dict, device: torch.device) -> dict[str, dict]:
@@ -187,10 +190,8 @@ def _scale(cfg: dict) -> dict[str, dict[int, int]]:
         torch.manual_seed(0)
         m = MoDL(n, spatial_dims=3, channels=64, lipschitz_grid=16)  # one SVD set per model
         for mode in ("store",) if n == 1 else SCALE_MODES:
-            m.memory = mode.split()[0]
-            m.chain.anchor_every = 1
-            if mode == "invert auto":
-                m.pick_anchors()  # the drift-budget spacing
+            m.memory, auto = SCALE_MODES[mode]
+            m.chain.anchor_every = m.pick_anchors() if auto else 1
             b = []
             for depth in (2, 4):
                 S = birdcage_maps(coils, (depth, *hw), ndim=3)[None].to(torch.complex64)
