@@ -36,11 +36,18 @@ def forward_block(block: nn.Module, x: Tensor, context: tuple) -> Tensor:
     return block(x, *context)
 
 
-def reverse_block(block: nn.Module, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+def reverse_block(
+    block: nn.Module, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool = True
+) -> tuple[Tensor | None, Tensor]:
     """Rebuild the input of ``block`` from its output and back-propagate ``grad_y``.
 
-    Returns ``(x, grad_x)``; gradients of parameters and context go to ``tape``.
+    Returns ``(x, grad_x)``; gradients of parameters and context go to ``tape``. With
+    ``need_input=False`` (nobody reads ``x`` again, e.g. the first block of a chain) a block
+    with a ``reverse_gradient(y, grad_y, tape)`` hook may skip work that only ``x`` needs;
+    ``x`` is then ``None``.
     """
+    if not need_input and callable(getattr(block, "reverse_gradient", None)):
+        return None, block.reverse_gradient(y, grad_y, tape)
     if has_fused_reverse(block):
         return block.reverse(y, grad_y, tape)
     return _generic_reverse(block, y, grad_y, tape)
@@ -121,7 +128,7 @@ class ChainRun:
                 tape.rng = self.rng.get(i, [])
                 with frozen_buffers(block):
                     if kept is None:
-                        y, grad_y = reverse_block(block, y, grad_y, tape)
+                        y, grad_y = reverse_block(block, y, grad_y, tape, need_input=i > 0)
                         continue
                     # An anchored block is differentiated at its kept input, exactly as in
                     # "checkpoint" mode, so drift never reaches this block's gradients or the

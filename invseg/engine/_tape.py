@@ -66,12 +66,17 @@ class Tape:
             allow_unused=True,
         )
         for source, grad in zip(sources, grads[len(inputs) :]):
-            if grad is not None:
-                i = self._index[id(source)]
-                self.grads[i] = grad if self.grads[i] is None else self.grads[i] + grad
+            self.accumulate(source, grad)
         return [
             torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads[: len(inputs)])
         ]
+
+    def accumulate(self, source: Tensor, grad: Tensor | None) -> None:
+        """Add ``grad`` to the gradient of ``source`` (ignored if it is not a source)."""
+        i = self._index.get(id(source))
+        if i is None or grad is None:
+            return
+        self.grads[i] = grad if self.grads[i] is None else self.grads[i] + grad
 
     def pop_rng(self) -> RNGState | None:
         """The most recently recorded RNG state of the current block, or ``None``."""

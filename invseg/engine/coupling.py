@@ -133,6 +133,21 @@ class AdditiveCoupling(_Coupling):
         preallocated outputs (no concatenation copies) and the additions' identity Jacobians
         are applied directly.
         """
+        return self._reverse(y, grad_y, tape, need_input=True)
+
+    def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+        """:meth:`reverse` for a block whose rebuilt input nobody reads (a chain's first block).
+
+        :math:`x_1 = y_1 - F(x_2)` is not formed, so F's output is not needed: when F is an
+        ``nn.Sequential`` ending in a convolution, that convolution is differentiated from its
+        input alone and never evaluated (the early stop of torch's non-reentrant checkpoint).
+        Returns the gradient of the input.
+        """
+        return self._reverse(y, grad_y, tape, need_input=False)[1]
+
+    def _reverse(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
+    ) -> tuple[Tensor | None, Tensor]:
         y1, y2 = self._split(y)
         dy1, dy2 = self._split(grad_y)
         x, grad_x = torch.empty_like(y), torch.empty_like(grad_y)
@@ -142,8 +157,11 @@ class AdditiveCoupling(_Coupling):
         h_g, dy1_from_g = self._graded(self.g, y1, dy2, state_g, tape)
         torch.sub(y2, h_g, out=x2)
         torch.add(dy1, dy1_from_g, out=dx1)  # dx1 = dy1 + G'(y1)^T dy2
-        h_f, dx2_from_f = self._graded(self.f, x2, dx1, state_f, tape)
-        torch.sub(y1, h_f, out=x1)
+        if need_input:
+            h_f, dx2_from_f = self._graded(self.f, x2, dx1, state_f, tape)
+            torch.sub(y1, h_f, out=x1)
+        else:
+            dx2_from_f, x = self._graded_unseen(self.f, x2, dx1, state_f, tape), None
         torch.add(dy2, dx2_from_f, out=dx2)
         return x, grad_x
 
@@ -156,6 +174,67 @@ class AdditiveCoupling(_Coupling):
             h = fn(cond_leaf, *tape.context)
         (grad_cond,) = tape.vjp(self, [h], [grad_h], [cond_leaf])
         return h.detach(), grad_cond
+
+    def _graded_unseen(
+        self, fn: nn.Module, cond: Tensor, grad_h: Tensor, state: _rng.RNGState | None, tape: Tape
+    ) -> Tensor:
+        """``fn'(cond)^T grad_h`` without evaluating ``fn``'s last layer when it is a conv."""
+        last = _last_conv(fn)
+        if last is None or tape.context:
+            return self._graded(fn, cond, grad_h, state, tape)[1]
+        cond_leaf = cond.detach().requires_grad_()
+        with torch.enable_grad(), _rng.replay(state):
+            a = cond_leaf
+            for layer in list(fn)[:-1]:
+                a = layer(a)
+        (grad_cond,) = tape.vjp(self, [a], [conv_vjp(last, a.detach(), grad_h, tape)], [cond_leaf])
+        return grad_cond
+
+
+_CONV_GRADS = {
+    nn.Conv1d: (torch.nn.grad.conv1d_input, torch.nn.grad.conv1d_weight),
+    nn.Conv2d: (torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight),
+    nn.Conv3d: (torch.nn.grad.conv3d_input, torch.nn.grad.conv3d_weight),
+}
+
+
+def _last_conv(fn: nn.Module) -> nn.Conv1d | nn.Conv2d | nn.Conv3d | None:
+    """``fn``'s last layer if ``fn`` is a plain ``nn.Sequential`` ending in a plain conv.
+
+    Exact types only: a subclass or a parametrised conv may compute its weight in forward.
+    """
+    if type(fn) is not nn.Sequential or len(fn) < 2:
+        return None
+    last = fn[-1]
+    plain = (
+        type(last) in _CONV_GRADS
+        and last.padding_mode == "zeros"
+        and not isinstance(last.padding, str)
+        and isinstance(last.weight, nn.Parameter)
+    )
+    return last if plain else None
+
+
+def conv_vjp(
+    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, a: Tensor, grad_out: Tensor, tape: Tape
+) -> Tensor:
+    """Back-propagate ``grad_out`` through ``conv`` applied to ``a`` without evaluating it.
+
+    Weight and bias gradients go to ``tape``; returns the gradient of ``a``. Under autocast the
+    conv is differentiated in the autocast dtype, as autograd would.
+    """
+    device = a.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else a.dtype
+    a_low, w, g = a.to(dtype), conv.weight.detach().to(dtype), grad_out.to(dtype)
+    grad_input, grad_weight = _CONV_GRADS[type(conv)]
+    kw = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+    kw["groups"] = conv.groups
+    if conv.weight.requires_grad:
+        tape.accumulate(conv.weight, grad_weight(a_low, w.shape, g, **kw).to(conv.weight.dtype))
+    if conv.bias is not None and conv.bias.requires_grad:
+        dims = (0, *range(2, g.ndim))
+        tape.accumulate(conv.bias, g.sum(dims, dtype=conv.bias.dtype))
+    return grad_input(a_low.shape, w, g, **kw).to(a.dtype)
 
 
 class AffineCoupling(_Coupling):

@@ -153,6 +153,13 @@ class InvertibleSequential(nn.Module):
             y, grad_y = reverse_block(block, y, grad_y, tape)
         return y, grad_y
 
+    def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+        """Engine hook: :meth:`reverse` when nobody reads the rebuilt input (see
+        :func:`~invseg.engine.reverse_block`); the first block is told so too."""
+        for i in reversed(range(len(self.blocks))):
+            y, grad_y = reverse_block(self.blocks[i], y, grad_y, tape, need_input=i > 0)
+        return grad_y
+
     def _anchor_indices(self, measure: bool) -> frozenset[int]:
         if self.anchor_every is not None:
             return frozenset(range(0, len(self.blocks), self.anchor_every))

@@ -71,6 +71,15 @@ class InvertibleLevel(nn.Module):
 
     def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         """Engine hook: rebuild the input and back-propagate ``grad_y``, one sub-block at a time."""
+        return self._reverse(y, grad_y, tape, need_input=True)
+
+    def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+        """Engine hook: :meth:`reverse` when nobody reads the rebuilt input."""
+        return self._reverse(y, grad_y, tape, need_input=False)[1]
+
+    def _reverse(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
+    ) -> tuple[Tensor | None, Tensor]:
         h, grad_h = reverse_block(self.decoder, y, grad_y, tape)
         s = self.skip_channels
         skip, deep, grad_skip, grad_deep = h[:, :s], h[:, s:], grad_h[:, :s], grad_h[:, s:]
@@ -78,7 +87,7 @@ class InvertibleLevel(nn.Module):
             deep, grad_deep = reverse_block(block, deep, grad_deep, tape)
         x = torch.cat([skip, deep], dim=1)
         grad_x = torch.cat([grad_skip, grad_deep], dim=1)
-        return reverse_block(self.encoder, x, grad_x, tape)
+        return reverse_block(self.encoder, x, grad_x, tape, need_input=need_input)
 
 
 class BottleneckTap(nn.Module):

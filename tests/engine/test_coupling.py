@@ -15,6 +15,7 @@ from invseg.engine import (
     InvertibleUpsample3d,
     OrthogonalMix,
     Squeeze3d,
+    Tape,
     import_memcnn,
 )
 from invseg.engine.testing import assert_round_trip
@@ -110,3 +111,80 @@ def test_memcnn_wrapper_evaluates_each_function_three_times() -> None:
     x = torch.randn(1, 4, 6, 6, 6, requires_grad=True) * 1.0  # memcnn frees its input
     block(x).square().sum().backward()
     assert (f.calls, g.calls) == (3, 3)
+
+
+def _conv_counts(chain: InvertibleSequential) -> list[tuple[int, int]]:
+    counts = [[0, 0] for _ in chain.blocks]
+    for i, block in enumerate(chain.blocks):
+        for j, fn in enumerate((block.f, block.g)):
+            fn[-1].register_forward_hook(lambda *_, c=counts[i], j=j: c.__setitem__(j, c[j] + 1))
+    return counts
+
+
+def test_first_block_never_evaluates_the_conv_only_its_rebuilt_input_needs() -> None:
+    """Nobody reads a chain's rebuilt input, so F's last conv of block 0 is not recomputed."""
+    chain = make_chain(3).double()
+    counts = _conv_counts(chain)
+    x = torch.randn(1, 4, 6, 6, 6, dtype=F64, requires_grad=True)
+    chain(x).square().sum().backward()
+    assert counts == [[1, 2], [2, 2], [2, 2]]  # (F conv, G conv) runs: forward + recompute
+    ref = copy.deepcopy(chain)
+    ref.memory = "store"
+    xr = x.detach().requires_grad_()
+    ref(xr).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-12)
+    for p, q in zip(chain.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+
+
+LAST_LAYERS = {
+    "conv3d": lambda: nn.Conv3d(2, 2, 3, padding=1),
+    "no_bias_dilated_grouped": lambda: nn.Conv3d(
+        2, 2, 3, padding=2, dilation=2, groups=2, bias=False
+    ),
+    "pointwise": lambda: nn.Conv3d(2, 2, 1),
+    "padding_same_falls_back": lambda: nn.Conv3d(2, 2, 3, padding="same"),
+    "not_a_conv_falls_back": lambda: nn.Tanh(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAST_LAYERS))
+@pytest.mark.parametrize("frozen", [False, True])
+def test_reverse_gradient_equals_the_gradient_of_reverse(name: str, frozen: bool) -> None:
+    f = nn.Sequential(nn.GroupNorm(1, 2), nn.LeakyReLU(0.1), LAST_LAYERS[name]())
+    block = _randomise(AdditiveCoupling(f)).double()
+    if frozen:
+        f[-1].requires_grad_(False)
+    y = torch.randn(2, 4, 5, 5, 5, dtype=F64)
+    grad_y = torch.randn_like(y)
+
+    def run(method) -> tuple[torch.Tensor, list]:
+        tape = Tape([p for p in block.parameters() if p.requires_grad], ())
+        out = method(y, grad_y, tape)
+        return (out[1] if isinstance(out, tuple) else out), tape.grads
+
+    grad_x, grads = run(block.reverse)
+    grad_x_skip, grads_skip = run(block.reverse_gradient)
+    torch.testing.assert_close(grad_x_skip, grad_x, rtol=1e-12, atol=1e-12)
+    assert all(g is not None for g in grads_skip)
+    for a, b in zip(grads_skip, grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_reverse_gradient_of_a_2d_coupling_matches_under_bfloat16_autocast() -> None:
+    f = nn.Sequential(nn.GroupNorm(1, 2), nn.LeakyReLU(0.1), nn.Conv2d(2, 2, 3, padding=1))
+    block = _randomise(AdditiveCoupling(f))
+    y = torch.randn(1, 4, 8, 8)
+    grad_y = torch.randn_like(y)
+    results = []
+    for method in (block.reverse, block.reverse_gradient):
+        tape = Tape(list(block.parameters()), ())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = method(y, grad_y, tape)
+        results.append(((out[1] if isinstance(out, tuple) else out), tape.grads))
+    (gx, grads), (gx_skip, grads_skip) = results
+    assert gx_skip.dtype == gx.dtype == torch.float32
+    torch.testing.assert_close(gx_skip, gx, rtol=2e-2, atol=2e-2)
+    for a, b in zip(grads_skip, grads):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=5e-2)

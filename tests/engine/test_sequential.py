@@ -154,7 +154,7 @@ def test_bfloat16_autocast_runs_in_the_autocast_dtype() -> None:
     chain = make_chain(4)
     x = torch.randn(1, 4, 6, 6, 6, requires_grad=True)
     seen = []
-    chain[0].f[3].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    chain[1].f[3].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = chain(x)
     y.float().square().sum().backward()
