@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from invseg.bench.harness import (
     can_plot,
     describe_device,
-    median_step_seconds,
+    interleaved_seconds,
     mib,
     peak_cuda_bytes,
 )
@@ -85,18 +85,20 @@ def compare_modes(
 ) -> pd.DataFrame:
     """Activation bytes, step time and (CUDA) peak memory per memory mechanism."""
     x = torch.randn(1, channels, size, size, size, device=device)
+    models = {
+        name: model.to(device) for name, model in _contenders(couplings(depth, channels)).items()
+    }
+    steps = {name: _training_step(model, x) for name, model in models.items()}
+    seconds = interleaved_seconds(list(steps.values()), device, repeats)
     rows = []
-    for name, model in _contenders(couplings(depth, channels)).items():
-        model.to(device)
-        step = _training_step(model, x)
+    for (name, model), step, s in zip(models.items(), steps.values(), seconds):
         held = activation_bytes(lambda m=model: m(x.clone() * 1.0).square().mean())
         held += getattr(model, "device_bytes", 0)  # save_on_cpu hides its tensors from hooks
-        seconds = median_step_seconds(step, device=device, repeats=repeats)
         rows.append(
             {
                 "mechanism": name,
                 "activation MiB": held / 2**20,
-                "step s": seconds,
+                "step s": s,
                 "peak CUDA MiB": peak_cuda_bytes(step, device),
             }
         )
@@ -184,7 +186,7 @@ def run(
     """
     dev = torch.device(device)
     size, channels, depth = (16, 8, 8) if quick else (32, 16, 16)
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 9
     with warnings.catch_warnings():  # memcnn's TypedStorage deprecation, on every step
         warnings.simplefilter("ignore", UserWarning)
         modes = compare_modes(
@@ -199,8 +201,9 @@ def run(
         f"Device: {describe_device(dev)}; torch {torch.__version__}. "
         f"{depth} additive couplings (F, G = GroupNorm → LeakyReLU → 3³ conv on "
         f"{channels // 2} channels), input 1×{channels}×{size}³, one training step = "
-        "forward + backward of a mean-square loss; median of "
-        f"{repeats} steps.{' Quick run.' if quick else ''}"
+        f"forward + backward of a mean-square loss; median of {repeats} steps after one "
+        "warm-up, interleaved over the rows (CPU time of the process on CPU)."
+        f"{' Quick run.' if quick else ''}"
     )
     plot = _plot_or_note(by_depth, output)
     sections = [_modes_section(modes), _depth_section(by_depth, plot), _drift_section(drift)]

@@ -18,22 +18,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_step_seconds(
-    step: Callable[[], None], *, device: torch.device, repeats: int = 5, warmup: int = 1
-) -> float:
-    """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def peak_cuda_bytes(step: Callable[[], None], device: torch.device) -> int | None:
     """Peak CUDA memory allocated during one ``step()`` (``None`` off CUDA)."""
     if device.type != "cuda":
@@ -124,30 +108,39 @@ def measure(
     x: Tensor,
     repeats: int,
 ) -> list[Row]:
-    """Measure every configuration; step times are taken round-robin over the rows.
-
-    Interleaving the timed steps (one step of each row per round, median over rounds) spreads
-    any background load evenly over the rows, so the ratios stay meaningful on a shared CPU.
-    """
+    """Measure every configuration; step times are taken round-robin over the rows
+    (:func:`interleaved_seconds`)."""
     models = [model.to(x.device).train() for _, _, model in configs]
     acts, hosts = [], []
     for model in models:
         acts.append(held_bytes(loss, model, x))
         hosts.append(getattr(model, "host_bytes", 0))
     steps = [training_step(loss, model, x) for model in models]
-    times: list[list[float]] = [[] for _ in models]
-    for round_ in range(repeats + 1):  # round 0 is the warm-up
-        for i, step in enumerate(steps):
-            seconds = step_seconds(step, x.device)
-            if round_:
-                times[i].append(seconds)
+    seconds = interleaved_seconds(steps, x.device, repeats)
     rows = []
-    for (name, memory, model), act, host, step, ts in zip(configs, acts, hosts, steps, times):
+    for (name, memory, model), act, host, step, s in zip(configs, acts, hosts, steps, seconds):
         peak = peak_over_base(step, x.device) if x.device.type == "cuda" else None
         model.zero_grad(set_to_none=True)
         params = sum(p.numel() for p in model.parameters())
-        rows.append(Row(name, memory, params, act, statistics.median(ts), peak, host))
+        rows.append(Row(name, memory, params, act, s, peak, host))
     return rows
+
+
+def interleaved_seconds(
+    steps: list[Callable[[], None]], device: torch.device, repeats: int
+) -> list[float]:
+    """Median :func:`step_seconds` of each step, taken round-robin after one warm-up round.
+
+    Interleaving (one step of each in turn, median over rounds) spreads background load and
+    allocator state evenly over the steps, so their ratios stay meaningful on a shared CPU.
+    """
+    times: list[list[float]] = [[] for _ in steps]
+    for round_ in range(repeats + 1):  # round 0 is the warm-up
+        for i, step in enumerate(steps):
+            seconds = step_seconds(step, device)
+            if round_:
+                times[i].append(seconds)
+    return [statistics.median(ts) for ts in times]
 
 
 def largest_edge(

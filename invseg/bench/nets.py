@@ -178,7 +178,7 @@ def run(
         >>> md = run(quick=True, output=out)  # doctest: +SKIP
     """
     dev, size = _check_args(device, size, quick)
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 9
     x = torch.randn(1, IN_CHANNELS, size, size, size, device=dev)
     configs, filters = _contenders(size)
     rows = measure(configs, _loss, x, repeats)

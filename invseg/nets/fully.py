@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -93,7 +92,9 @@ class FullyInvResUNet(UNetFrame):
         lift: replace the stem conv by a parameter-free channel lift (:class:`ChannelLift`:
             a fixed isometry from ``in_channels`` to ``channels[0]``) and the 1x1 head by
             ``out_channels`` evenly spaced channels of the body output, with a learnable
-            orthogonal 1x1 mixing at both ends of the body. In ``"invert"`` mode one training
+            orthogonal 1x1 mixing as the body's last block (it chooses what the logit channels
+            hold); nothing before the first level, so its first coupling skips the
+            convolution only a rebuilt input would need. In ``"invert"`` mode one training
             step then keeps only the body output (the logits are a view of it), not also the
             input volume and the logits: 7.5% of the ``"store"`` twin at 1 block per level
             and 32^3 instead of 12.2% (``invseg bench nets``).
@@ -174,9 +175,9 @@ class FullyInvResUNet(UNetFrame):
         )
         self.tap = BottleneckTap() if self.vae else None
         inner = self._levels()
-        # lift: learnable invertible 1x1 mixing after the lift and before the logits
-        ends = [OrthogonalMix(channels[0])] if lift else []
-        self.body = InvertibleSequential(*ends, *inner, *copy.deepcopy(ends), memory=memory)
+        # lift: a learnable invertible 1x1 mixing chooses what the logit channels hold
+        mix = [OrthogonalMix(channels[0])] if lift else []
+        self.body = InvertibleSequential(*inner, *mix, memory=memory)
         self.head = None if lift else conv(self.spatial_dims, channels[0], self.out_channels, 1)
         if self.vae:
             self.vae_branch = self.make_vae(self.effective_channels)
