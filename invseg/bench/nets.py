@@ -357,7 +357,7 @@ def _targets(
         "whatever the depth: that floor is why the ratio can exceed 10% with 1 block per "
         "level while the store twin is still shallow. With `lift=True` the stem is a fixed "
         "isometry (nothing saved), the head a strided view of the body output and the body "
-        f"has an orthogonal 1x1 mixing at both ends: only the body output ({CHANNELS[0]} "
+        f"ends with a learnable orthogonal 1x1 mixing: only the body output ({CHANNELS[0]} "
         "channels) is held.",
     ]
 

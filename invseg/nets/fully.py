@@ -96,7 +96,7 @@ class FullyInvResUNet(UNetFrame):
             hold); nothing before the first level, so its first coupling skips the
             convolution only a rebuilt input would need. In ``"invert"`` mode one training
             step then keeps only the body output (the logits are a view of it), not also the
-            input volume and the logits: 7.5% of the ``"store"`` twin at 1 block per level
+            input volume and the logits: 8.1% of the ``"store"`` twin at 1 block per level
             and 32^3 instead of 12.2% (``invseg bench nets``).
 
     Attributes:
