@@ -41,6 +41,7 @@ BLOCKS = (1, 2, 4, 8)
 CAP_BYTES = 12 * 2**30
 TARGETS = {"partially": 0.35, "fully": 0.10, "flat": 1.05, "time": 1.30, "time_cuda": 1.25}
 LIFT = "FullyInvResUNet (lift)"
+ANCHORED = "invert, anchor_every=1"  # every block's input kept: no conv re-evaluated
 #: ``(class, memory)`` of our nets in the depth sweep (``None``: UNet3D, which has no modes).
 SWEEP = (
     (UNet3D, None),
@@ -60,11 +61,14 @@ def _ours(
     blocks: int = 1,
     vae: bool = False,
     lift: bool = False,
+    anchor_every: int | None = None,
 ):
     torch.manual_seed(0)
     kw: dict = {"channels": CHANNELS, "blocks": blocks}
     if lift:
         kw["lift"] = True
+    if anchor_every is not None:
+        kw["anchor_every"] = anchor_every
     if memory is not None:
         kw["memory"] = memory
     if vae:
@@ -210,6 +214,9 @@ def _contenders(size: int) -> tuple[list[tuple[str, str, nn.Module]], int]:
     for cls in (PartiallyInvResUNet, FullyInvResUNet):
         for memory in ("invert", "checkpoint", "store"):
             configs.append((cls.__name__, memory, _ours(cls, memory, size)))
+        if cls is PartiallyInvResUNet:
+            model = _ours(cls, "invert", size, anchor_every=1)
+            configs.append((cls.__name__, ANCHORED, model))
     for memory in ("invert", "store"):
         configs.append((LIFT, memory, _lifted(memory, size, 1)))
     for cls in (PartiallyInvResUNet, FullyInvResUNet):

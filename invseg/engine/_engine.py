@@ -122,6 +122,7 @@ class ChainRun:
         tape = Tape(self.sources, self.context)
         device_type, enabled, dtype = self.autocast
         errors: dict[int, float] = {}
+        exact = True  # y is the chain output, or the kept input of the block after
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(self.blocks))):
                 block, kept = self.blocks[i], self.anchors.get(i)
@@ -129,6 +130,7 @@ class ChainRun:
                 with frozen_buffers(block):
                     if kept is None:
                         y, grad_y = reverse_block(block, y, grad_y, tape, need_input=i > 0)
+                        exact = False
                         continue
                     # An anchored block is differentiated at its kept input, exactly as in
                     # "checkpoint" mode, so drift never reaches this block's gradients or the
@@ -136,11 +138,13 @@ class ChainRun:
                     if self.measure_drift and not tape.rng:  # stochastic blocks: RNG per step
                         with torch.no_grad():
                             errors[i] = _relative_error(block.inverse(y, *self.context), kept)
-                    if callable(getattr(block, "reverse_known", None)):
+                    if exact and callable(getattr(block, "reverse_exact", None)):
+                        grad_y = block.reverse_exact(kept.detach(), y, grad_y, tape)
+                    elif callable(getattr(block, "reverse_known", None)):
                         grad_y = block.reverse_known(kept.detach(), y, grad_y, tape)
                     else:
                         grad_y = _recompute(block, kept.detach(), grad_y, tape)
-                    y = kept.detach()
+                    y, exact = kept.detach(), True
         self.chain._after_backward(errors)
         return grad_y, tape.grads
 

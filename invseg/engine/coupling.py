@@ -145,6 +145,23 @@ class AdditiveCoupling(_Coupling):
         """
         return self._reverse(y, grad_y, tape, need_input=False)[1]
 
+    def reverse_exact(self, x: Tensor, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+        """Engine hook for a block whose input and output are both held exactly (anchors).
+
+        With :math:`x_2` and :math:`y_1` known, neither F nor G needs to be evaluated: when
+        they end with a convolution, only their norm/activation prefixes are recomputed and the
+        convolutions are differentiated from their inputs. Returns the gradient of ``x``.
+        """
+        _, x2 = self._split(x)
+        y1, _ = self._split(y)
+        dy1, dy2 = self._split(grad_y)
+        grad_x = torch.empty_like(grad_y)
+        dx1, dx2 = torch.chunk(grad_x, 2, dim=self.split_dim)
+        state_g, state_f = tape.pop_rng(), tape.pop_rng()
+        torch.add(dy1, self._graded_unseen(self.g, y1, dy2, state_g, tape), out=dx1)
+        torch.add(dy2, self._graded_unseen(self.f, x2, dx1, state_f, tape), out=dx2)
+        return grad_x
+
     def _reverse(
         self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
     ) -> tuple[Tensor | None, Tensor]:

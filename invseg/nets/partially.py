@@ -36,6 +36,10 @@ class PartiallyInvResUNet(ResUNetBase):
         dropout: dropout probability inside F and G (replayed exactly in backward).
         memory: ``"invert"``, ``"checkpoint"`` or ``"store"`` (see
             :class:`~invseg.engine.InvertibleSequential`); settable later via ``model.memory``.
+        anchor_every: in ``"invert"`` mode keep the input of every ``k``-th block of each
+            stage. ``1`` keeps every block's input, the bytes of ``"checkpoint"``, and each
+            coupling is then back-propagated from its kept input and known output without
+            evaluating a convolution: about the step time of ``"store"``. ``None``: nothing.
         vae: add a :class:`~invseg.nets.VAEBranch` from the bottleneck (training only).
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
@@ -70,6 +74,7 @@ class PartiallyInvResUNet(ResUNetBase):
         norm: str | tuple = DEFAULT_NORM,
         dropout: float = 0.0,
         memory: str = "invert",
+        anchor_every: int | None = None,
         vae: bool = False,
         input_image_size: Sequence[int] | None = None,
         vae_weights: tuple[float, float] = (0.1, 0.1),
@@ -94,6 +99,7 @@ class PartiallyInvResUNet(ResUNetBase):
             vae_weights=vae_weights,
         )
         self.memory = memory  # checked by the setter; no stage exists yet
+        self.anchor_every = anchor_every  # checked by each stage
         self.build()
 
     @property
@@ -108,5 +114,7 @@ class PartiallyInvResUNet(ResUNetBase):
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         return InvertibleSequential(
-            *self.make_blocks(InvertibleResBlock, channels, blocks), memory=self._memory
+            *self.make_blocks(InvertibleResBlock, channels, blocks),
+            memory=self._memory,
+            anchor_every=self.anchor_every,
         )

@@ -188,3 +188,38 @@ def test_reverse_gradient_of_a_2d_coupling_matches_under_bfloat16_autocast() -> 
     for a, b in zip(grads_skip, grads):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2e-2, atol=5e-2)
+
+
+def _grads_match_store(chain: InvertibleSequential, x: torch.Tensor, seed: int = 0) -> None:
+    ref = copy.deepcopy(chain)
+    ref.memory = "store"
+    grads = []
+    for net in (chain, ref):
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # the same dropout masks in both
+        xi = x.detach().requires_grad_()
+        net(xi).square().sum().backward()
+        grads.append([xi.grad, *(p.grad for p in net.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_couplings_anchored_at_every_block_evaluate_no_conv_in_backward(dropout: float) -> None:
+    """Input kept and output known: only the norm/activation prefixes are recomputed."""
+    chain = make_chain(3, anchor_every=1, dropout=dropout).double()
+    counts = _conv_counts(chain)
+    x = torch.randn(1, 4, 6, 6, 6, dtype=F64)
+    chain(x.requires_grad_()).square().sum().backward()
+    assert counts == [[1, 1]] * 3  # the forward only
+    _grads_match_store(chain, x)
+
+
+def test_an_anchored_block_with_a_rebuilt_output_is_recomputed_from_its_input() -> None:
+    """Drift must not reach an anchored block: its rebuilt output is not used."""
+    chain = make_chain(4, anchor_every=2).double()
+    counts = _conv_counts(chain)
+    x = torch.randn(1, 4, 6, 6, 6, dtype=F64)
+    chain(x.requires_grad_()).square().sum().backward()
+    assert counts == [[2, 2]] * 4
+    _grads_match_store(chain, x)

@@ -155,3 +155,23 @@ def test_memory_can_be_switched_after_construction() -> None:
     net = PartiallyInvResUNet(3, 2, 3, channels=(8, 16), memory="store")
     net.memory = "invert"
     assert {m.memory for m in net.modules() if hasattr(m, "inverse_errors")} == {"invert"}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_partially_anchored_at_every_block_has_store_gradients_and_checkpoint_bytes(
+    make_net, dropout
+) -> None:
+    net = make_net("partially", "store", blocks=2, dropout=dropout).double().train()
+    x = torch.randn(2, 2, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    anchored = PartiallyInvResUNet(
+        3, 2, 3, channels=net.channels, blocks=2, dropout=dropout, anchor_every=1
+    ).double()
+    anchored.load_state_dict(net.state_dict())
+    errors = _parity(anchored, x)
+    assert max(errors.values()) < 1e-10, max(errors, key=errors.get)
+    held = {}
+    for memory in ("checkpoint", "invert"):
+        anchored.memory = memory
+        held[memory] = activation_bytes(lambda n=anchored: n(x).sum())
+    anchored.memory = "store"
+    assert held["invert"] == held["checkpoint"] < activation_bytes(lambda: anchored(x).sum())
