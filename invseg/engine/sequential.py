@@ -32,8 +32,11 @@ class InvertibleSequential(nn.Module):
     * ``"checkpoint"``: ``torch.utils.checkpoint`` per block (keeps each block's input).
     * ``"store"``: plain autograd, the reference twin for parity tests.
 
-    An anchored block that has a ``reverse_known`` method (arguments: kept input, known output,
-    output gradient, tape) is back-propagated by it; MoDL uses this to skip its forward CG.
+    Optional block hooks, all returning the input gradient: ``reverse_exact(x, y, grad_y,
+    tape)`` back-propagates an anchored block whose output is held exactly too (couplings then
+    evaluate no conv); ``reverse_known`` does the same when the output may be rebuilt (MoDL
+    uses it to skip its forward CG); ``reverse_gradient(y, grad_y, tape)`` serves a first
+    block, whose rebuilt input nobody reads.
 
     Context arguments are passed unchanged to every block (``block(x, *context)``); context
     tensors that require grad receive gradients.
@@ -43,6 +46,8 @@ class InvertibleSequential(nn.Module):
         memory: ``"invert"``, ``"checkpoint"`` or ``"store"``.
         anchor_every: in ``"invert"`` mode keep the input of every ``k``-th block and use it
             in backward instead of the rebuilt one, bounding numerical drift in long chains.
+            ``1`` keeps every input, as ``"checkpoint"`` does, at about the speed of
+            ``"store"`` for couplings.
         drift_tol: measure the relative error of the rebuilt input at every anchor (the chain
             input when ``anchor_every`` is unset) and warn when it exceeds this tolerance.
             ``None``: nothing is measured (no extra inverse runs).
