@@ -59,6 +59,16 @@ def test_dropout_masks_are_replayed_on_the_cuda_generator(cls, cuda):
     assert worst_rel_err(other, ref) > 10 * TOL  # other masks give other gradients
 
 
+def test_anchored_couplings_differentiate_their_convs_on_cuda(cuda):
+    """anchor_every=1: every conv differentiated from its input (cuDNN's backward kernels)."""
+    x = torch.randn(2, 4, 24, 24, 24, device=cuda)
+    store, anchored = _pair(PartiallyInvResUNet, cuda, anchor_every=1, dropout=0.3)
+    out_s, ref = _grads(store, x, seed=3)
+    out_a, got = _grads(anchored, x, seed=3)
+    assert rel_err(out_a, out_s) <= TOL
+    assert worst_rel_err(got, ref) <= TOL
+
+
 def test_engine_chain_input_gradient_matches_on_cuda(cuda):
     def chain(memory):
         torch.manual_seed(1)
