@@ -39,7 +39,7 @@ def predict_probabilities(
     x: torch.Tensor,
     *,
     roi_size: Sequence[int],
-    sw_batch_size: int = 1,
+    sw_batch_size: int = 2,
     overlap: float = 0.5,
     activation: str = "sigmoid",
     tta: bool = False,
