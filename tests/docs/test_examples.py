@@ -34,7 +34,10 @@ def _check_predict(result: dict[str, Any]) -> None:
 
 
 def _check_monai(result: dict[str, Any]) -> None:
-    assert result["bytes"]["invert"] * 3 < result["bytes"]["store"]
+    nbytes = result["bytes"]
+    assert nbytes["invert"] * 3 < nbytes["store"]
+    assert nbytes["invert"] < nbytes["anchored"] < nbytes["store"]
+    assert result["grad_max_diff_anchored"] < 1e-5
     assert result["losses"][-1] < result["losses"][0]
 
 
