@@ -204,7 +204,7 @@ class AdditiveCoupling(_Coupling):
             a = cond_leaf
             for layer in list(fn)[:-1]:
                 a = layer(a)
-        (grad_cond,) = tape.vjp(self, [a], [conv_vjp(last, a.detach(), grad_h, tape)], [cond_leaf])
+        (grad_cond,) = tape.vjp(self, [a], [_conv_vjp(last, a.detach(), grad_h, tape)], [cond_leaf])
         return grad_cond
 
 
@@ -232,7 +232,7 @@ def _last_conv(fn: nn.Module) -> nn.Conv1d | nn.Conv2d | nn.Conv3d | None:
     return last if plain else None
 
 
-def conv_vjp(
+def _conv_vjp(
     conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, a: Tensor, grad_out: Tensor, tape: Tape
 ) -> Tensor:
     """Back-propagate ``grad_out`` through ``conv`` applied to ``a`` without evaluating it.
