@@ -86,7 +86,8 @@ class FullyInvResUNet(UNetFrame):
         dropout: dropout probability inside F and G (replayed exactly in backward).
         memory: ``"invert"``, ``"checkpoint"`` or ``"store"``. ``"checkpoint"`` keeps only the
             body's input, but its backward re-materialises the whole body at once, so its peak
-            memory is about the store twin's and it is slower than ``"invert"``: kept for parity tests.
+            memory is about the store twin's and it is slower than ``"invert"`` (kept for
+            parity tests).
         vae: add a :class:`~invseg.nets.VAEBranch` from the bottleneck (training only; the
             bottleneck is read by an identity tap inside the body, see :class:`BottleneckTap`).
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
