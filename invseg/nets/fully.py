@@ -84,10 +84,10 @@ class FullyInvResUNet(UNetFrame):
         act: activation name or ``(name, kwargs)``.
         norm: normalisation name or ``(name, kwargs)``.
         dropout: dropout probability inside F and G (replayed exactly in backward).
-        memory: ``"invert"``, ``"checkpoint"`` or ``"store"``. ``"checkpoint"`` keeps only the
-            body's input, but its backward re-materialises the whole body at once, so its peak
-            memory is about the store twin's and it is slower than ``"invert"`` (kept for
-            parity tests).
+        memory: ``"invert"``, ``"checkpoint"`` or ``"store"``. ``"checkpoint"`` runs the body
+            with plain autograd around its coupling chains and checkpoints those block by block
+            (``torch.utils.checkpoint``): each coupling keeps its input and backward holds one
+            block's activations at a time.
         vae: add a :class:`~invseg.nets.VAEBranch` from the bottleneck (training only; the
             bottleneck is read by an identity tap inside the body, see :class:`BottleneckTap`).
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
@@ -155,10 +155,11 @@ class FullyInvResUNet(UNetFrame):
             vae_weights=vae_weights,
         )
         self.lift = bool(lift)
-        self.build(check_option("memory", memory, MEMORY_MODES))
+        self.build()
+        self.memory = memory
 
-    def build(self, memory: str = "invert") -> None:
-        """Create the stem, the invertible body (in ``memory`` mode) and the head."""
+    def build(self) -> None:
+        """Create the stem, the invertible body and the head (memory modes: :attr:`memory`)."""
         channels, lift = self.channels, self.lift
         if lift and self.out_channels > channels[0]:
             raise ValueError(
@@ -180,7 +181,7 @@ class FullyInvResUNet(UNetFrame):
         inner = self._levels()
         # lift: a learnable invertible 1x1 mixing chooses what the logit channels hold
         mix = [OrthogonalMix(channels[0])] if lift else []
-        self.body = InvertibleSequential(*inner, *mix, memory=memory)
+        self.body = InvertibleSequential(*inner, *mix)
         self.head = None if lift else conv(self.spatial_dims, channels[0], self.out_channels, 1)
         if self.vae:
             self.vae_branch = self.make_vae(self.effective_channels)
@@ -209,12 +210,18 @@ class FullyInvResUNet(UNetFrame):
 
     @property
     def memory(self) -> str:
-        """Memory mode of the body; setting it switches the body."""
-        return self.body.memory
+        """Memory mode of the net; setting it switches the body and its coupling chains."""
+        return self._memory
 
     @memory.setter
     def memory(self, value: str) -> None:
-        self.body.memory = check_option("memory", value, MEMORY_MODES)
+        self._memory = check_option("memory", value, MEMORY_MODES)
+        # "checkpoint": plain autograd around the coupling chains, each checkpointed per block
+        # (a checkpoint of the whole body would re-materialise all of it in backward)
+        self.body.memory = "store" if value == "checkpoint" else value
+        for chain in self.body.modules():
+            if type(chain) is InvertibleSequential and chain is not self.body:
+                chain.memory = "checkpoint" if value == "checkpoint" else "store"
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x)

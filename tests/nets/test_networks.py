@@ -175,3 +175,17 @@ def test_partially_anchored_at_every_block_has_store_gradients_and_checkpoint_by
         held[memory] = activation_bytes(lambda n=anchored: n(x).sum())
     anchored.memory = "store"
     assert held["invert"] == held["checkpoint"] < activation_bytes(lambda: anchored(x).sum())
+
+
+def test_fully_checkpoint_checkpoints_each_coupling_chain_not_the_whole_body() -> None:
+    net = FullyInvResUNet(3, 2, 3, channels=(8, 16, 32), memory="checkpoint")
+    chains = [m for m in net.body.modules() if type(m).__name__ == "InvertibleSequential"]
+    assert net.memory == "checkpoint" and net.body.memory == "store"
+    assert [c.memory for c in chains[1:]] == ["checkpoint"] * (len(chains) - 1) != []
+    x = torch.randn(1, 2, 8, 8, 8)
+    held = {}
+    for memory in ("invert", "checkpoint", "store"):
+        net.memory = memory
+        held[memory] = activation_bytes(lambda: net(x).sum())
+    assert held["invert"] < held["checkpoint"] < 0.6 * held["store"]
+    assert net.body.memory == "store" and chains[1].memory == "store"
