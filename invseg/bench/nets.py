@@ -27,7 +27,7 @@ from torch import nn
 
 from invseg.bench import peers
 from invseg.bench.harness import Row, can_plot, describe_device, largest_edge, measure
-from invseg.bench.report import update_section
+from invseg.bench.report import update_section, verdict, verdicts
 from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
 from invseg.runtime.device import resolve_device
@@ -147,10 +147,6 @@ def _mib(n: int | None) -> str:
 def _short(cls: type) -> str:
     """``"Partially"`` / ``"Fully"``: the depth table's name of an invertible net."""
     return cls.__name__.split("Inv")[0]
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def run(
@@ -339,24 +335,25 @@ def _targets(
         "| target | measured | verdict |",
         "|---|---|---|",
         f"| Partially-InvRes invert <= 35% of store twin | {p_ratio:.1%} | "
-        f"{_verdict(p_ratio <= TARGETS['partially'])} |",
+        f"{verdict(p_ratio <= TARGETS['partially'])} |",
         "| Fully-InvRes invert <= 10% of store twin (1 / 2 / 4 / 8 blocks) | "
         + " / ".join(f"{r:.1%}" for r in f_sweep)
-        + f" | {_verdict(f_ratio <= TARGETS['fully'])} at 1 block"
+        + f" | {verdict(f_ratio <= TARGETS['fully'])} at 1 block"
         + (", met from 2 blocks" if f_ratio > TARGETS["fully"] and f_sweep[1] <= 0.10 else "")
         + " |",
         "| Fully-InvRes `lift=True` invert <= 10% of store twin (1 / 2 / 4 / 8 blocks) | "
         + " / ".join(f"{r:.1%}" for r in l_sweep)
-        + f" | {_verdict(l_sweep[0] <= TARGETS['fully'])} at 1 block |",
+        + f" | {verdict(l_sweep[0] <= TARGETS['fully'])} at 1 block |",
         f"| Fully-InvRes flat from 1 to 8 blocks (<= +5%) | +{flat - 1:.1%} | "
-        f"{_verdict(flat <= TARGETS['flat'])} |",
+        f"{verdict(flat <= TARGETS['flat'])} |",
         f"| below SegResNetVAE ({srv.params / 1e6:.2f} M params, {_mib(srv.act_bytes)} MiB), "
         f"both with VAE, invert | Partially {_mib(p_vae.act_bytes)} MiB "
         f"({p_vae.params / 1e6:.2f} M), Fully {_mib(f_vae.act_bytes)} MiB "
         f"({f_vae.params / 1e6:.2f} M) | "
-        f"{_verdict(max(p_vae.act_bytes, f_vae.act_bytes) < srv.act_bytes)} |",
+        f"{verdict(max(p_vae.act_bytes, f_vae.act_bytes) < srv.act_bytes)} |",
         f"| invert step time <= {t_max:.2f}x store ({dev.type}) | Partially {t_p:.2f}x, "
-        f"Fully {t_f:.2f}x, Fully (lift) {t_l:.2f}x | {_verdict(max(t_p, t_f, t_l) <= t_max)} |",
+        f"Fully {t_f:.2f}x, Fully (lift) {t_l:.2f}x | "
+        f"{verdicts({'Partially': t_p, 'Fully': t_f, 'Fully (lift)': t_l}, t_max)} |",
         "",
         f"Fully-InvRes in `invert` mode holds only the input volume (saved by the stem conv, "
         f"{IN_CHANNELS} channels), the body output ({CHANNELS[0]} channels, saved once for the "

@@ -1,4 +1,4 @@
-"""Write benchmark results into ``docs/benchmarks.md`` without clobbering other sections."""
+"""Write benchmark sections into ``docs/benchmarks.md`` (others untouched); target verdicts."""
 
 from __future__ import annotations
 
@@ -38,3 +38,22 @@ def update_section(path: Path, name: str, markdown: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     atomic_write_text(path, text)
+
+
+def verdict(ok: bool) -> str:
+    """``"met"`` or a bold ``"missed"`` for a targets table."""
+    return "met" if ok else "**missed**"
+
+
+def verdicts(values: dict[str, float], limit: float) -> str:
+    """One verdict over several rows (at most ``limit`` each), naming the rows above it.
+
+    Example:
+        >>> verdicts({"A": 1.2, "B": 1.4}, 1.3)
+        '**missed** for B; met for A'
+    """
+    missed = [name for name, v in values.items() if v > limit]
+    if not missed:
+        return verdict(True)
+    met = [name for name in values if name not in missed]
+    return f"**missed** for {', '.join(missed)}; met for {', '.join(met) or 'none'}"
