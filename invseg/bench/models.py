@@ -16,6 +16,8 @@ fully / _vae              :class:`~invseg.nets.FullyInvResUNet` invert (± VAE b
 partially_deep            4 invertible blocks per level instead of 1: the twin's parameter
 fully_deep                count (Partially; Fully 0.8x) at the activation memory of one
                           block per level (opt-in rows, ``--models``)
+fully_lift                ``fully`` with ``lift=True``: a fixed channel lift for the stem and
+                          logits read off the body (the least activation memory; opt-in)
 segresnet / segresnetvae  MONAI ``SegResNet`` / ``SegResNetVAE``, ``init_filters = base // 2``
                           (parameter count close to the U-Nets'); the VAE loss weighted 0.1
 dynunet                   MONAI ``DynUNet`` configured like nnU-Net for the crop: kernels 3,
@@ -100,14 +102,14 @@ def _unet3d(ckpt: bool) -> Callable[..., nn.Module]:
     return make
 
 
-def _inv(kind: str, vae: bool, blocks: int = 1) -> Callable[..., nn.Module]:
+def _inv(kind: str, vae: bool, blocks: int = 1, **extra: object) -> Callable[..., nn.Module]:
     def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
         from invseg.nets import FullyInvResUNet, PartiallyInvResUNet
 
         cls = PartiallyInvResUNet if kind == "partially" else FullyInvResUNet
         return cls(
             3, i, o, channels=_widths(base), blocks=blocks, memory="invert", vae=vae,
-            input_image_size=crop if vae else None,
+            input_image_size=crop if vae else None, **extra,
         )  # fmt: skip
 
     return make
@@ -173,6 +175,7 @@ ZOO: dict[str, Spec] = {
     "fully_vae": Spec(_inv("fully", True), "invert", _const(1)),
     "partially_deep": Spec(_inv("partially", False, blocks=4), "invert", _const(1)),
     "fully_deep": Spec(_inv("fully", False, blocks=4), "invert", _const(1)),
+    "fully_lift": Spec(_inv("fully", False, lift=True), "invert", _const(1)),
     "segresnet": Spec(_segresnet(False), "store", _const(8)),
     "segresnetvae": Spec(_segresnet(True), "store", _const(16), vae_scale=0.1),
     "dynunet": Spec(
@@ -182,8 +185,10 @@ ZOO: dict[str, Spec] = {
     "monai_checkpoint_unet": Spec(_monai_unet(True), "checkpoint", _const(8)),
 }
 
-#: The rows of a default quality or plan run (the ``_deep`` variants are opt-in: ``--models``).
-DEFAULT_MODELS = tuple(name for name in ZOO if not name.endswith("_deep"))
+#: Rows a quality or plan run leaves out unless named with ``--models``.
+OPT_IN = ("partially_deep", "fully_deep", "fully_lift")
+#: The rows of a default quality or plan run.
+DEFAULT_MODELS = tuple(name for name in ZOO if name not in OPT_IN)
 
 
 def build(

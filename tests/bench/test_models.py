@@ -67,7 +67,7 @@ def test_bad_names_and_options_are_rejected() -> None:
 def test_deep_rows_have_the_twins_parameters_at_one_blocks_memory() -> None:
     from invseg.bench.models import DEFAULT_MODELS
 
-    assert set(ZOO) - set(DEFAULT_MODELS) == {"partially_deep", "fully_deep"}
+    assert set(ZOO) - set(DEFAULT_MODELS) == {"partially_deep", "fully_deep", "fully_lift"}
     x = torch.randn(1, 4, 16, 16, 16)
     nets = {n: build(n, in_channels=4, out_channels=3, crop=(16,) * 3, base=8)
             for n in ("unet3d", "partially", "partially_deep")}  # fmt: skip
