@@ -20,7 +20,8 @@ Presets (:data:`PRESETS`), one command each per regime:
   ``invseg bench quality --quick -o bench_quality`` (add ``--cases 4``, ``--budget 32MB``:
   at 32 MB of training memory, weights, Adam state and activations, the crops range from 16^3
   to 48^3, while 256 MB lets every model reach the 48^3 cap; ``--steps 600`` for a longer
-  schedule; ``--models partially_deep fully_deep`` for the opt-in 4-blocks-per-level rows).
+  schedule; ``--models partially_deep fully_deep fully_lift`` for the opt-in rows: 4 blocks
+  per level, and Fully-InvRes with ``lift=True``).
 * ``full`` (one GPU): native 240x240x155 volumes, 20 test cases, crop 128^3, batch 2, base 16,
   4000 steps, lr 1e-3, sliding-window overlap 0.5:
   ``invseg bench quality --device cuda -o bench_quality_gpu --docs docs/benchmarks.md``, then
