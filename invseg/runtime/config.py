@@ -332,4 +332,7 @@ def instantiate_model(model_cfg: Mapping[str, Any]) -> Any:
     try:
         return ConfigParser({"model": copy.deepcopy(dict(model_cfg))}).get_parsed_content("model")
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"cannot build model {target}: {' '.join(str(err).split())}") from err
+        cause = err  # MONAI wraps the class's own error: report that one
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ConfigError(f"cannot build model {target}: {' '.join(str(cause).split())}") from err

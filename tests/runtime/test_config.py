@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from invseg.runtime.config import ConfigError, find_config, list_configs, yaml_load
+from invseg.runtime.config import (
+    ConfigError,
+    find_config,
+    instantiate_model,
+    list_configs,
+    yaml_load,
+)
 from invseg.tasks.config import load_config, load_recon_config
 from tests.conftest import tiny_config
 
@@ -88,3 +94,12 @@ def test_packaged_configs_are_found_by_name_and_listed() -> None:
 def test_shipped_configs_checkpoint_regularly(name: str) -> None:
     cfg = load_config(name)
     assert cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every <= 100
+
+
+def test_a_model_argument_the_class_rejects_is_named_in_one_line() -> None:
+    model = {"_target_": "invseg.nets.PartiallyInvResUNet", "channels": [8, 16], "anchor_every": 0}
+    with pytest.raises(ConfigError) as info:
+        instantiate_model(model)
+    message = str(info.value)
+    assert message.startswith("cannot build model invseg.nets.PartiallyInvResUNet: anchor_every")
+    assert "got 0" in message and "\n" not in message and "Failed to instantiate" not in message
