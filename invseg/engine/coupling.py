@@ -241,7 +241,8 @@ def _conv_vjp(
     conv is differentiated in the autocast dtype, as autograd would.
     """
     device = a.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else a.dtype
+    autocast = torch.is_autocast_enabled(device) and a.dtype != torch.float64  # as autocast
+    dtype = torch.get_autocast_dtype(device) if autocast else a.dtype
     a_low, w, g = a.to(dtype), conv.weight.detach().to(dtype), grad_out.to(dtype)
     grad_input, grad_weight = _CONV_GRADS[type(conv)]
     kw = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}

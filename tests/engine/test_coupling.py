@@ -223,3 +223,11 @@ def test_an_anchored_block_with_a_rebuilt_output_is_recomputed_from_its_input() 
     chain(x.requires_grad_()).square().sum().backward()
     assert counts == [[2, 2]] * 4
     _grads_match_store(chain, x)
+
+
+def test_float64_couplings_stay_in_float64_under_autocast() -> None:
+    """Autocast leaves float64 alone; so does the conv VJP of the first block."""
+    chain = make_chain(2).double()
+    x = torch.randn(1, 4, 6, 6, 6, dtype=F64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _grads_match_store(chain, x)
