@@ -167,9 +167,13 @@ class AdditiveCoupling(_Coupling):
     ) -> tuple[Tensor | None, Tensor]:
         y1, y2 = self._split(y)
         dy1, dy2 = self._split(grad_y)
-        x, grad_x = torch.empty_like(y), torch.empty_like(grad_y)
-        x1, x2 = torch.chunk(x, 2, dim=self.split_dim)
+        grad_x = torch.empty_like(grad_y)
         dx1, dx2 = torch.chunk(grad_x, 2, dim=self.split_dim)
+        # without a wanted input only x2 (F's input) is formed
+        x = torch.empty_like(y) if need_input else None
+        x1, x2 = (
+            torch.chunk(x, 2, dim=self.split_dim) if need_input else (None, torch.empty_like(y2))
+        )
         state_g, state_f = tape.pop_rng(), tape.pop_rng()
         h_g, dy1_from_g = self._graded(self.g, y1, dy2, state_g, tape)
         torch.sub(y2, h_g, out=x2)
@@ -178,7 +182,7 @@ class AdditiveCoupling(_Coupling):
             h_f, dx2_from_f = self._graded(self.f, x2, dx1, state_f, tape)
             torch.sub(y1, h_f, out=x1)
         else:
-            dx2_from_f, x = self._graded_unseen(self.f, x2, dx1, state_f, tape), None
+            dx2_from_f = self._graded_unseen(self.f, x2, dx1, state_f, tape)
         torch.add(dy2, dx2_from_f, out=dx2)
         return x, grad_x
 

@@ -154,16 +154,21 @@ class InvertibleSequential(nn.Module):
 
     def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         """Engine hook: a chain nested in another chain reverses its blocks in turn."""
-        for block in reversed(self.blocks):
-            y, grad_y = reverse_block(block, y, grad_y, tape)
-        return y, grad_y
+        return self._reverse(y, grad_y, tape, need_input=True)
 
     def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
         """Engine hook: :meth:`reverse` when nobody reads the rebuilt input (see
         :func:`~invseg.engine.reverse_block`); the first block is told so too."""
+        return self._reverse(y, grad_y, tape, need_input=False)[1]
+
+    def _reverse(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
+    ) -> tuple[Tensor | None, Tensor]:
         for i in reversed(range(len(self.blocks))):
-            y, grad_y = reverse_block(self.blocks[i], y, grad_y, tape, need_input=i > 0)
-        return grad_y
+            y, grad_y = reverse_block(
+                self.blocks[i], y, grad_y, tape, need_input=need_input or i > 0
+            )
+        return y, grad_y
 
     def _anchor_indices(self, measure: bool) -> frozenset[int]:
         if self.anchor_every is not None:

@@ -18,7 +18,7 @@ from invseg.engine import (
     Tape,
     import_memcnn,
 )
-from invseg.engine.testing import assert_round_trip
+from invseg.engine.testing import assert_round_trip, gradients
 
 from .conftest import make_chain, residual
 
@@ -113,6 +113,17 @@ def test_memcnn_wrapper_evaluates_each_function_three_times() -> None:
     assert (f.calls, g.calls) == (3, 3)
 
 
+def _grads_match_store(chain: InvertibleSequential, x: torch.Tensor, seed: int = 0) -> None:
+    ref = copy.deepcopy(chain)
+    ref.memory = "store"
+    grads = []
+    for net in (chain, ref):
+        torch.manual_seed(seed)  # the same dropout masks in both
+        grads.append(gradients(net, [x.detach().requires_grad_()]))
+    for name, b in grads[1].items():
+        torch.testing.assert_close(grads[0][name], b, rtol=1e-10, atol=1e-12)
+
+
 def _conv_counts(chain: InvertibleSequential) -> list[tuple[int, int]]:
     counts = [[0, 0] for _ in chain.blocks]
     for i, block in enumerate(chain.blocks):
@@ -128,13 +139,7 @@ def test_first_block_never_evaluates_the_conv_only_its_rebuilt_input_needs() -> 
     x = torch.randn(1, 4, 6, 6, 6, dtype=F64, requires_grad=True)
     chain(x).square().sum().backward()
     assert counts == [[1, 2], [2, 2], [2, 2]]  # (F conv, G conv) runs: forward + recompute
-    ref = copy.deepcopy(chain)
-    ref.memory = "store"
-    xr = x.detach().requires_grad_()
-    ref(xr).square().sum().backward()
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-12)
-    for p, q in zip(chain.parameters(), ref.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+    _grads_match_store(chain, x)
 
 
 LAST_LAYERS = {
@@ -188,20 +193,6 @@ def test_reverse_gradient_of_a_2d_coupling_matches_under_bfloat16_autocast() -> 
     for a, b in zip(grads_skip, grads):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2e-2, atol=5e-2)
-
-
-def _grads_match_store(chain: InvertibleSequential, x: torch.Tensor, seed: int = 0) -> None:
-    ref = copy.deepcopy(chain)
-    ref.memory = "store"
-    grads = []
-    for net in (chain, ref):
-        net.zero_grad(set_to_none=True)
-        torch.manual_seed(seed)  # the same dropout masks in both
-        xi = x.detach().requires_grad_()
-        net(xi).square().sum().backward()
-        grads.append([xi.grad, *(p.grad for p in net.parameters())])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
