@@ -125,7 +125,8 @@ class OrthogonalMix(nn.Module):
         if init == "haar" and channels % 8:
             raise ValueError(f"init='haar' needs channels divisible by 8, got {channels}.")
         self.skew = nn.Parameter(torch.zeros(channels, channels))
-        self._cached: tuple[tuple, Tensor] | None = None
+        self._cached: tuple[tuple, Tensor, Tensor] | None = None  # (key, W, Cayley(A))
+        self._w0: dict[tuple, Tensor] = {}  # W0 per (dtype, device), built once
 
     def weight(self) -> Tensor:
         """The current orthogonal matrix ``W`` (channels × channels).
@@ -135,7 +136,11 @@ class OrthogonalMix(nn.Module):
         each at most instead of once per call.
         """
         if torch.is_grad_enabled() and self.skew.requires_grad:
-            return self._weight()
+            return self._weight()[0]
+        return self._cached_weight()[0]
+
+    def _cached_weight(self) -> tuple[Tensor, Tensor]:
+        """``(W, Cayley(A))`` without grad, cached until ``skew`` changes."""
         skew = self.skew
         autocast = torch.is_autocast_enabled(skew.device.type)
         key = (
@@ -147,18 +152,52 @@ class OrthogonalMix(nn.Module):
         )
         if self._cached is None or self._cached[0] != key:
             with torch.no_grad():
-                self._cached = (key, self._weight())
-        return self._cached[1]
+                self._cached = (key, *self._weight())
+        return self._cached[1:]
 
-    def _weight(self) -> Tensor:
+    def _weight(self) -> tuple[Tensor, Tensor]:
+        """``(W, Cayley(A))``, differentiable."""
         a = self.skew - self.skew.transpose(0, 1)
         eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
         cayley = torch.linalg.solve(eye + a, eye - a)
+        w0 = self._initial(a)
+        return (cayley if w0 is None else cayley @ w0), cayley
+
+    def _initial(self, like: Tensor) -> Tensor | None:
+        """``W0`` in ``like``'s dtype and device (``None`` for the identity).
+
+        Built in the parameter's dtype so it is orthogonal to that dtype's precision.
+        """
         if self.init == "identity":
-            return cayley
-        # W0 is built in the parameter's dtype so it is orthogonal to that dtype's precision.
-        haar = haar_matrix3d(a.dtype).to(a.device)
-        return cayley @ torch.block_diag(*[haar] * (a.shape[0] // 8))
+            return None
+        key = (like.dtype, like.device)
+        if key not in self._w0:
+            haar = haar_matrix3d(like.dtype).to(like.device)
+            self._w0[key] = torch.block_diag(*[haar] * (like.shape[0] // 8))
+        return self._w0[key]
+
+    def _accumulate_weight_grad(self, grad_w: Tensor, tape: Tape) -> None:
+        r"""Add :math:`\partial L / \partial P` for :math:`\bar W` = ``grad_w`` to ``tape``.
+
+        The Cayley map's VJP in closed form instead of autograd through the solve: with
+        :math:`B = I + A`, :math:`\mathrm{Cayley}(A) = 2B^{-1} - I`, so
+        :math:`\bar A = -2 B^{-\top} (\bar W W_0^\top) B^{-\top}` and
+        :math:`\bar P = \bar A - \bar A^\top`; :math:`B^{-1} = (\mathrm{Cayley}(A) + I) / 2`
+        comes from the cached forward solve.
+        """
+        skew = self.skew
+        if not skew.requires_grad:
+            return
+        cayley = self._cached_weight()[1]  # outside the autocast switch: same cache key
+        with torch.no_grad(), torch.autocast(skew.device.type, enabled=False):
+            eye = torch.eye(cayley.shape[0], dtype=cayley.dtype, device=cayley.device)
+            two_b_inv_t = cayley.transpose(0, 1) + eye
+            grad_c = grad_w.to(skew.dtype)
+            w0 = self._initial(skew)
+            if w0 is not None:
+                grad_c = grad_c @ w0.transpose(0, 1)
+            grad_a = -0.5 * (two_b_inv_t @ grad_c @ two_b_inv_t)
+            tape.accumulate(skew, grad_a - grad_a.transpose(0, 1))
 
     def _mix(self, x: Tensor, w: Tensor) -> Tensor:
         if x.ndim != 5:
@@ -173,25 +212,23 @@ class OrthogonalMix(nn.Module):
 
     def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         r"""Engine hook: :math:`x = W^\top y`, :math:`\bar x = W^\top \bar y` and
-        :math:`\bar W = \sum_v \bar y_v x_v^\top`, one Cayley solve with grad, no recompute."""
-        with torch.enable_grad():
-            w = self._weight()
-        wt = w.detach().transpose(0, 1)
+        :math:`\bar W = \sum_v \bar y_v x_v^\top` (the Cayley map's VJP in closed form), no
+        recompute."""
         with torch.no_grad():
+            wt = self.weight().transpose(0, 1)  # the matrix forward used (cached)
             x, grad_x = self._mix(y, wt), self._mix(grad_y, wt)
             grad_w = _outer_sum(grad_y, x)
-        tape.vjp(self, [w], [grad_w], [])
+        self._accumulate_weight_grad(grad_w, tape)
         return x, grad_x
 
     def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         r""":meth:`reverse` of :meth:`inverse`: rebuild ``y = W x`` and back-propagate
         ``grad_x`` (:math:`\bar y = W \bar x`, :math:`\bar W = \sum_v y_v \bar x_v^\top`)."""
-        with torch.enable_grad():
-            w = self._weight()
         with torch.no_grad():
-            y, grad_y = self._mix(x, w.detach()), self._mix(grad_x, w.detach())
+            w = self.weight()
+            y, grad_y = self._mix(x, w), self._mix(grad_x, w)
             grad_w = _outer_sum(y, grad_x)
-        tape.vjp(self, [w], [grad_w], [])
+        self._accumulate_weight_grad(grad_w, tape)
         return y, grad_y
 
 
