@@ -13,7 +13,13 @@ from invseg.engine import (
     InvertibleUpsample3d,
     OrthogonalMix,
 )
-from invseg.nets._fully_level import BottleneckTap, ChannelLift, InvertibleLevel, tap_features
+from invseg.nets._fully_level import (
+    BottleneckTap,
+    ChannelLift,
+    InvertibleLevel,
+    LiftedCoupling,
+    tap_features,
+)
 from invseg.nets._layers import (
     DEFAULT_ACT,
     DEFAULT_NORM,
@@ -172,13 +178,11 @@ class FullyInvResUNet(UNetFrame):
                 f"{channels[0]}."
             )
         self.effective_channels, self.skip_channels = fully_invertible_channels(channels)
-        self.stem = (
-            ChannelLift(self.in_channels, channels[0])
-            if lift
-            else conv(self.spatial_dims, self.in_channels, channels[0], 3)
-        )
+        self.stem = None if lift else conv(self.spatial_dims, self.in_channels, channels[0], 3)
         self.tap = BottleneckTap() if self.vae else None
         inner = self._levels()
+        if lift:  # the first coupling takes the raw input through the lift
+            inner = self._lift_first_coupling(inner)
         # lift: a learnable invertible 1x1 mixing chooses what the logit channels hold
         mix = [OrthogonalMix(channels[0])] if lift else []
         self.body = InvertibleSequential(*inner, *mix)
@@ -204,6 +208,16 @@ class FullyInvResUNet(UNetFrame):
             )
         return [inner]
 
+    def _lift_first_coupling(self, inner: list[nn.Module]) -> list[nn.Module]:
+        """Take the body's first coupling out of its chain, behind a :class:`ChannelLift`."""
+        lift = ChannelLift(self.in_channels, self.channels[0])
+        if self.levels == 1:
+            return [LiftedCoupling(lift, inner[0]), *inner[1:]]
+        level = inner[0]
+        first, *rest = level.encoder.blocks
+        level.encoder = InvertibleSequential(*rest, memory="store")
+        return [LiftedCoupling(lift, first), *inner]
+
     def _chain(self, channels: int, blocks: int, tap: nn.Module | None = None) -> nn.Module:
         layers = self.make_blocks(InvertibleResBlock, channels, blocks)
         return InvertibleSequential(*layers, *([tap] if tap is not None else []), memory="store")
@@ -226,7 +240,7 @@ class FullyInvResUNet(UNetFrame):
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x)
         h, size = pad_to_multiple(x, self.multiple)
-        y = self.body(self.stem(h))
+        y = self.body(h if self.stem is None else self.stem(h))
         if self.vae_branch is not None and self.training:
             self.vae_loss = self.vae_branch(tap_features(self.tap, y), x)[1]
         else:

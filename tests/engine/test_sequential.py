@@ -309,3 +309,41 @@ def test_drift_is_measured_only_when_asked_and_sampled(drift_tol, drift_every, m
         chain(torch.randn(2, 3, requires_grad=True)).sum().backward()
     # per step: 2 non-anchored blocks inverted; plus 2 anchors re-inverted on a measured step
     assert _CountingInverse.calls == 4 * 2 + measured * 2
+
+
+class _HalfKept(AdditiveCoupling):
+    """A coupling the engine anchors on its second input half only (``kept_input``)."""
+
+    def kept_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 2:].clone()
+
+    def reverse_known(self, kept, y, grad_y, tape):
+        return self.reverse_given_x2(kept, y, grad_y, tape)
+
+
+@pytest.mark.parametrize("position", [0, 1])
+def test_a_block_keeping_part_of_its_input_is_exact_and_holds_only_that(position: int) -> None:
+    from invseg.engine import activation_bytes
+
+    blocks = [AdditiveCoupling(residual(2)) for _ in range(2)]
+    blocks.insert(position, _HalfKept(residual(2)))
+    chain = InvertibleSequential(*blocks, drift_tol=1.0).double()
+    x = torch.randn(1, 4, 4, 4, 4, dtype=F64, requires_grad=True)
+    errors = gradient_parity(chain, x)
+    assert max(errors.values()) <= 1e-10  # a block after it needs its rebuilt input: exact too
+    chain(x).sum().backward()
+    assert set(chain.inverse_errors) == {0, position}  # drift measured on the kept half too
+    assert max(chain.inverse_errors.values()) < 1e-12
+    held = activation_bytes(lambda t: chain(t).sum(), x)
+    assert held == (4 + 2) * 4**3 * 8  # the chain output and the kept half (float64)
+
+
+def test_a_partial_keep_without_reverse_known_is_a_clear_error() -> None:
+    class NoHook(AdditiveCoupling):
+        def kept_input(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 2:].clone()
+
+    chain = InvertibleSequential(NoHook(residual(2)), AdditiveCoupling(residual(2)))
+    y = chain(torch.randn(1, 4, 3, 3, 3, requires_grad=True))
+    with pytest.raises(TypeError, match=r"block 0 \(NoHook\) defines kept_input\(\) but no"):
+        y.sum().backward()
