@@ -99,14 +99,17 @@ class FullyInvResUNet(UNetFrame):
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
         lift: replace the stem conv by a parameter-free channel lift (:class:`ChannelLift`:
-            a fixed isometry from ``in_channels`` to ``channels[0]``) and the 1x1 head by
+            a fixed isometry from ``in_channels`` to ``channels[0]``), run inside the body with
+            the first coupling (:class:`LiftedCoupling`), and the 1x1 head by
             ``out_channels`` evenly spaced channels of the body output, with a learnable
             orthogonal 1x1 mixing as the body's last block (it chooses what the logit channels
-            hold); nothing before the first level, so its first coupling skips the
-            convolution only a rebuilt input would need. In ``"invert"`` mode one training
-            step then keeps only the body output (the logits are a view of it), not also the
-            input volume and the logits: 8.1% of the ``"store"`` twin at 1 block per level
-            and 32^3 instead of 12.2% (``invseg bench nets``).
+            hold). In ``"invert"`` mode one training step then keeps the body output (the
+            logits are a view of it) and the ``in_channels - in_channels // 2`` input channels
+            the first coupling's second half is lifted from, not the whole input volume and
+            the logits: 9.1% of the ``"store"`` twin at 1 block per level and 32^3 instead of
+            12.2%, and the first coupling evaluates no convolution in backward
+            (``invseg bench nets``). ``lift=True`` checkpoints saved before the lift moved
+            into the body do not load: the first coupling's keys changed.
 
     Attributes:
         body: the invertible body (``body(h)``, ``body.inverse(y)``).
