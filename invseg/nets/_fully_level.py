@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from invseg.engine import Tape, forward_block, reverse_block
 
@@ -220,13 +221,23 @@ class LiftedCoupling(nn.Module):
     Args:
         lift: the channel lift.
         coupling: the coupling on ``lift.channels`` channels, split in halves.
+
+    Attributes:
+        checkpoint: with a graph, run under ``torch.utils.checkpoint`` (keeping only the
+            input), as the coupling chains of a ``memory="checkpoint"`` net are.
     """
 
     def __init__(self, lift: ChannelLift, coupling: nn.Module) -> None:
         super().__init__()
         self.lift, self.coupling = lift, coupling
+        self.checkpoint = False
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._lifted, x, *context, use_reentrant=False)
+        return self._lifted(x, *context)
+
+    def _lifted(self, x: Tensor, *context: object) -> Tensor:
         return self.coupling(self.lift(x), *context)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:

@@ -239,6 +239,8 @@ class FullyInvResUNet(UNetFrame):
         for chain in self.body.modules():
             if type(chain) is InvertibleSequential and chain is not self.body:
                 chain.memory = "checkpoint" if value == "checkpoint" else "store"
+            elif isinstance(chain, LiftedCoupling):  # a body block, checkpointed like the rest
+                chain.checkpoint = value == "checkpoint"
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x)

@@ -98,3 +98,22 @@ def test_lift_rejects_more_channels_than_channels0(kw, match):
     args = {"in_channels": 4, "out_channels": 3} | kw
     with pytest.raises(ValueError, match=match):
         FullyInvResUNet(3, channels=(8, 16), lift=True, **args)
+
+
+def test_lift_checkpoint_mode_checkpoints_the_lifted_coupling_too():
+    torch.manual_seed(0)
+    kw = {"channels": (8, 16), "memory": "checkpoint"}
+    lift = FullyInvResUNet(3, 4, 3, lift=True, **kw).double()
+    store = FullyInvResUNet(3, 4, 3, lift=True, channels=(8, 16), memory="store").double()
+    store.load_state_dict(lift.state_dict())
+    x = torch.randn(1, 4, 8, 8, 8, dtype=torch.float64)
+    for model in (lift, store):
+        _loss(model, x).backward()
+    for (name, p), q in zip(lift.named_parameters(), store.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert lift.body.blocks[0].checkpoint and not store.body.blocks[0].checkpoint
+    plain = FullyInvResUNet(3, 4, 3, lift=False, **kw)
+    # the lifted coupling keeps its 4-channel input, not its activations: below the stem net
+    assert activation_bytes(_loss, lift.float(), x.float()) < activation_bytes(
+        _loss, plain, x.float()
+    )
