@@ -360,11 +360,9 @@ def _targets(
         f"engine and the head) and the logits (saved by the loss, {OUT_CHANNELS} channels), "
         "whatever the depth: that floor is why the ratio can exceed 10% with 1 block per "
         "level while the store twin is still shallow. With `lift=True` the stem is a fixed "
-        "isometry inside the body, the head a strided view of the body output and the body "
-        f"ends with a learnable orthogonal 1x1 mixing: the body output ({CHANNELS[0]} "
-        f"channels) and the {IN_CHANNELS - IN_CHANNELS // 2} input channels that the first "
-        "coupling's second half is lifted from are held; from those the first coupling "
-        "back-propagates without evaluating a convolution.",
+        "isometry (nothing saved), the head a strided view of the body output and the body "
+        f"ends with a learnable orthogonal 1x1 mixing: only the body output ({CHANNELS[0]} "
+        "channels) is held.",
     ]
 
 

@@ -110,7 +110,7 @@ class ChainRun:
         )
         for i, block in enumerate(self.blocks):
             if i in self.anchor_indices:
-                self.anchors[i] = kept_input(block, x)
+                self.anchors[i] = x
             states = [] if _rng.is_stochastic(block) else None
             with _rng.recording(states):
                 x = forward_block(block, x, self.context)
@@ -137,37 +137,16 @@ class ChainRun:
                     # blocks before it. Drift is measured only on the steps the chain asks for.
                     if self.measure_drift and not tape.rng:  # stochastic blocks: RNG per step
                         with torch.no_grad():
-                            rebuilt = kept_input(block, block.inverse(y, *self.context))
-                            errors[i] = _relative_error(rebuilt, kept)
-                    partial = has_partial_keep(block)
-                    if exact and not partial and callable(getattr(block, "reverse_exact", None)):
+                            errors[i] = _relative_error(block.inverse(y, *self.context), kept)
+                    if exact and callable(getattr(block, "reverse_exact", None)):
                         grad_y = block.reverse_exact(kept.detach(), y, grad_y, tape)
                     elif callable(getattr(block, "reverse_known", None)):
                         grad_y = block.reverse_known(kept.detach(), y, grad_y, tape)
-                    elif partial:
-                        raise TypeError(
-                            f"block {i} ({type(block).__name__}) defines kept_input() but no "
-                            "reverse_known(); it cannot be back-propagated from part of its input."
-                        )
                     else:
                         grad_y = _recompute(block, kept.detach(), grad_y, tape)
-                    if not partial:
-                        y, exact = kept.detach(), True
-                    elif i:  # only part of the input is kept: rebuild the rest
-                        with torch.no_grad():
-                            y, exact = block.inverse(y, *self.context), False
+                    y, exact = kept.detach(), True
         self.chain._after_backward(errors)
         return grad_y, tape.grads
-
-
-def has_partial_keep(block: nn.Module) -> bool:
-    """Whether ``block`` keeps only part of its input when anchored (``kept_input``)."""
-    return callable(getattr(block, "kept_input", None))
-
-
-def kept_input(block: nn.Module, x: Tensor) -> Tensor:
-    """What an anchored ``block`` keeps of its input ``x``: ``block.kept_input(x)`` or ``x``."""
-    return block.kept_input(x) if has_partial_keep(block) else x
 
 
 def _recompute(block: nn.Module, x: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:

@@ -152,15 +152,7 @@ class AdditiveCoupling(_Coupling):
         they end with a convolution, only their norm/activation prefixes are recomputed and the
         convolutions are differentiated from their inputs. Returns the gradient of ``x``.
         """
-        return self.reverse_given_x2(self._split(x)[1], y, grad_y, tape)
-
-    def reverse_given_x2(self, x2: Tensor, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
-        """Back-propagate ``grad_y`` knowing the second input half ``x2`` and the output ``y``.
-
-        :math:`x_2` is F's input and :math:`y_1` G's, so no convolution is evaluated (see
-        :meth:`reverse_exact`); :math:`x_1` is never needed. With a rebuilt ``y`` the
-        gradients are those of :meth:`reverse` at that ``y``. Returns the gradient of ``x``.
-        """
+        _, x2 = self._split(x)
         y1, _ = self._split(y)
         dy1, dy2 = self._split(grad_y)
         grad_x = torch.empty_like(grad_y)

@@ -9,13 +9,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from invseg._choices import check_option
-from invseg.engine._engine import (
-    ChainRun,
-    InvertFunction,
-    forward_block,
-    has_partial_keep,
-    reverse_block,
-)
+from invseg.engine._engine import ChainRun, InvertFunction, forward_block, reverse_block
 from invseg.engine._protocol import MEMORY_MODES, check_block
 from invseg.engine._tape import Tape
 
@@ -42,10 +36,7 @@ class InvertibleSequential(nn.Module):
     tape)`` back-propagates an anchored block whose output is held exactly too (couplings then
     evaluate no conv); ``reverse_known`` does the same when the output may be rebuilt (MoDL
     uses it to skip its forward CG); ``reverse_gradient(y, grad_y, tape)`` serves a first
-    block, whose rebuilt input nobody reads. A block with ``kept_input(x)`` is always anchored
-    and keeps only what that returns (a small part of its input from which it can
-    back-propagate), handed to its ``reverse_known`` (e.g. the lifted first coupling of
-    :class:`~invseg.nets.FullyInvResUNet`).
+    block, whose rebuilt input nobody reads.
 
     Context arguments are passed unchanged to every block (``block(x, *context)``); context
     tensors that require grad receive gradients.
@@ -180,10 +171,9 @@ class InvertibleSequential(nn.Module):
         return y, grad_y
 
     def _anchor_indices(self, measure: bool) -> frozenset[int]:
-        partial = {i for i, block in enumerate(self.blocks) if has_partial_keep(block)}
         if self.anchor_every is not None:
-            return frozenset(range(0, len(self.blocks), self.anchor_every)) | partial
-        return frozenset({0} | partial if measure else partial)
+            return frozenset(range(0, len(self.blocks), self.anchor_every))
+        return frozenset({0}) if measure else frozenset()
 
     def _after_backward(self, errors: dict[int, float]) -> None:
         if self.drift_tol is None or not errors:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from invseg.engine import Tape, forward_block, reverse_block
 
@@ -151,20 +150,17 @@ def tap_features(tap: BottleneckTap, body_output: Tensor) -> Tensor:
 class ChannelLift(nn.Module):
     r"""Fixed isometric lift of ``in_channels`` to ``channels``: :math:`h = Q x` per voxel.
 
-    :math:`Q` (``channels`` x ``in_channels``) has orthonormal columns (a seeded random draw,
-    rebuilt identically on every construction), so :math:`x = Q^\top h` and the lift is
-    exactly invertible on its range. It has no parameters: when the input needs no gradient
-    nothing is saved for backward, unlike a stem convolution, which keeps its input volume. A
-    plain zero-padding would leave channels that are exactly zero, where ReLU-type kinks make
-    gradients ill-defined; :math:`Q` mixes inputs into every channel.
-
-    The first ``split = in_channels // 2`` inputs reach only the first half of the channels,
-    so the second half (the :math:`x_2` of a coupling that follows) is a function of the other
-    inputs alone (:meth:`second_half`): keeping those few input channels rebuilds it exactly.
+    :math:`Q` (``channels`` x ``in_channels``) has orthonormal columns (the first columns of a
+    seeded random orthogonal matrix, rebuilt identically on every construction), so
+    :math:`x = Q^\top h` and the lift is exactly invertible on its range. It has no
+    parameters: when the input needs no gradient nothing is saved for backward, unlike a stem
+    convolution, which keeps its input volume. A plain zero-padding would leave channels that
+    are exactly zero, where ReLU-type kinks make gradients ill-defined; :math:`Q` mixes every
+    input into every channel.
 
     Args:
         in_channels: input channels :math:`C_{in}`.
-        channels: output channels :math:`C \ge C_{in}` (even).
+        channels: output channels :math:`C \ge C_{in}`.
 
     Example:
         >>> lift = ChannelLift(2, 4)
@@ -172,8 +168,6 @@ class ChannelLift(nn.Module):
         >>> h = lift(x)
         >>> h.shape, torch.allclose(lift.inverse(h), x, atol=1e-6)
         (torch.Size([1, 4, 3, 3, 3]), True)
-        >>> torch.allclose(lift.second_half(x[:, lift.split :]), h[:, 2:], atol=1e-6)
-        True
     """
 
     def __init__(self, in_channels: int, channels: int) -> None:
@@ -183,14 +177,9 @@ class ChannelLift(nn.Module):
                 f"lift=True needs in_channels <= channels[0], got {in_channels} > {channels}."
             )
         self.in_channels, self.channels = in_channels, channels
-        self.split, half = in_channels // 2, channels // 2
         g = torch.Generator().manual_seed(0)
-        m = torch.randn(channels, in_channels, generator=g, dtype=torch.float64)
-        m[half:, : self.split] = 0.0
-        # QR keeps the span of the leading columns: the first `split` stay in the first half
-        q = torch.linalg.qr(m).Q
-        q[half:, : self.split] = 0.0  # exactly, not just to rounding
-        self.register_buffer("weight", q.float().contiguous(), persistent=False)
+        q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=g, dtype=torch.float64))
+        self.register_buffer("weight", q[:, :in_channels].float().contiguous(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.einsum("oc,bc...->bo...", self.weight.to(x.dtype), x)
@@ -199,56 +188,5 @@ class ChannelLift(nn.Module):
         """:math:`Q^\top h` (exact for ``h`` in the range of the lift)."""
         return torch.einsum("co,bc...->bo...", self.weight.to(h.dtype), h)
 
-    def second_half(self, rest: Tensor) -> Tensor:
-        """The second half of the lifted channels from the inputs ``x[:, split:]`` alone."""
-        q = self.weight[self.channels // 2 :, self.split :]
-        return torch.einsum("oc,bc...->bo...", q.to(rest.dtype), rest)
-
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.channels}"
-
-
-class LiftedCoupling(nn.Module):
-    r"""The first block of a lifted body: :class:`ChannelLift`, then an additive coupling.
-
-    As a block of an ``"invert"`` chain it is always anchored on the few input channels its
-    :math:`x_2` is lifted from (:meth:`kept_input`: ``in_channels - in_channels // 2`` of
-    them, a fraction of one lifted half). Backward then rebuilds :math:`x_2` exactly by the
-    lift and back-propagates the coupling without evaluating F or G
-    (:meth:`~invseg.engine.AdditiveCoupling.reverse_given_x2`): the first coupling costs no
-    recomputed convolution.
-
-    Args:
-        lift: the channel lift.
-        coupling: the coupling on ``lift.channels`` channels, split in halves.
-
-    Attributes:
-        checkpoint: with a graph, run under ``torch.utils.checkpoint`` (keeping only the
-            input), as the coupling chains of a ``memory="checkpoint"`` net are.
-    """
-
-    def __init__(self, lift: ChannelLift, coupling: nn.Module) -> None:
-        super().__init__()
-        self.lift, self.coupling = lift, coupling
-        self.checkpoint = False
-
-    def forward(self, x: Tensor, *context: object) -> Tensor:
-        if self.checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._lifted, x, *context, use_reentrant=False)
-        return self._lifted(x, *context)
-
-    def _lifted(self, x: Tensor, *context: object) -> Tensor:
-        return self.coupling(self.lift(x), *context)
-
-    def inverse(self, y: Tensor, *context: object) -> Tensor:
-        return self.lift.inverse(self.coupling.inverse(y, *context))
-
-    def kept_input(self, x: Tensor) -> Tensor:
-        """Engine hook: the inputs the second half is lifted from (a copy: its own storage)."""
-        return x[:, self.lift.split :].clone(memory_format=torch.contiguous_format)
-
-    def reverse_known(self, kept: Tensor, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
-        """Engine hook: the input gradient from the kept inputs and the (rebuilt) output."""
-        x2 = self.lift.second_half(kept)
-        grad_h = self.coupling.reverse_given_x2(x2, y, grad_y, tape)
-        return self.lift.inverse(grad_h)  # the lift is linear: its VJP is Q^T

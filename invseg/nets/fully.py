@@ -13,13 +13,7 @@ from invseg.engine import (
     InvertibleUpsample3d,
     OrthogonalMix,
 )
-from invseg.nets._fully_level import (
-    BottleneckTap,
-    ChannelLift,
-    InvertibleLevel,
-    LiftedCoupling,
-    tap_features,
-)
+from invseg.nets._fully_level import BottleneckTap, ChannelLift, InvertibleLevel, tap_features
 from invseg.nets._layers import (
     DEFAULT_ACT,
     DEFAULT_NORM,
@@ -99,17 +93,14 @@ class FullyInvResUNet(UNetFrame):
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
         lift: replace the stem conv by a parameter-free channel lift (:class:`ChannelLift`:
-            a fixed isometry from ``in_channels`` to ``channels[0]``), run inside the body with
-            the first coupling (:class:`LiftedCoupling`), and the 1x1 head by
+            a fixed isometry from ``in_channels`` to ``channels[0]``) and the 1x1 head by
             ``out_channels`` evenly spaced channels of the body output, with a learnable
             orthogonal 1x1 mixing as the body's last block (it chooses what the logit channels
-            hold). In ``"invert"`` mode one training step then keeps the body output (the
-            logits are a view of it) and the ``in_channels - in_channels // 2`` input channels
-            the first coupling's second half is lifted from, not the whole input volume and
-            the logits: 9.1% of the ``"store"`` twin at 1 block per level and 32^3 instead of
-            12.2%, and the first coupling evaluates no convolution in backward
-            (``invseg bench nets``). ``lift=True`` checkpoints saved before the lift moved
-            into the body do not load: the first coupling's keys changed.
+            hold); nothing before the first level, so its first coupling skips the
+            convolution only a rebuilt input would need. In ``"invert"`` mode one training
+            step then keeps only the body output (the logits are a view of it), not also the
+            input volume and the logits: 8.1% of the ``"store"`` twin at 1 block per level
+            and 32^3 instead of 12.2% (``invseg bench nets``).
 
     Attributes:
         body: the invertible body (``body(h)``, ``body.inverse(y)``).
@@ -181,11 +172,13 @@ class FullyInvResUNet(UNetFrame):
                 f"{channels[0]}."
             )
         self.effective_channels, self.skip_channels = fully_invertible_channels(channels)
-        self.stem = None if lift else conv(self.spatial_dims, self.in_channels, channels[0], 3)
+        self.stem = (
+            ChannelLift(self.in_channels, channels[0])
+            if lift
+            else conv(self.spatial_dims, self.in_channels, channels[0], 3)
+        )
         self.tap = BottleneckTap() if self.vae else None
         inner = self._levels()
-        if lift:  # the first coupling takes the raw input through the lift
-            inner = self._lift_first_coupling(inner)
         # lift: a learnable invertible 1x1 mixing chooses what the logit channels hold
         mix = [OrthogonalMix(channels[0])] if lift else []
         self.body = InvertibleSequential(*inner, *mix)
@@ -211,16 +204,6 @@ class FullyInvResUNet(UNetFrame):
             )
         return [inner]
 
-    def _lift_first_coupling(self, inner: list[nn.Module]) -> list[nn.Module]:
-        """Take the body's first coupling out of its chain, behind a :class:`ChannelLift`."""
-        lift = ChannelLift(self.in_channels, self.channels[0])
-        if self.levels == 1:
-            return [LiftedCoupling(lift, inner[0]), *inner[1:]]
-        level = inner[0]
-        first, *rest = level.encoder.blocks
-        level.encoder = InvertibleSequential(*rest, memory="store")
-        return [LiftedCoupling(lift, first), *inner]
-
     def _chain(self, channels: int, blocks: int, tap: nn.Module | None = None) -> nn.Module:
         layers = self.make_blocks(InvertibleResBlock, channels, blocks)
         return InvertibleSequential(*layers, *([tap] if tap is not None else []), memory="store")
@@ -239,13 +222,11 @@ class FullyInvResUNet(UNetFrame):
         for chain in self.body.modules():
             if type(chain) is InvertibleSequential and chain is not self.body:
                 chain.memory = "checkpoint" if value == "checkpoint" else "store"
-            elif isinstance(chain, LiftedCoupling):  # a body block, checkpointed like the rest
-                chain.checkpoint = value == "checkpoint"
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(self, x)
         h, size = pad_to_multiple(x, self.multiple)
-        y = self.body(h if self.stem is None else self.stem(h))
+        y = self.body(self.stem(h))
         if self.vae_branch is not None and self.training:
             self.vae_loss = self.vae_branch(tap_features(self.tap, y), x)[1]
         else:
