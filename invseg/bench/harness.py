@@ -151,31 +151,64 @@ def largest_edge(
     *,
     channels: int,
     cap_bytes: int,
-) -> int | None:  # pragma: no cover - GPU
+    budget_s: float | None = None,
+) -> tuple[int | None, bool]:  # pragma: no cover - GPU
     """Largest cube edge of ``edges`` (ascending) whose training step fits under ``cap_bytes``.
 
     The cap is set with ``torch.cuda.set_per_process_memory_fraction`` and lifted afterwards;
-    the input is ``1 x channels x edge^3``. ``None`` when even the first edge runs out.
+    the input is ``1 x channels x edge^3``. Returns :func:`search_edges`'s ``(edge, complete)``.
     """
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), device)
-    model, best = make().to(device).train(), None
+    model = make().to(device).train()
+
+    def fits(edge: int) -> bool:
+        x = torch.randn(1, channels, edge, edge, edge, device=device)
+        try:
+            training_step(loss, model, x)()
+            torch.cuda.synchronize(device)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            del x
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+
     try:
-        for edge in edges:
-            x = torch.randn(1, channels, edge, edge, edge, device=device)
-            try:
-                training_step(loss, model, x)()
-                torch.cuda.synchronize(device)
-                best = edge
-            except torch.cuda.OutOfMemoryError:
-                break
-            finally:
-                del x
-                model.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
+        return search_edges(fits, edges, budget_s=budget_s)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
-    return best
+
+
+def search_edges(
+    fits: Callable[[int], bool],
+    edges: tuple[int, ...],
+    *,
+    budget_s: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int | None, bool]:
+    """The largest of ``edges`` (ascending) up to the first one that does not ``fit``.
+
+    Returns ``(edge, complete)``: ``edge`` is ``None`` when even the first does not fit;
+    ``complete`` is ``False`` when the search stopped because ``budget_s`` seconds had passed
+    (the true largest edge may then be larger).
+
+    Example:
+        >>> search_edges(lambda e: e <= 128, (64, 128, 192))
+        (128, True)
+        >>> ticks = iter(range(100))  # one second per reading
+        >>> search_edges(lambda e: True, (64, 128, 192), budget_s=1, clock=lambda: next(ticks))
+        (128, False)
+    """
+    start, best = clock(), None
+    for edge in edges:
+        if best is not None and budget_s is not None and clock() - start > budget_s:
+            return best, False
+        if not fits(edge):
+            return best, True
+        best = edge
+    return best, True
 
 
 def can_plot() -> bool:

@@ -61,3 +61,37 @@ def test_without_cuda_the_summary_fails_on_the_cuda_line(monkeypatch, capsys):
     assert gpucheck.main([]) == 1
     out = capsys.readouterr().out
     assert "FAIL cuda: no CUDA device visible" in out and "checks without failure" in out
+
+
+def test_a_timed_out_suite_keeps_the_section_it_wrote(monkeypatch, tmp_path):
+    import subprocess
+
+    def fake_run(cmd, *, timeout):
+        page = cmd[cmd.index("--output") + 1]
+        with open(page, "w") as f:
+            f.write("<!-- bench:nets -->\n| a |\n|---|\n| 1 |\n| 2 |\n<!-- /bench:nets -->\n")
+        return subprocess.CompletedProcess(cmd, 124, "", "timed out")
+
+    monkeypatch.setattr(gpucheck, "_run", fake_run)
+    out = tmp_path / "benchmarks.md"
+    check = gpucheck.check_bench(sys.executable, "nets", out, "cuda")
+    assert check.status == "FAIL"
+    assert "timed out; the section written so far (3 table rows) kept" in check.detail
+    assert "<!-- bench:nets-cuda -->\n| a |" in out.read_text()
+
+
+def test_largest_edge_search_stops_at_the_first_misfit_or_the_time_budget():
+    from invseg.bench.harness import search_edges
+
+    tried = []
+
+    def fits(edge):
+        tried.append(edge)
+        return edge < 256
+
+    assert search_edges(fits, (64, 128, 192, 256, 320)) == (192, True)
+    assert tried == [64, 128, 192, 256]  # nothing tried after the first misfit
+    assert search_edges(lambda e: False, (64, 128)) == (None, True)
+    clock = iter([0.0, 5.0, 11.0, 20.0])  # start, then one reading before each later edge
+    found = search_edges(lambda e: True, (64, 128, 192), budget_s=10, clock=lambda: next(clock))
+    assert found == (128, False)  # 192 not tried: 11 s had passed
