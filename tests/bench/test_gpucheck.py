@@ -95,3 +95,31 @@ def test_largest_edge_search_stops_at_the_first_misfit_or_the_time_budget():
     clock = iter([0.0, 5.0, 11.0, 20.0])  # start, then one reading before each later edge
     found = search_edges(lambda e: True, (64, 128, 192), budget_s=10, clock=lambda: next(clock))
     assert found == (128, False)  # 192 not tried: 11 s had passed
+
+
+def test_gpu_tests_collect_without_the_optional_packages():
+    """``pytest -m gpu tests`` imports every test module: none may need an optional package."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    blocked = tuple(gpucheck.OPTIONAL)
+    code = (
+        "import importlib.abc, sys\n"
+        f"BLOCKED = {blocked!r}\n"
+        "class Absent(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError('not installed: ' + name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "import pytest\n"
+        "args = ['--collect-only', '-q', '-m', 'gpu', '-p', 'no:cacheprovider', 'tests']\n"
+        "sys.exit(pytest.main(args))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout[-1500:]
+    collected = re.search(r"(\d+)/\d+ tests collected", proc.stdout)
+    assert collected and int(collected.group(1)) >= 10, proc.stdout[-500:]

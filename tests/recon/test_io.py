@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -8,6 +7,8 @@ import torch
 from invseg.recon.io import estimate_coil_maps, read_fastmri_h5, write_fastmri_h5
 from invseg.recon.operators import SenseOperator
 from invseg.recon.simulate import birdcage_maps, cartesian_kt_mask, shepp_logan, simulate_kspace
+
+h5py = pytest.importorskip("h5py", reason="fastMRI files are HDF5 (optional h5py)")
 
 
 def test_reader_round_trip_and_coil_maps(tmp_path):
