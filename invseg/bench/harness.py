@@ -37,9 +37,9 @@ def describe_device(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def mib(n: int | None) -> str:
-    """Format a byte count in MiB for tables."""
-    return "–" if n is None else f"{n / 2**20:.2f}"
+def mib(n: int | None, digits: int = 2) -> str:
+    """Format a byte count in MiB for tables (``"–"`` for ``None``)."""
+    return "–" if n is None else f"{n / 2**20:.{digits}f}"
 
 
 @dataclass
@@ -209,6 +209,18 @@ def search_edges(
             return best, True
         best = edge
     return best, True
+
+
+def edge_text(edge: int | None, complete: bool) -> str:
+    """``"192^3"``, ``"< 64^3"`` or ``">= 256^3 (time budget)"`` for a :func:`search_edges` result.
+
+    Example:
+        >>> edge_text(None, True), edge_text(256, False)
+        ('< 64^3', '>= 256^3 (time budget)')
+    """
+    if edge is None:
+        return "< 64^3"
+    return f"{edge}^3" if complete else f">= {edge}^3 (time budget)"
 
 
 def can_plot() -> bool:

@@ -26,7 +26,15 @@ import torch
 from torch import nn
 
 from invseg.bench import peers
-from invseg.bench.harness import Row, can_plot, describe_device, largest_edge, measure
+from invseg.bench.harness import (
+    Row,
+    can_plot,
+    describe_device,
+    edge_text,
+    largest_edge,
+    measure,
+    mib,
+)
 from invseg.bench.report import update_section, verdict, verdicts
 from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
@@ -140,10 +148,6 @@ def _plot(sweep: dict[str, dict[int, int]], path: Path, size: int) -> None:
     plt.close(fig)
 
 
-def _mib(n: int | None) -> str:
-    return "–" if n is None else f"{n / 2**20:.1f}"
-
-
 def _short(cls: type) -> str:
     """``"Partially"`` / ``"Fully"``: the depth table's name of an invertible net."""
     return cls.__name__.split("Inv")[0]
@@ -187,12 +191,13 @@ def run(
     lines += _step_table(rows, dev)
     lines += _sweep_table(sweep, _plot_or_note(sweep, Path(output), size))
     lines += _targets(rows, sweep, filters, dev)
-    update_section(Path(output), "nets", "\n".join(lines) + "\n")
+    markdown = "\n".join(lines) + "\n"
+    update_section(Path(output), "nets", markdown)
     if dev.type == "cuda":  # pragma: no cover - needs a GPU
         # written again with the search: a search cut short still leaves the tables above
-        lines += _largest_cubes(dev, quick, filters)
-        update_section(Path(output), "nets", "\n".join(lines) + "\n")
-    return "\n".join(lines) + "\n"
+        markdown += "\n".join(_largest_cubes(dev, quick, filters)) + "\n"
+        update_section(Path(output), "nets", markdown)
+    return markdown
 
 
 def _check_args(device: str, size: int | None, quick: bool) -> tuple[torch.device, int]:
@@ -290,10 +295,10 @@ def _step_table(rows: list[Row], dev: torch.device) -> list[str]:
         rel = f"{r.act_bytes / twin.act_bytes:.1%}" if twin and r.memory != "store" else "–"
         trel = f"{r.step_s / twin.step_s:.2f}x" if twin and r.memory != "store" else "–"
         line = (
-            f"| {r.name} | {r.memory} | {r.params / 1e6:.2f} M | {_mib(r.act_bytes)} | {rel} | "
+            f"| {r.name} | {r.memory} | {r.params / 1e6:.2f} M | {mib(r.act_bytes, 1)} | {rel} | "
             f"{r.step_s:.3f} | {trel} |"
         )
-        lines.append(line + (f" {_mib(r.peak_bytes)} |" if cuda else ""))
+        lines.append(line + (f" {mib(r.peak_bytes, 1)} |" if cuda else ""))
     ours = [(n, "invert") for n in ("PartiallyInvResUNet", "FullyInvResUNet")]
     return [*lines, "", peers.summary(rows, twin=("UNet3D", "store"), ours=ours)]
 
@@ -308,7 +313,7 @@ def _sweep_table(sweep: dict[str, dict[int, int]], plot: str) -> list[str]:
         "|---|" + "---|" * len(BLOCKS),
     ]
     for label, values in sweep.items():
-        lines.append(f"| {label} | " + " | ".join(_mib(v) for v in values.values()) + " |")
+        lines.append(f"| {label} | " + " | ".join(mib(v, 1) for v in values.values()) + " |")
     return [*lines, "", plot, ""]
 
 
@@ -347,9 +352,9 @@ def _targets(
         + f" | {verdict(l_sweep[0] <= TARGETS['fully'])} at 1 block |",
         f"| Fully-InvRes flat from 1 to 8 blocks (<= +5%) | +{flat - 1:.1%} | "
         f"{verdict(flat <= TARGETS['flat'])} |",
-        f"| below SegResNetVAE ({srv.params / 1e6:.2f} M params, {_mib(srv.act_bytes)} MiB), "
-        f"both with VAE, invert | Partially {_mib(p_vae.act_bytes)} MiB "
-        f"({p_vae.params / 1e6:.2f} M), Fully {_mib(f_vae.act_bytes)} MiB "
+        f"| below SegResNetVAE ({srv.params / 1e6:.2f} M params, {mib(srv.act_bytes, 1)} MiB), "
+        f"both with VAE, invert | Partially {mib(p_vae.act_bytes, 1)} MiB "
+        f"({p_vae.params / 1e6:.2f} M), Fully {mib(f_vae.act_bytes, 1)} MiB "
         f"({f_vae.params / 1e6:.2f} M) | "
         f"{verdict(max(p_vae.act_bytes, f_vae.act_bytes) < srv.act_bytes)} |",
         f"| invert step time <= {t_max:.2f}x store ({dev.type}) | Partially {t_p:.2f}x, "
@@ -389,19 +394,7 @@ def _largest_cubes(
     ]
     for cls, memory in ours:
         found = largest_edge(lambda c=cls, m=memory: _ours(c, m, 8), _loss, dev, edges, **cap)
-        lines.append(f"| {cls.__name__} | {memory or 'store'} | {_edge_text(*found)} |")
+        lines.append(f"| {cls.__name__} | {memory or 'store'} | {edge_text(*found)} |")
     found = largest_edge(lambda: _segresnet(filters, 8, False), _loss, dev, edges, **cap)
-    lines.append(f"| SegResNet (init_filters={filters}) | store | {_edge_text(*found)} |")
+    lines.append(f"| SegResNet (init_filters={filters}) | store | {edge_text(*found)} |")
     return lines
-
-
-def _edge_text(edge: int | None, complete: bool) -> str:
-    """``"192^3"``, ``"< 64^3"`` or ``">= 256^3 (time budget)"`` for a search result.
-
-    Example:
-        >>> _edge_text(None, True), _edge_text(256, False)
-        ('< 64^3', '>= 256^3 (time budget)')
-    """
-    if edge is None:
-        return "< 64^3"
-    return f"{edge}^3" if complete else f">= {edge}^3 (time budget)"

@@ -214,22 +214,24 @@ class OrthogonalMix(nn.Module):
         r"""Engine hook: :math:`x = W^\top y`, :math:`\bar x = W^\top \bar y` and
         :math:`\bar W = \sum_v \bar y_v x_v^\top` (the Cayley map's VJP in closed form), no
         recompute."""
-        with torch.no_grad():
-            wt = self.weight().transpose(0, 1)  # the matrix forward used (cached)
-            x, grad_x = self._mix(y, wt), self._mix(grad_y, wt)
-            grad_w = _outer_sum(grad_y, x)
-        self._accumulate_weight_grad(grad_w, tape)
-        return x, grad_x
+        return self._mix_back(y, grad_y, tape, transposed=True)
 
     def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         r""":meth:`reverse` of :meth:`inverse`: rebuild ``y = W x`` and back-propagate
         ``grad_x`` (:math:`\bar y = W \bar x`, :math:`\bar W = \sum_v y_v \bar x_v^\top`)."""
+        return self._mix_back(x, grad_x, tape, transposed=False)
+
+    def _mix_back(
+        self, t: Tensor, grad_t: Tensor, tape: Tape, *, transposed: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Apply ``W`` (or ``W^T``) to ``t`` and ``grad_t``; ``W``'s gradient to ``tape``."""
         with torch.no_grad():
-            w = self.weight()
-            y, grad_y = self._mix(x, w), self._mix(grad_x, w)
-            grad_w = _outer_sum(y, grad_x)
+            w = self.weight()  # the matrix forward used (cached)
+            m = w.transpose(0, 1) if transposed else w
+            out, grad_out = self._mix(t, m), self._mix(grad_t, m)
+            grad_w = _outer_sum(grad_t, out) if transposed else _outer_sum(out, grad_t)
         self._accumulate_weight_grad(grad_w, tape)
-        return y, grad_y
+        return out, grad_out
 
 
 def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
