@@ -3,6 +3,10 @@
 The run folder (``output.dir`` or ``-o``) receives ``last.pt`` and ``best.pt`` (see
 :mod:`invseg.runtime.checkpoint`), ``metrics.csv``, ``config.yaml``, ``tb/`` and ``curves.png``;
 what is trained is :class:`invseg.tasks.seg.SegTask`, how is :class:`invseg.runtime.loop.Loop`.
+
+Before the first step, and before the run folder is created, every training and validation case
+is read and checked (:func:`invseg.data.check_cases`): broken data stops the run with one line
+naming the file and the problem, and leaves nothing on disk.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def train(
 
     Under ``torchrun --nproc_per_node N`` every process calls this; they join one process group
     (gloo on CPU, nccl on CUDA), each reads its own shard of every epoch and only rank 0 writes.
+    The data are checked first (every process checks every case, so all of them stop).
 
     Args:
         config: YAML file, packaged config name (``invseg config list``) or a mapping.
@@ -45,7 +50,9 @@ def train(
         ConfigError: bad config, unknown key, existing run without ``resume``.
         NonFiniteLossError: the loss became NaN/Inf.
         TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step was written).
-        invseg.data.DataError: unreadable or inconsistent data.
+        invseg.data.DataError: ``"<file>: <problem>"`` for a truncated or unreadable file,
+            a 2-D image, modalities of different shapes or affines, label values outside the
+            convention or NaN/Inf voxels (raised before anything is written).
 
     Example:
         >>> from invseg.commands.train import split_cases  # full runs: see tests/commands
@@ -72,7 +79,9 @@ def train(
             lr=t.lr,
             weight_decay=t.weight_decay,
             resume_mutable=RESUME_MUTABLE,
-            resume_hint="invseg train CONFIG --resume",
+            resume_hint=f"invseg train {config if not isinstance(config, Mapping) else 'CONFIG'}"
+            " --resume",
+            overrides=tuple(overrides),
         )
         return Loop(task, settings, info).run()
     finally:

@@ -6,7 +6,7 @@ The public names below are the data contract used by the training and prediction
 from __future__ import annotations
 
 from invseg.data.case import Case, DatasetInfo, case_dicts
-from invseg.data.check import check_case, read_image
+from invseg.data.check import check_case, check_cases, read_image
 from invseg.data.conventions import CONVENTIONS, LabelConvention, get_convention
 from invseg.data.dataset import make_dataset
 from invseg.data.errors import DataError
@@ -43,6 +43,7 @@ __all__ = [
     "case_dicts",
     "cases_from_paths",
     "check_case",
+    "check_cases",
     "convention_from_dataset_json",
     "discover",
     "eval_transforms",

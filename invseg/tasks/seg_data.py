@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +75,28 @@ def plan_crop(cfg: SegConfig, info: DistInfo, modalities: int) -> list[int]:
 
 
 class SegData:
-    """The labelled cases of ``data.root``, split and wrapped in MONAI datasets.
+    """The labelled cases of ``data.root``, checked, split and wrapped in MONAI datasets.
+
+    Every training and validation case is read once here, before any dataset, loader or run
+    folder exists (:func:`invseg.data.check_cases`: files read fully, modality shapes and affines
+    compared, 3-D images, label values of the convention, finite voxels), so broken data stops
+    the run with one line naming the file.
 
     Args:
         cfg: the resolved config.
         info: rank and device.
         split: ``split_cases(cases, val_cases=, val_fraction=, seed=)``.
+
+    Raises:
+        ConfigError: no ``data.root``, no convention, no labelled case, a bad split.
+        invseg.data.DataError: ``"<file>: <problem>"`` for the first broken case.
     """
 
     def __init__(self, cfg: SegConfig, info: DistInfo, split: Callable[..., Any]) -> None:
         from invseg.data import (
             case_dicts,
             cases_from_paths,
+            check_cases,
             discover,
             eval_transforms,
             get_convention,
@@ -114,8 +127,15 @@ class SegData:
         if not labelled:
             raise ConfigError(f"{root}: no case has a label file; training needs labelled cases.")
         self.train_cases, self.val_cases = split(
-            labelled, val_cases=d.val_cases, val_fraction=d.val_fraction, seed=cfg.train.seed
+            labelled, val_cases=d.val_cases, val_fraction=d.val_fraction, seed=d.split_seed
         )
+        in_channels = cfg.model.get("in_channels") or len(self.modalities) or None
+        check_cases(
+            [*self.train_cases, *self.val_cases],
+            in_channels=None if in_channels is None else int(in_channels),
+            convention=self.convention,
+        )
+        self.cases = {c.case_id: c for c in labelled}
         self.spacing = list(d.spacing)
         if d.crop == "auto":  # no larger than the largest (resampled) training volume
             side = max(_resampled_side(c, self.spacing) for c in self.train_cases[:1])
@@ -139,11 +159,17 @@ class SegData:
 
         rate = self.cfg.data.cache_rate
         if rate > 0:
-            return CacheDataset(items, transform, cache_rate=rate, num_workers=0, progress=False)
+            with _threads_joined_on_error():
+                return CacheDataset(
+                    items, transform, cache_rate=rate, num_workers=0, progress=False
+                )
         return Dataset(items, transform)
 
     def loader(self, epoch: int, num_workers: int) -> Any:
-        """The training loader of ``epoch`` (this rank's shard, seeded by seed, epoch, rank)."""
+        """The training batches of ``epoch`` (this rank's shard, seeded by seed, epoch, rank).
+
+        A DataLoader with a length, whose workers stop as soon as a batch fails.
+        """
         from monai.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
 
@@ -158,7 +184,7 @@ class SegData:
         )
         sampler.set_epoch(epoch)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + info.rank)
-        return DataLoader(
+        loader = DataLoader(
             self.train_ds,
             batch_size=self.cfg.train.batch_size,
             sampler=sampler,
@@ -166,23 +192,88 @@ class SegData:
             generator=gen,
             pin_memory=info.device.type == "cuda",
         )
+        return _Batches(loader)
 
     def raise_non_finite(self, batch: dict[str, Any]) -> None:
-        """Raise a :class:`~invseg.data.DataError` naming the files of a batch with NaN/Inf."""
+        """Raise a :class:`~invseg.data.DataError` naming the modality files with NaN/Inf.
+
+        A channel of a batch item is traced back to its file through the item's ``case_id``:
+        channel ``c`` of a case with one file per modality is ``case.images[c]``; a case with a
+        single (4-D) file names that file.
+        """
         from invseg.data import DataError
 
-        image = batch["image"]
-        meta = getattr(image, "meta", {}) or {}
-        names = meta.get("filename_or_obj")
-        bad = [k for k in range(image.shape[0]) if not bool(torch.isfinite(image[k]).all())]
         files: list[str] = []
-        for k in bad:
-            entry = names[k] if isinstance(names, (list, tuple)) and len(names) > k else names
-            files.append(str(entry))
+        for k, channel in _non_finite_channels(batch["image"]):
+            path = self._channel_file(batch, k, channel)
+            if path not in files:
+                files.append(path)
         raise DataError(
-            f"non-finite (NaN/Inf) voxel in the training input {', '.join(files) or '?'}; "
+            f"{', '.join(files) or '?'}: non-finite (NaN/Inf) voxel in the training input; "
             "fix or remove that case."
         )
+
+    def _channel_file(self, batch: dict[str, Any], k: int, channel: int) -> str:
+        ids = batch.get("case_id")
+        case_id = ids[k] if isinstance(ids, (list, tuple)) and len(ids) > k else ids
+        case = self.cases.get(str(case_id)) if case_id is not None else None
+        if case is not None:
+            images = case.images
+            return str(images[channel] if len(images) > 1 and channel < len(images) else images[0])
+        names = (getattr(batch["image"], "meta", {}) or {}).get("filename_or_obj")
+        return str(names[k] if isinstance(names, (list, tuple)) and len(names) > k else names)
+
+
+def _non_finite_channels(image: torch.Tensor) -> list[tuple[int, int]]:
+    """``(batch item, channel)`` pairs of a ``(B, C, ...)`` tensor that hold NaN/Inf."""
+    finite = torch.isfinite(torch.as_tensor(image)).flatten(2).all(-1)  # (B, C)
+    return [(int(k), int(c)) for k, c in (~finite).nonzero().tolist()]
+
+
+class _Batches:
+    """A DataLoader whose workers stop when an iteration fails, not at garbage collection.
+
+    A worker's error is re-raised by torch from frames that hold the loader's iterator in a
+    reference cycle, so its worker processes (and, on CUDA, its pin-memory thread) would live
+    on until the cycle collector or interpreter exit; clearing those frames drops the iterator
+    at once, and its ``__del__`` joins them.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        try:
+            yield from it
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            del it
+
+
+@contextlib.contextmanager
+def _threads_joined_on_error(timeout: float = 60.0) -> Iterator[None]:
+    """On an exception, join the threads started in the block before it propagates.
+
+    MONAI's ``CacheDataset`` fills its cache in a ``ThreadPool`` whose ``terminate`` (on an
+    error) does not wait for the task a worker thread is running; that daemon thread, still in
+    torch code at interpreter exit, aborted the process ("terminate called without an active
+    exception", exit status 134) instead of the one-line error and status 2.
+    """
+    before = set(threading.enumerate())
+    try:
+        yield
+    except BaseException:
+        me = threading.current_thread()
+        for thread in threading.enumerate():
+            if thread not in before and thread is not me:
+                thread.join(timeout)
+        raise
 
 
 def validation_metrics(

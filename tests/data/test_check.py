@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import gzip
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from invseg.data import Case, DataError, check_case, get_convention
+from invseg.data import Case, DataError, check_case, check_cases, get_convention
 from tests.data.conftest import write_nifti
 
 
@@ -123,3 +124,50 @@ def test_label_values_against_convention(tmp_path):
 def test_in_channels_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="in_channels"):
         check_case(make_case(tmp_path), in_channels=0)
+
+
+def make_cases(root: Path, n: int) -> list[Case]:
+    cases = []
+    for k in range(n):
+        folder = root / f"c{k}"
+        folder.mkdir()
+        case = make_case(folder)
+        cases.append(Case(f"c{k}", case.images, case.label))
+    return cases
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_check_cases_raises_the_first_broken_case_in_order(tmp_path, workers):
+    cases = make_cases(tmp_path, 5)
+    write_nifti(cases[1].images[1], np.ones((6, 6, 5), np.float32))
+    cases[3].images[0].write_bytes(b"garbage")
+    with pytest.raises(DataError) as err:
+        check_cases(cases, in_channels=2, workers=workers)
+    check_message(err, cases[1].images[1], "shape (6, 6, 5) differs")
+    assert not [t for t in threading.enumerate() if t.name.startswith("invseg-check")]
+    with pytest.raises(DataError) as err:
+        check_cases(cases[2:], in_channels=2, workers=workers)
+    check_message(err, cases[3].images[0], "unreadable image header")
+
+
+def test_check_cases_checks_label_values_of_every_case(tmp_path):
+    cases = make_cases(tmp_path, 3)
+    assert check_cases(cases, in_channels=2, convention=get_convention("brats")) is None
+    write_nifti(cases[2].label, np.full((6, 6, 6), 3, np.uint8))
+    with pytest.raises(DataError) as err:
+        check_cases(cases, in_channels=2, convention=get_convention("brats"), workers=2)
+    check_message(err, cases[2].label, "label values [3]")
+
+
+def test_check_cases_in_channels_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="in_channels"):
+        check_cases(make_cases(tmp_path, 1), in_channels=0)
+
+
+def test_in_channels_none_skips_only_the_channel_count(tmp_path):
+    case = make_case(tmp_path)
+    assert check_case(case, in_channels=None) is None  # 2 channels, no model count to match
+    write_nifti(case.images[1], np.ones((6, 6, 5), np.float32))
+    with pytest.raises(DataError) as err:
+        check_cases([case], in_channels=None)
+    check_message(err, case.images[1], "shape (6, 6, 5) differs")

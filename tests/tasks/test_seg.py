@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import re
+import shutil
+import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -13,8 +18,8 @@ from invseg.commands.train import train
 from invseg.data import DataError, get_convention
 from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo
-from invseg.tasks.seg import dice_loss
 from invseg.tasks.seg_data import validation_metrics
+from invseg.tasks.seg_loss import dice_loss
 from tests.conftest import tiny_config
 
 
@@ -62,18 +67,87 @@ def test_validation_hd95_is_in_millimetres(spacing: float) -> None:
     assert out["dice_WT"] == pytest.approx(2 * 4 / 12)
 
 
-def test_nan_voxel_in_training_data_names_the_file(brats_tiny, tmp_path) -> None:
-    import shutil
-
+def _copy_with(brats_tiny, tmp_path, suffix: str, edit) -> Path:
+    """A copy of ``brats_tiny`` whose ``<case>_<suffix>`` files are all edited."""
     root = tmp_path / "data"
     shutil.copytree(brats_tiny.root, root)
-    for path in sorted(root.rglob("*_flair.nii*")):
+    for k in (1, 2, 3, 4):
+        path = root / f"BraTS20_Training_00{k}" / f"BraTS20_Training_00{k}_{suffix}.nii.gz"
         img = nib.load(path)
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-        arr[:] = np.nan
-        nib.save(nib.Nifti1Image(arr, img.affine), path)
-    with pytest.raises(DataError, match=r"non-finite .*BraTS20_Training_00\d"):
+        nib.save(nib.Nifti1Image(edit(np.asarray(img.dataobj)), img.affine), path)
+    return root
+
+
+def _unchecked(monkeypatch) -> None:
+    """Skip SegData's up-front check, as if the files changed after it."""
+    import invseg.data
+
+    monkeypatch.setattr(invseg.data, "check_cases", lambda *args, **kwargs: None)
+
+
+def _seg_data(root: Path, tmp_path: Path, *overrides: str):
+    from invseg.tasks.config import load_config
+    from invseg.tasks.seg import split_cases
+    from invseg.tasks.seg_data import SegData
+
+    sets = ["data.val_cases=[BraTS20_Training_004]", *overrides]
+    return SegData(load_config(tiny_config(root, tmp_path / "run"), sets), DistInfo(), split_cases)
+
+
+def _nan_voxels(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    a[10, 11, 12] = np.nan
+    return a
+
+
+def test_nan_voxel_found_in_training_names_the_modality_file(
+    brats_tiny, tmp_path, monkeypatch
+) -> None:
+    root = _copy_with(brats_tiny, tmp_path, "flair", _nan_voxels)
+    _unchecked(monkeypatch)
+    with pytest.raises(DataError) as err:
         train(tiny_config(root, tmp_path / "run", steps=1))
+    text = str(err.value)
+    assert re.fullmatch(
+        rf"{re.escape(str(root))}/BraTS20_Training_00(\d)/BraTS20_Training_00\1_flair\.nii\.gz: "
+        r"non-finite \(NaN/Inf\) voxel in the training input; fix or remove that case\.",
+        text,
+    ), text
+
+
+def test_nan_voxel_is_found_before_training_starts(brats_tiny, tmp_path) -> None:
+    root = _copy_with(brats_tiny, tmp_path, "flair", _nan_voxels)
+    with pytest.raises(DataError, match=r"BraTS20_Training_001_flair\.nii\.gz: contains 1 NaN"):
+        train(tiny_config(root, tmp_path / "run", steps=1))
+    assert not (tmp_path / "run").exists()
+
+
+def _shorter(a: np.ndarray) -> np.ndarray:
+    return a[:, :, :30]
+
+
+def test_cache_threads_are_joined_when_filling_the_cache_fails(
+    brats_tiny, tmp_path, monkeypatch
+) -> None:
+    # MONAI's ThreadPool goes on loading the next case after one failed; a thread still in
+    # torch code at interpreter exit aborted the process (status 134).
+    root = _copy_with(brats_tiny, tmp_path, "flair", _shorter)
+    _unchecked(monkeypatch)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="LoadImaged"):
+        _seg_data(root, tmp_path, "data.cache_rate=1.0")
+    assert [t.name for t in threading.enumerate() if t not in before] == []
+
+
+def test_loader_workers_stop_when_a_batch_fails(brats_tiny, tmp_path, monkeypatch) -> None:
+    root = _copy_with(brats_tiny, tmp_path, "flair", _shorter)
+    _unchecked(monkeypatch)
+    data = _seg_data(root, tmp_path)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(RuntimeError, match="DataLoader worker process 0"):
+        for _ in data.loader(0, num_workers=1):
+            pass
+    assert [p for p in multiprocessing.active_children() if p not in before] == []
 
 
 def test_roi_size_auto_is_the_crop_on_cpu(brats_tiny, tmp_path) -> None:
