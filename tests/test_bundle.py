@@ -170,7 +170,7 @@ def _evil_weights(path: Path, marker: Path) -> Path:
 def test_import_from_bundle_refuses_a_pickled_object(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     weights = _evil_weights(tmp_path / "evil.pt", marker)
-    with pytest.raises(ValueError, match="refused to load the weights: it pickles") as err:
+    with pytest.raises(ValueError, match="refused: the file pickles Python objects") as err:
         import_from_bundle(BUNDLE, tmp_path / "best.pt", weights=weights)
     assert not marker.exists() and "weights_only=False" not in str(err.value)
     assert "\n" not in str(err.value)
@@ -193,6 +193,6 @@ def test_bundle_run_refuses_a_pickled_object_in_one_line(brats_tiny, tmp_path: P
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "invseg: error:" in proc.stderr and "refused to load the weights" in proc.stderr
+    assert "invseg: error:" in proc.stderr and "refused: the file pickles Python objects" in proc.stderr
     assert "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
     assert not marker.exists()

@@ -17,7 +17,6 @@ network (see :mod:`invseg.runtime.checkpoint`); the bundle loads weights with
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,15 @@ from typing import Any
 
 import torch
 
-from invseg.runtime.checkpoint import RunMeta, load_checkpoint, save_checkpoint
+from invseg.nets.registry import check_plain, full_name, model_class
+from invseg.runtime.checkpoint import (
+    RunMeta,
+    build_model,
+    load_checkpoint,
+    load_weights_only,
+    model_for_weights,
+    save_checkpoint,
+)
 
 __all__ = [
     "case_name_formatter",
@@ -75,16 +82,7 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"bundle weights file '{path}' does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        why = (
-            f"it pickles Python objects ({found[1]}), not only tensors"
-            if found
-            else " ".join(str(err).split()[:12]) or type(err).__name__
-        )
-        raise ValueError(f"{path}: refused to load the weights: {why}.") from None
+    state = load_weights_only(path)
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     if not isinstance(state, Mapping):
@@ -104,26 +102,46 @@ def _load_into(model: torch.nn.Module, state: Mapping[str, Any], path: Path | st
     return model
 
 
+def _raw(parser: Any, key: str, path: str) -> Any:
+    """The raw config value at ``key``, ``"@id"`` references followed, checked as plain data.
+
+    A bundle config handed over by someone else is read, not run: ``$`` expressions are
+    refused, nothing is instantiated.
+    """
+    value, seen = parser[key], {key}
+    while isinstance(value, str) and value.startswith("@") and value[1:] not in seen:
+        seen.add(value[1:])
+        value = parser[value[1:]] if value[1:] in parser else value
+    try:
+        check_plain(value, path)
+    except ValueError as err:
+        raise ValueError(f"bundle config: {err}") from None
+    return value
+
+
 def _network_def(parser: Any) -> tuple[str, dict[str, Any]]:
-    """``(target, kwargs)`` of ``network_def``, ``"@id"`` references resolved (nothing built)."""
+    """``(target, kwargs)`` of ``network_def`` as data: ``@id`` references followed, nothing run."""
+    from invseg.nets.registry import canonical_name
+
     net_cfg = dict(parser["network_def"])
-    kwargs: dict[str, Any] = {}
-    for key, value in net_cfg.items():
-        if key == "_target_":
-            continue
-        kwargs[key] = (
-            parser.get_parsed_content(value[1:])
-            if isinstance(value, str) and value.startswith("@")
-            else value
+    target = str(net_cfg.get("_target_"))
+    if canonical_name(target) is None:
+        raise ValueError(
+            f"bundle config: network_def#_target_ '{target}' is not a network invseg knows."
         )
-    return str(net_cfg["_target_"]), kwargs
+    kwargs = {
+        key: _raw(parser, f"network_def#{key}", f"network_def#{key}")
+        for key in net_cfg
+        if key != "_target_"
+    }
+    return target, kwargs
 
 
 def _bundle_meta(parser: Any, target: str, kwargs: dict[str, Any]) -> RunMeta:
     """The checkpoint ``meta`` that ``invseg predict`` needs, from the bundle config."""
 
     def value(key: str, default: Any) -> Any:
-        return parser.get_parsed_content(key) if key in parser else default
+        return _raw(parser, key, key) if key in parser else default
 
     roi = [int(r) for r in value("roi_size", [128, 128, 128])]
     convention = str(value("convention", "brats"))
@@ -215,10 +233,11 @@ def export_to_bundle(checkpoint: str | Path, bundle_dir: str | Path) -> dict[str
     """
     ckpt = load_checkpoint(checkpoint)
     meta = RunMeta.from_dict(ckpt.get("meta"), source=checkpoint)
+    model_for_weights(lambda: meta.build_model(), ckpt["model"], source=checkpoint)
     out = Path(bundle_dir) / "models" / "model.pt"
     save_checkpoint(ckpt["model"], out)
     kwargs = dict(meta.get("kwargs", {}))
-    overrides: dict[str, Any] = {"network_def#_target_": str(meta["target"])}
+    overrides: dict[str, Any] = {"network_def#_target_": full_name(model_class(meta.target))}
     for key, value in kwargs.items():
         if key in _NET_IDS:
             overrides[key] = value
@@ -287,8 +306,11 @@ def import_from_bundle(
     for key, value in (overrides or {}).items():
         parser[key] = value
     target, kwargs = _network_def(parser)
-    from invseg.runtime.config import instantiate_model
-
-    model = _load_into(instantiate_model({"_target_": target, **kwargs}), state, weights)
+    model = model_for_weights(
+        lambda: build_model(target, kwargs, path="network_def"),
+        state,
+        source=weights,
+        hint="pass the overrides the bundle was run with (channels, blocks, ...).",
+    )
     meta = _bundle_meta(parser, target, kwargs)
     return save_checkpoint({"model": model.state_dict(), "meta": meta}, output)

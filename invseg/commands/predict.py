@@ -7,7 +7,9 @@ back to the input's exact geometry, then the label values of the input's layout 
 ET=3; ``labels=`` overrides). Written: ``<output>/<case_id>.nii.gz`` (uint8, affine and header
 of the first modality) and, when asked for, ``<output>/probabilities/<case_id>.nii.gz``
 (float32, channels last). One bad case prints one line on stderr and the others still finish;
-no partial file is left.
+no partial file is left. Temporary files that a killed earlier run left in the output folder
+(``.CASE.<hex>.tmp.nii.gz``, only invseg's own temporary names) are removed at the start, and
+the last line says how many, as it says how many earlier results were replaced.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 import torch
 
 from invseg.commands.predict_inputs import (
-    one_line,
     output_convention,
     plan,
+    problem_line,
     summary,
     writer_for,
 )
@@ -184,17 +186,12 @@ def _predict_case(case: Any, predictor: _CasePredictor, conv: Any, out: Path, **
 
 def _case_error(case: Any, run: Any) -> str | None:
     """``run()``; a failure becomes one line naming the file (interrupts pass through)."""
-    from invseg.data import DataError
-
     try:
         run()
     except (KeyboardInterrupt, SystemExit):
         raise
-    except DataError as err:
-        return one_line(err)
     except Exception as err:
-        first = case.images[0] if case.images else case.case_id
-        return f"{first}: {type(err).__name__}: {one_line(err)}"
+        return problem_line(err, case.images[0] if case.images else case.case_id)
     return None
 
 
@@ -209,6 +206,7 @@ def predict(
     overlap: float | None = None,
     labels: str | None = None,
     skip_existing: bool = False,
+    model_class: str | None = None,
 ) -> int:
     """Write a label map for every case found in ``inputs``.
 
@@ -221,8 +219,8 @@ def predict(
         inputs: case folders, dataset folders or image files (NIfTI ``.nii``/``.nii.gz``,
             Analyze ``.hdr``); several modality files of one case are grouped by the dataset
             naming.
-        output: folder for ``<case_id>.nii.gz`` (created; must not be a folder holding inputs;
-            checked writable before any inference).
+        output: folder for ``<case_id>.nii.gz`` (created, checked writable before inference,
+            cleared of a killed run's temporary files; must not be a folder holding inputs).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         tta: average the prediction over the 8 axis flips.
         save_probabilities: also write ``probabilities/<case_id>.nii.gz`` (float32, channels last).
@@ -231,6 +229,8 @@ def predict(
             ``"iseg"``); ``None``: from the input layout.
         skip_existing: leave cases whose ``<case_id>.nii.gz`` exists in ``output`` alone (else
             they are replaced, and the summary says how many).
+        model_class: dotted path of a network class *you* trust, for a checkpoint whose
+            ``meta.target`` is not in invseg's registry (the file itself never names code).
 
     Returns:
         Number of cases that failed (each reported by one line on stderr).
@@ -240,14 +240,12 @@ def predict(
     """
     from tqdm import tqdm
 
-    from invseg.data import get_convention
-
     dev = resolve_device(device)
     if overlap is not None and not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap={overlap} must be in [0, 1).")
-    infos, cases, errors, out_dir = plan(inputs, output)
-    model, meta = load_model(checkpoint, device=dev)
-    conv = output_convention(labels, infos, get_convention(meta["convention"]))
+    infos, cases, errors, out_dir, removed = plan(inputs, output)
+    model, meta = load_model(checkpoint, device=dev, model_class=model_class)
+    conv = output_convention(labels, infos, meta["convention"])
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     total = len(cases) + len(errors)
@@ -273,6 +271,6 @@ def predict(
         else:
             done += 1
             replaced += case.case_id in existing
-    skipped = len(existing) if skip_existing else 0
-    print(summary(done, total, out_dir, failed=failures, replaced=replaced, skipped=skipped))
+    counts = {"failed": failures, "replaced": replaced, "removed": removed}
+    print(summary(done, total, out_dir, skipped=len(existing) if skip_existing else 0, **counts))
     return failures

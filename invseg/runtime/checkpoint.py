@@ -17,8 +17,7 @@ here; ``train``, ``bundle`` and :func:`load_model` go through it.
 from __future__ import annotations
 
 import random
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from invseg.runtime.config import Section, instantiate_model
+from invseg.nets.registry import check_plain
+from invseg.runtime.config import Section, resolve_target
 from invseg.runtime.files import atomic_save_torch
 
 __all__ = [
     "RunMeta",
+    "build_model",
     "capture_rng",
+    "check_weights",
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "load_weights_only",
+    "model_for_weights",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -72,23 +76,87 @@ class RunMeta(Section):
 
             self.invseg_version = invseg.__version__
 
+    def check(self, path: str) -> None:
+        """Bounds a prediction can rely on (a hostile file must not ask for a 10^9 window)."""
+        check_plain(self.kwargs, f"{path}.kwargs")
+        for name in ("crop", "roi_size"):
+            sizes = getattr(self, name)
+            if len(sizes) != 3 or not all(1 <= int(v) <= _MAX_SIDE for v in sizes):
+                raise ValueError(f"{path}.{name}: {sizes} must be 3 sizes in 1..{_MAX_SIDE}")
+        if len(self.spacing) != 3 or not all(0 < v < 100 for v in self.spacing):
+            raise ValueError(f"{path}.spacing: {self.spacing} must be 3 positive sizes in mm")
+        if not 1 <= self.sw_batch_size <= 256:
+            raise ValueError(f"{path}.sw_batch_size: {self.sw_batch_size} must be in 1..256")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"{path}.overlap: {self.overlap} must be in [0, 1)")
+
     @classmethod
     def from_dict(cls, meta: Any, *, source: str | Path = "checkpoint") -> RunMeta:
-        """Read the ``meta`` entry of a checkpoint.
+        """Read the ``meta`` entry of a checkpoint as data: typed, bounded, nothing evaluated.
 
         Raises:
-            ValueError: no network description (not written by ``invseg train``).
+            ValueError: ``"<source>: meta.<field>: ..."``; no network description.
         """
         if not isinstance(meta, Mapping) or "target" not in meta:
             raise ValueError(
                 f"{source}: checkpoint has no model description ('meta'); was it written by "
                 "`invseg train`?"
             )
-        return cls.build({k: v for k, v in meta.items() if k in cls.__dataclass_fields__}, "meta")
+        try:
+            return cls.build(
+                {k: v for k, v in meta.items() if k in cls.__dataclass_fields__}, "meta"
+            )
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
 
-    def build_model(self) -> nn.Module:
-        """The network, freshly initialised."""
-        return instantiate_model({"_target_": self.target, **self.kwargs})
+    def build_model(self, *, model_class: str | None = None) -> nn.Module:
+        """The network, freshly initialised, from the registry (:mod:`invseg.nets.registry`).
+
+        Args:
+            model_class: a dotted class path the *user* names (``--model-class``) for a
+                ``target`` outside the registry; the file itself can never name code to import.
+
+        Raises:
+            ValueError: ``"meta.target: ..."`` or ``"meta.kwargs.<key>: ..."``, one line.
+        """
+        return build_model(self.target, self.kwargs, model_class=model_class)
+
+
+#: Largest crop / window side a checkpoint may ask for (voxels).
+_MAX_SIDE = 4096
+
+
+def build_model(
+    target: str, kwargs: Mapping[str, Any], *, model_class: str | None = None, path: str = "meta"
+) -> nn.Module:
+    """Build ``target(**kwargs)`` from a checkpoint's description, checked as data first.
+
+    ``target`` must be a registered network (:func:`invseg.nets.registry.list_models`) unless
+    the user passes ``model_class``; ``kwargs`` must be plain values that fit the signature.
+
+    Raises:
+        ValueError: ``"<path>.target: ..."`` / ``"<path>.kwargs.<key>: ..."``, one line.
+    """
+    from invseg.nets import registry
+
+    if model_class is None and registry.canonical_name(target) is None:
+        raise ValueError(
+            f"{path}.target: '{target}' is not a network invseg knows "
+            f"({', '.join(registry.list_models()[:3])}, MONAI's ...); a checkpoint cannot name "
+            "code to import. If you trust this file, name the class yourself with "
+            f"--model-class {target}"
+        )
+    check_plain(dict(kwargs), f"{path}.kwargs")
+    if model_class is None:
+        registry.check_arguments(target, kwargs, f"{path}.kwargs")
+        cls = registry.model_class(target)
+    else:
+        cls = resolve_target(model_class)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+        why = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{path}.kwargs: {cls.__name__} refused them ({why})") from None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -147,21 +215,68 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_save_torch(path, state)
 
 
+def _pickled_globals(path: Path) -> list[str]:
+    """Python objects a torch zip file's pickle names, read with :mod:`pickletools` (nothing runs).
+
+    Names under ``torch.`` and the few others a weights-only file needs are left out; an
+    unreadable file gives ``[]``.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            data = archive.read(name) if name is not None else b""
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a truncated pickle: keep what was read
+        pass
+    return [g for g in found if not g.startswith("torch.") and g not in _WEIGHTS_GLOBALS]
+
+
+#: Non-torch globals a weights-only file may name (what ``torch.save`` writes for plain data).
+_WEIGHTS_GLOBALS = frozenset(
+    {"collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset"}
+)
+
+
 def _refusal(path: Path, err: Exception) -> str:
-    """One line for a failed weights-only load (never torch's advice to drop weights_only)."""
-    text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
+    """One line for a failed weights-only load, in invseg's words (not torch's)."""
+    objects = _pickled_globals(path)
+    if objects:
         return (
-            f"{path}: refused: the file pickles Python objects ({found.group(1)}), not only "
-            "tensors and plain data; an invseg checkpoint holds weights only."
+            f"{path}: refused: the file pickles Python objects ({objects[0]}), not only "
+            "tensors and plain data; an invseg checkpoint holds weights only and nothing in it "
+            "was run."
         )
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if "Weights only load failed" in text:
-        detail = [ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln]
-        lines = detail or ["unsupported content"]
-    first = lines[0] if lines else type(err).__name__
-    return f"{path}: not a readable invseg checkpoint ({first})."
+    return (
+        f"{path}: not a readable checkpoint: truncated, corrupt or not written by torch.save "
+        f"({type(err).__name__})."
+    )
+
+
+def load_weights_only(path: str | Path, *, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a refusal is one line in invseg's words.
+
+    Raises:
+        ValueError: the file pickles Python objects (named, nothing run), or is truncated,
+            corrupt or no torch file.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(_refusal(Path(path), err)) from None
 
 
 def load_checkpoint(
@@ -178,28 +293,46 @@ def load_checkpoint(
             f"checkpoint '{path}' does not exist; pass the best.pt or last.pt "
             "written by `invseg train` into the run folder."
         )
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(_refusal(path, err)) from err
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not an invseg checkpoint (no 'model' entry).")
+    state = load_weights_only(path, map_location=map_location)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), Mapping):
+        raise ValueError(f"{path}: not an invseg checkpoint (no 'model' entry of weights).")
+    for key, value in state["model"].items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: model.{key}: {type(value).__name__} is not a tensor.")
     return state
 
 
-def load_weights(model: nn.Module, state: Mapping[str, Any], *, source: str | Path) -> None:
-    """``model.load_state_dict(state)``, with one line naming the keys that do not fit.
+def check_weights(
+    model: nn.Module,
+    state: Mapping[str, Any],
+    *,
+    source: str | Path,
+    hint: str = "was the model config changed?",
+) -> None:
+    """Raise one line unless ``state`` fits ``model`` (names, shapes) with finite, real weights.
+
+    Each tensor must own the storage its shape needs (a stride-0 view of one number does not
+    pass for a huge weight), and floating-point weights must be finite. ``model`` may live on
+    the ``meta`` device: nothing is allocated for it.
 
     Raises:
-        ValueError: missing, unexpected or differently shaped keys.
+        ValueError: missing, unexpected or differently shaped keys; non-finite weights.
 
     Example:
-        >>> load_weights(  # doctest: +ELLIPSIS
+        >>> check_weights(  # doctest: +ELLIPSIS
         ...     nn.Linear(2, 3), nn.Linear(2, 4).state_dict(), source="x.pt")
         Traceback (most recent call last):
         ...
         ValueError: x.pt: the weights do not fit the model (shape differs: weight [4, 2] vs...
     """
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        needed = value.numel() * value.element_size()
+        if value.numel() and (
+            not value.is_contiguous() or value.untyped_storage().nbytes() < needed
+        ):
+            raise ValueError(f"{source}: model.{key}: a view, not a stored tensor of its shape.")
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -215,26 +348,85 @@ def load_weights(model: nn.Module, state: Mapping[str, Any], *, source: str | Pa
             parts.append(f"{name}: {', '.join(keys[:4])}{more}")
     if parts:
         raise ValueError(
-            f"{source}: the weights do not fit the model ({'; '.join(parts)}); "
-            "was the model config changed?"
+            f"{source}: the weights do not fit the model ({'; '.join(parts)}); {hint}"
         )
+    for key, value in state.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ):
+            raise ValueError(
+                f"{source}: model.{key} holds NaN or infinite weights; this checkpoint "
+                "cannot be used (was it saved from a diverged run?)."
+            )
+
+
+def load_weights(model: nn.Module, state: Mapping[str, Any], *, source: str | Path) -> None:
+    """``model.load_state_dict(state)`` after :func:`check_weights` (one line if they do not fit).
+
+    Raises:
+        ValueError: missing, unexpected or differently shaped keys; non-finite weights.
+    """
+    check_weights(model, state, source=source)
     model.load_state_dict(state)
 
 
-def load_model(
-    checkpoint: str | Path, *, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, RunMeta]:
-    """Rebuild the network stored in a segmentation checkpoint (``weights_only=True`` load).
+def model_for_weights(
+    build: Callable[[], nn.Module],
+    state: Mapping[str, Any],
+    *,
+    source: str | Path,
+    hint: str = "was the model config changed?",
+) -> nn.Module:
+    """``build()`` with ``state`` loaded, checked on a ``meta`` skeleton before any allocation.
 
-    Returns:
-        ``(model in eval mode on device, meta)``; ``meta`` reads like a dict too.
+    The network is first built on the ``meta`` device (no memory), the weights are checked
+    against it (:func:`check_weights`), and only then built for real and loaded, so a file
+    whose description asks for an enormous network is refused without allocating it.
 
     Raises:
-        ValueError: not an invseg checkpoint, or weights that do not fit the description.
+        ValueError: ``"<source>: ..."``, one line.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    check_weights(skeleton, state, source=source, hint=hint)
+    model = build()
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(
+    checkpoint: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    model_class: str | None = None,
+) -> tuple[nn.Module, RunMeta]:
+    """Rebuild the network stored in a segmentation checkpoint, reading the file as data.
+
+    The file is loaded with ``weights_only=True``; its ``meta`` names a registered network
+    and plain arguments (:func:`build_model`): nothing it names is imported or evaluated.
+
+    Args:
+        checkpoint: ``best.pt`` / ``last.pt`` of ``invseg train`` (or ``invseg bundle import``).
+        device: where the model goes.
+        model_class: dotted class path the user trusts, for a network outside the registry.
+
+    Returns:
+        ``(model in eval mode on device, meta)``.
+
+    Raises:
+        ValueError: not an invseg checkpoint, a description that is not plain data or not a
+            known network, weights that do not fit it or are not finite; one line naming the
+            file and the field.
     """
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     meta = RunMeta.from_dict(ckpt.get("meta"), source=checkpoint)
-    model = meta.build_model()
-    load_weights(model, ckpt["model"], source=checkpoint)
+    model = model_for_weights(
+        lambda: meta.build_model(model_class=model_class), ckpt["model"], source=checkpoint
+    )
     dev = torch.device(device) if isinstance(device, str) else device
     return model.to(dev).eval(), meta

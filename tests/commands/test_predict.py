@@ -130,7 +130,7 @@ def test_not_a_checkpoint_is_a_clear_error(brats_tiny, tmp_path):
     bogus = tmp_path / "model.pt"
     with gzip.open(bogus, "wb") as f:
         f.write(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable invseg checkpoint"):
+    with pytest.raises(ValueError, match="model.pt: not a readable checkpoint"):
         predict(bogus, [brats_tiny.root], tmp_path / "o")
 
 
@@ -141,18 +141,22 @@ def _conv_checkpoint(
     bias: tuple = (5.0, 5.0, 5.0),
     modalities: tuple = ("t1", "t1ce", "t2", "flair"),
 ) -> Path:
-    """A 1x1x1 Conv3d checkpoint whose outputs are constant (BraTS: every region present)."""
+    """A one-level UNet3D checkpoint whose outputs are constant (BraTS: every region present)."""
     import torch
 
+    from invseg.nets import UNet3D
     from invseg.runtime.checkpoint import save_checkpoint
 
-    net = torch.nn.Conv3d(len(modalities), len(bias), 1)
+    kwargs = {"in_channels": len(modalities), "out_channels": len(bias), "channels": [2],
+              "norm": ["group", {"num_groups": 1}]}  # fmt: skip
+    net = UNet3D(**kwargs)
     with torch.no_grad():
-        net.weight.zero_()
-        net.bias.copy_(torch.tensor(bias))
+        for p in net.parameters():
+            p.zero_()
+        net.head.bias.copy_(torch.tensor(bias))
     meta = {
-        "target": "torch.nn.Conv3d",
-        "kwargs": {"in_channels": len(modalities), "out_channels": len(bias), "kernel_size": 1},
+        "target": "invseg.nets.UNet3D",
+        "kwargs": kwargs,
         "convention": convention,
         "modalities": list(modalities),
         "spacing": [1.0, 1.0, 1.0],
@@ -304,10 +308,17 @@ def test_labels_land_on_the_input_voxels_of_a_non_cubic_volume(tmp_path, orienta
     )
     ckpt = _conv_checkpoint(tmp_path / "m.pt", bias=(0.0, 0.0, 0.0))
     state = torch.load(ckpt, weights_only=True)
-    state["model"]["weight"][:, 0] = 1.0  # logits = normalised T1 in every region
+    conv = torch.nn.Conv3d(4, 3, 1)  # a class outside the registry: the user names it
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[:, 0] = 1.0  # logits = normalised T1 in every region
+    state["model"] = conv.state_dict()
+    state["meta"]["target"] = "torch.nn.Conv3d"
+    state["meta"]["kwargs"] = {"in_channels": 4, "out_channels": 3, "kernel_size": 1}
     state["meta"]["spacing"] = list(spacing)  # no resampling: the voxels map one to one
     torch.save(state, ckpt)
-    assert predict(ckpt, [info.root], tmp_path / "out") == 0
+    assert predict(ckpt, [info.root], tmp_path / "out", model_class="torch.nn.Conv3d") == 0
     case = info.cases[0]
     got = np.asarray(nib.load(tmp_path / "out" / f"{case.case_id}.nii.gz").dataobj)
     t1 = np.asarray(nib.load(case.images[0]).dataobj, dtype=np.float64)
@@ -346,3 +357,49 @@ def test_iseg_subject_missing_a_modality_fails_alone(tmp_path, capsys):
     assert "wrote 1 of 2 cases" in captured.out
     labels = np.asarray(nib.load(out / "subject-1.nii.gz").dataobj)
     assert np.unique(labels).tolist() == [250]  # WM everywhere, in iSeg's own values
+
+
+def test_rerun_removes_temporaries_of_a_killed_run_and_says_how_many(small_sets, tmp_path, capsys):
+    import uuid
+
+    src = small_sets["brats2020"]
+    out = tmp_path / "pred"
+    (out / "probabilities").mkdir(parents=True)
+    case_id = src.cases[0].case_id
+    stale = [  # the names save_image gives a prediction and a probability map it was writing
+        out / f".{case_id}.{uuid.uuid4().hex}.tmp.nii.gz",
+        out / "probabilities" / f".{case_id}.{uuid.uuid4().hex}.tmp.nii.gz",
+    ]
+    keep = [out / ".notes", out / "notes.tmp.nii.gz", out / f".{case_id}.tmp.nii.gz"]
+    for p in stale + keep:
+        p.write_bytes(b"half")
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    assert predict(ckpt, [src.root], out, save_probabilities=True) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "wrote 2 of 2 cases" in last and "removed 2 temporary files left by a killed run" in last
+    assert not any(p.exists() for p in stale) and all(p.read_bytes() == b"half" for p in keep)
+    hidden = sorted(p.name for p in out.rglob(".*"))
+    assert hidden == sorted(p.name for p in keep if p.name.startswith("."))
+    assert predict(ckpt, [src.root], out) == 0
+    assert "removed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("flag", "expected"), [(None, 0.0), (0.6, 0.6)])
+def test_overlap_reaches_the_sliding_window_over_the_checkpoints_own(
+    small_sets, tmp_path, monkeypatch, flag, expected
+):
+    """``--overlap`` overrides the checkpoint's ``infer.overlap`` (0.0 here) in the window."""
+    import monai.inferers
+
+    seen: list[float] = []
+    real = monai.inferers.sliding_window_inference
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["overlap"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(monai.inferers, "sliding_window_inference", spy)
+    ckpt = _conv_checkpoint(tmp_path / "m.pt")
+    root = small_sets["brats2020"].root
+    assert predict(ckpt, [root], tmp_path / "o", overlap=flag) == 0
+    assert seen and set(seen) == {expected}

@@ -56,9 +56,25 @@ def test_run_meta_round_trip_and_load_model(tmp_path) -> None:
     save_checkpoint({"model": net.state_dict(), "meta": meta}, tmp_path / "m.pt")
     raw = torch.load(tmp_path / "m.pt", weights_only=True)["meta"]
     assert isinstance(raw, dict) and raw["roi_size"] == [8, 8, 8]
-    model, back = load_model(tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="meta.target: 'torch.nn.Conv3d' is not a network"):
+        load_model(tmp_path / "m.pt")  # the file cannot name a class to import ...
+    model, back = load_model(tmp_path / "m.pt", model_class="torch.nn.Conv3d")  # ... the user can
     assert back == meta and back["modalities"] == ["t1", "t2"]
     assert torch.equal(model.weight, net.weight) and not model.training
+
+
+def test_registered_network_round_trips_through_its_short_name(tmp_path) -> None:
+    from invseg.nets import UNet3D
+
+    net = UNet3D(3, 2, 2, channels=(4, 8), norm=("group", {"num_groups": 2}))
+    kwargs = {"in_channels": 2, "out_channels": 2, "channels": [4, 8],
+              "norm": ["group", {"num_groups": 2}]}  # fmt: skip
+    meta = RunMeta(target="UNet3D", kwargs=kwargs)
+    save_checkpoint({"model": net.state_dict(), "meta": meta}, tmp_path / "m.pt")
+    model, _ = load_model(tmp_path / "m.pt")
+    x = torch.randn(1, 2, 8, 8, 8)
+    net.eval()
+    assert torch.equal(model(x), net(x))
 
 
 def test_meta_without_target_is_a_clear_error() -> None:
