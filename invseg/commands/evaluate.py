@@ -27,12 +27,16 @@ Empty and missing predictions follow one of two scorings:
 
 Either way, references without a prediction are listed in a warning on stderr and in the
 summary. Predictions must be in the reference's exact geometry (shape and affine): a mismatch
-is a :class:`~invseg.data.DataError`, never a silent resampling.
+is an error of that case, never a silent resampling. A case that cannot be scored (geometry,
+unreadable file, label values) does not stop the others: it gets one ``error: <file>: <problem>``
+line on stderr, a row with an ``error`` column and no metrics (left out of the mean), and the
+``invseg evaluate`` command exits with status 1 after writing the metrics of the other cases.
+The references need only their label files: a dataset case whose images are missing or
+incomplete is still a reference.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -40,64 +44,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BRATS_MAX_HD95", "SCORINGS", "evaluate", "format_summary"]
+from invseg.commands.evaluate_inputs import find_pairs, shown
+
+__all__ = ["BRATS_MAX_HD95", "SCORINGS", "evaluate", "exit_status", "format_summary"]
 
 #: HD95 the BraTS challenge gives an empty mask against a non-empty one.
 BRATS_MAX_HD95 = 373.13
 #: How empty or missing predictions are scored (see the module docstring).
 SCORINGS = ("brats", "none")
-_ISEG_CASE = re.compile(r"^subject-\d+$", re.IGNORECASE)
-
-
-def _label_folder(folder: Path) -> dict[str, Path]:
-    from invseg.data.naming import image_files, split_ext
-
-    return {split_ext(p)[0]: p for p in image_files(folder)}
-
-
-def _references(ref_dir: Path) -> tuple[dict[str, Path], Any]:
-    """``({case_id: label file}, convention or None)`` from a dataset or a folder of labels."""
-    from invseg.data import DataError, discover
-
-    if not ref_dir.is_dir():
-        raise DataError(f"{ref_dir}: no such folder")
-    try:
-        info = discover(ref_dir)
-    except DataError:
-        files = _label_folder(ref_dir)
-        if not files:
-            raise
-        return files, None
-    refs = {c.case_id: c.label for c in info.cases if c.label is not None}
-    if not refs:
-        raise DataError(f"{ref_dir}: the {info.layout} dataset has no label files to compare to")
-    return refs, info.convention
-
-
-def _detect(refs: dict[str, Path]) -> Any:
-    """Convention from the label values: 4 -> BraTS 2020/21, 10/150/250 -> iSeg."""
-    from invseg.data import DataError, get_convention, read_image
-
-    seen: set[int] = set()
-    for path in refs.values():
-        values = {int(v) for v in np.unique(read_image(path)[0])}
-        seen |= values
-        if values & {10, 150, 250} and values <= {0, 10, 150, 250}:
-            return get_convention("iseg")
-        if 4 in values:
-            return get_convention("brats")
-    where = next(iter(refs.values())).parent
-    if seen <= {0, 1, 2, 3} and all(_ISEG_CASE.match(i) for i in refs):
-        raise DataError(
-            f"{where}: iSeg subjects with label values {sorted(seen)}: iSeg stores 10 (CSF), "
-            "150 (GM), 250 (WM); map the class indices 1/2/3 back to 10/150/250 and pass "
-            "labels='iseg' (values 0-3 of BraTS 2023 or MSD regions: 'brats2023' or 'msd')"
-        )
-    raise DataError(
-        f"{where}: cannot tell the label convention from the values {sorted(seen)} "
-        "(0/1/2/3 fits both 'brats2023' and 'msd'); pass labels='brats2023', 'msd', 'brats' "
-        "or 'iseg'"
-    )
 
 
 def _surface(metric: str, a: Any, b: Any, spacing: tuple[float, ...], **kw: Any) -> float:
@@ -180,33 +134,6 @@ def _case_metrics(
     return row
 
 
-def _pairs(pred_dir: Path, ref_dir: Path, labels: str | None) -> tuple[dict, dict, Any]:
-    """``({case: prediction}, {case: reference}, convention)``; every prediction has a reference."""
-    from invseg.data import DataError, get_convention
-
-    if not pred_dir.is_dir():
-        raise DataError(f"{pred_dir}: no such folder of predictions")
-    preds = _label_folder(pred_dir)
-    if not preds:
-        raise DataError(f"{pred_dir}: holds no prediction files (<case_id>.nii.gz)")
-    refs, dataset_convention = _references(ref_dir)
-    extra = sorted(set(preds) - set(refs))
-    if extra:
-        raise DataError(
-            f"{pred_dir}: {len(extra)} prediction(s) have no reference in {ref_dir}: "
-            + _shown(extra)
-        )
-    if labels is not None:
-        return preds, refs, get_convention(labels)
-    if dataset_convention is not None:
-        return preds, refs, dataset_convention
-    return preds, refs, _detect({i: refs[i] for i in sorted(preds)})
-
-
-def _shown(ids: list[str], n: int = 5) -> str:
-    return ", ".join(ids[:n]) + (f" ... ({len(ids) - n} more)" if len(ids) > n else "")
-
-
 def _scoring(scoring: str | None, convention: Any) -> str:
     """The scoring asked for, else ``"brats"`` for BraTS-style regions and ``"none"`` otherwise."""
     from invseg._choices import check_option
@@ -215,6 +142,32 @@ def _scoring(scoring: str | None, convention: Any) -> str:
         return check_option("scoring", scoring, SCORINGS)
     brats_like = convention.kind == "regions" and convention.names == ("TC", "WT", "ET")
     return "brats" if brats_like else "none"
+
+
+def _score(ids: list[str], preds: dict, refs: dict, convention: Any, scoring: str) -> list[dict]:
+    """One row per case; a case that cannot be scored gets only an ``error`` (also on stderr)."""
+    from invseg.commands.predict_inputs import problem_line
+
+    rows: list[dict[str, Any]] = []
+    for i in ids:
+        try:
+            rows.append({"case_id": i, **_case_metrics(preds.get(i), refs[i], convention, scoring)})
+        except Exception as err:  # one bad case must not stop the others (interrupts pass)
+            rows.append({"case_id": i, "error": problem_line(err, preds.get(i) or refs[i])})
+            print(f"error: {rows[-1]['error']}", file=sys.stderr)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> Any:
+    """The rows, then ``error`` (only when a case failed), and the mean row of the scored cases."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for r in rows for k in r)))
+    failed = df["error"].notna() if "error" in df else pd.Series(False, index=df.index)
+    metrics = [c for c in df.columns if c not in ("case_id", "error")]
+    df = df[["case_id", *metrics] + (["error"] if "error" in df else [])]
+    mean = df.loc[~failed, metrics].astype(float).mean(skipna=True)
+    return pd.concat([df, pd.DataFrame([{"case_id": "mean", **mean.to_dict()}])], ignore_index=True)
 
 
 def evaluate(
@@ -227,29 +180,38 @@ def evaluate(
 ) -> Any:
     """Per-case Dice and surface distances of predictions against references.
 
+    A case that cannot be scored (a prediction in another geometry, an unreadable file, label
+    values outside the convention) does not stop the others: it prints one line
+    ``error: <file>: <problem>`` on stderr, gets a row with the problem in an ``error`` column and
+    no metrics, and is left out of the mean; ``df.attrs["failed"]`` lists it and
+    :func:`exit_status` is 1 (what ``invseg evaluate`` exits with, after writing the CSV).
+
     Args:
         pred_dir: folder of predicted label maps ``<case_id>.nii.gz`` (or ``.nii``) in native
             label values, as written by ``invseg predict``.
-        ref_dir: a dataset folder in any supported layout (its label files are used) or a
-            folder of reference label maps named ``<case_id>.nii.gz``.
+        ref_dir: a dataset folder in any supported layout (only its label files are needed)
+            or a folder of reference label maps named ``<case_id>.nii.gz``.
         labels: label convention (``"brats"``, ``"brats2023"``, ``"msd"``, ``"iseg"``). ``None``:
             the dataset's convention, or detected from the reference values (a 4 means BraTS
             2020/21, 10/150/250 iSeg; 0-3 only is ambiguous and raises).
-        output_csv: where to write the table (atomically); ``None``: not written.
+        output_csv: where to write the table (atomically, replacing an earlier one; its
+            temporaries of a killed run removed first); ``None``: not written.
         scoring: ``"brats"`` (a missing or empty prediction scores Dice 0 and HD95 373.13) or
             ``"none"`` (NaN distances, missing cases left out); ``None``: ``"brats"`` for the
             BraTS-style region conventions (brats, brats2023, msd), ``"none"`` for classes.
 
     Returns:
-        A ``pandas.DataFrame`` with one row per scored case (sorted by ``case_id``) and a last
-        row ``case_id="mean"`` (NaN-skipping means). Columns ``dice_<name>``, ``hd95_<name>``
-        (mm) and for class conventions ``asd_<name>``, ``mhd_<name>``; names are TC/WT/ET or
-        CSF/GM/WM. ``df.attrs`` holds ``convention``, ``scoring`` and ``missing`` (the
-        reference cases without a prediction).
+        A ``pandas.DataFrame`` with one row per case (sorted by ``case_id``) and a last row
+        ``case_id="mean"`` (NaN-skipping means of the scored cases). Columns ``dice_<name>``,
+        ``hd95_<name>`` (mm) and for class conventions ``asd_<name>``, ``mhd_<name>``; names are
+        TC/WT/ET or CSF/GM/WM; ``error`` when a case failed. ``df.attrs`` holds ``convention``,
+        ``scoring``, ``missing`` (the reference cases without a prediction), ``failed``
+        (``{case_id: problem}``) and, with ``output_csv``, ``output``, ``replaced`` and
+        ``removed`` (what :func:`format_summary` reports).
 
     Raises:
-        DataError: no predictions; a prediction without a reference; unreadable files;
-            geometry mismatch; label values outside the convention; undetectable convention.
+        DataError: no predictions; a prediction without a reference; no reference labels;
+            undetectable convention.
         ValueError: unknown ``labels`` or ``scoring`` name.
 
     Example:
@@ -263,36 +225,48 @@ def evaluate(
         >>> df[["dice_CSF", "dice_GM", "dice_WM"]].iloc[0].tolist(), float(df["hd95_WM"].iloc[0])
         ([1.0, 1.0, 1.0], 0.0)
     """
-    import pandas as pd
+    from invseg.runtime.files import atomic_write_text, remove_stale_temps
 
     pred_dir, ref_dir = Path(pred_dir).expanduser(), Path(ref_dir).expanduser()
-    preds, refs, convention = _pairs(pred_dir, ref_dir, labels)
+    csv = Path(output_csv).expanduser() if output_csv is not None else None
+    removed = remove_stale_temps(csv.parent, names=[csv.name]) if csv is not None else 0
+    preds, refs, convention = find_pairs(pred_dir, ref_dir, labels)
     scoring = _scoring(scoring, convention)
     missing = sorted(set(refs) - set(preds))
     if missing:
         how = "scored as empty (BraTS)" if scoring == "brats" else "left out (scoring 'none')"
         print(
             f"warning: {len(missing)} reference case(s) have no prediction in {pred_dir}, "
-            f"{how}: {_shown(missing)}",
+            f"{how}: {shown(missing)}",
             file=sys.stderr,
         )
     ids = sorted(set(preds) | (set(missing) if scoring == "brats" else set()))
-    rows = [
-        {"case_id": i, **_case_metrics(preds.get(i), refs[i], convention, scoring)} for i in ids
-    ]
-    df = pd.DataFrame(rows)
-    mean = df.drop(columns="case_id").mean(skipna=True)
-    df = pd.concat([df, pd.DataFrame([{"case_id": "mean", **mean.to_dict()}])], ignore_index=True)
-    df.attrs.update(convention=convention.name, scoring=scoring, missing=missing)
-    if output_csv is not None:
-        from invseg.runtime.files import atomic_write_text
-
-        atomic_write_text(Path(output_csv), df.to_csv(index=False, float_format="%.6g"))
+    rows = _score(ids, preds, refs, convention, scoring)
+    failed = {r["case_id"]: r["error"] for r in rows if "error" in r}
+    df = _table(rows)
+    df.attrs.update(convention=convention.name, scoring=scoring, missing=missing, failed=failed)
+    if csv is not None:
+        df.attrs.update(output=str(csv), replaced=int(csv.exists()), removed=removed)
+        atomic_write_text(csv, df.to_csv(index=False, float_format="%.6g"))
     return df
+
+
+def exit_status(df: Any) -> int:
+    """What ``invseg evaluate`` exits with: 1 when a case could not be scored, else 0.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"case_id": ["a", "mean"]}); df.attrs["failed"] = {"a": "a.nii: ?"}
+        >>> exit_status(df)
+        1
+    """
+    return 1 if df.attrs.get("failed") else 0
 
 
 def format_summary(df: Any) -> str:
     """A short text table of the mean metrics (rows: metrics, columns: regions/classes).
+
+    Then notes: undefined distances, missing predictions, failed cases and the CSV written.
 
     Example:
         >>> import pandas as pd
@@ -307,6 +281,8 @@ def format_summary(df: Any) -> str:
     import pandas as pd
 
     cases = df[df["case_id"] != "mean"]
+    if "error" in cases:
+        cases = cases[cases["error"].isna()]
     table: dict[str, dict[str, float]] = {}
     for col in df.columns:
         if col == "case_id" or "_" not in col:
@@ -318,7 +294,9 @@ def format_summary(df: Any) -> str:
     head = f"{len(cases)} case{'s' if len(cases) != 1 else ''}" + (
         f" (labels: {conv})" if conv else ""
     )
-    lines = [head, frame.to_string(float_format=lambda v: f"{v:.4f}")]
+    lines = [head]
+    if not frame.empty:  # every case failed: no metric to show
+        lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}"))
     undefined = {
         c.split("_", 1)[1]: int(cases[c].isna().sum())
         for c in df.columns
@@ -329,15 +307,33 @@ def format_summary(df: Any) -> str:
             "HD95 undefined (an empty mask) and skipped in the mean: "
             + ", ".join(f"{k} in {v} case(s)" for k, v in undefined.items())
         )
-    missing = list(df.attrs.get("missing") or [])
-    if df.attrs.get("scoring") == "brats":
+    return "\n".join(lines + _notes(df.attrs))
+
+
+def _notes(attrs: dict[str, Any]) -> list[str]:
+    """The summary's lines on missing and failed cases and on the CSV written."""
+    from invseg.runtime.files import output_notes
+
+    lines, missing = [], list(attrs.get("missing") or [])
+    if attrs.get("scoring") == "brats":
         lines.append(
             f"BraTS scoring: a missing or empty prediction scores Dice 0 and HD95 "
             f"{BRATS_MAX_HD95} against a non-empty reference"
-            + (f"; {len(missing)} case(s) had no prediction: {_shown(missing)}" if missing else "")
+            + (f"; {len(missing)} case(s) had no prediction: {shown(missing)}" if missing else "")
         )
     elif missing:
         lines.append(
-            f"{len(missing)} reference case(s) without a prediction left out: {_shown(missing)}"
+            f"{len(missing)} reference case(s) without a prediction left out: {shown(missing)}"
         )
-    return "\n".join(lines)
+    failed = sorted(attrs.get("failed") or {})
+    if failed:
+        lines.append(
+            f"{len(failed)} case(s) failed, not scored (see the error lines and the error "
+            f"column): {shown(failed)}"
+        )
+    if attrs.get("output"):
+        notes = output_notes(replaced=attrs.get("replaced", 0), removed=attrs.get("removed", 0))
+        lines.append(
+            f"metrics written to {attrs['output']}" + (f" ({'; '.join(notes)})" if notes else "")
+        )
+    return lines

@@ -14,6 +14,7 @@ __all__ = [
     "one_line",
     "output_convention",
     "plan",
+    "problem_line",
     "summary",
     "writer_for",
 ]
@@ -21,6 +22,21 @@ __all__ = [
 
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def problem_line(err: BaseException, where: object) -> str:
+    """One line for a case that failed: a DataError's message (it names the file), else
+    ``"<where>: <ErrorType>: <message>"``.
+
+    Example:
+        >>> problem_line(ValueError("bad  value "), "a.nii.gz")
+        'a.nii.gz: ValueError: bad value'
+    """
+    from invseg.data import DataError
+
+    if isinstance(err, DataError):
+        return one_line(err)
+    return f"{where}: {type(err).__name__}: {one_line(err)}"
 
 
 def input_dirs(inputs: Sequence[Path], cases: Sequence[Any]) -> set[Path]:
@@ -77,9 +93,12 @@ def gather_cases(in_paths: Sequence[Path]) -> tuple[list[Any], list[Any], list[s
 def output_convention(labels: str | None, infos: Sequence[Any], model_conv: Any) -> Any:
     """The label convention of the written maps: ``labels``, else the input's, else the model's.
 
-    Prints the choice. Raises ValueError when ``labels`` does not fit the model's outputs.
+    ``model_conv`` is the checkpoint's convention (or its name). Prints the choice. Raises
+    ValueError when ``labels`` does not fit the model's outputs.
     """
     from invseg.data import get_convention
+
+    model_conv = get_convention(model_conv) if isinstance(model_conv, str) else model_conv
 
     def fits(conv: Any) -> bool:
         return conv.kind == model_conv.kind and conv.names == model_conv.names
@@ -125,12 +144,18 @@ def writer_for(infos: Sequence[Any]) -> Any:
     return get_layout(names.pop()) if len(names) == 1 and None not in names else Layout("", "")
 
 
-def plan(inputs: Sequence[str | Path], output: str | Path) -> tuple[list, list, list, Path]:
-    """``(infos, cases, errors, output folder)``; the folder exists and is writable.
+def plan(inputs: Sequence[str | Path], output: str | Path) -> tuple[list, list, list, Path, int]:
+    """``(infos, cases, errors, output folder, removed)``; the folder exists and is writable.
+
+    Temporary files that a killed earlier run left in the output folder and its
+    ``probabilities/`` (only the atomic writers' own names, see
+    :func:`invseg.runtime.files.remove_stale_temps`) are deleted; ``removed`` counts them.
 
     Raises:
         ValueError: no inputs or cases; an output folder that holds inputs or is not writable.
     """
+    from invseg.runtime.files import remove_stale_temps
+
     in_paths = [Path(p) for p in inputs]
     if not in_paths:
         raise ValueError("no inputs given: pass case folders, a dataset folder or image files.")
@@ -144,21 +169,33 @@ def plan(inputs: Sequence[str | Path], output: str | Path) -> tuple[list, list, 
             "with -o so no input can be overwritten."
         )
     check_output(out_dir)
-    return infos, cases, errors, out_dir
+    removed = remove_stale_temps(out_dir) + remove_stale_temps(out_dir / "probabilities")
+    return infos, cases, errors, out_dir, removed
 
 
-def summary(done: int, total: int, out: Path, *, failed: int, replaced: int, skipped: int) -> str:
+def summary(
+    done: int,
+    total: int,
+    out: Path,
+    *,
+    failed: int,
+    replaced: int,
+    skipped: int,
+    removed: int = 0,
+) -> str:
     """The last line of ``invseg predict``.
 
     Example:
         >>> summary(3, 4, Path("out"), failed=1, replaced=2, skipped=0)
         'predict: wrote 3 of 4 cases to out (1 failed; replaced 2 earlier results)'
     """
+    from invseg.runtime.files import output_notes
+
     notes = [f"{failed} failed"] if failed else []
-    if replaced:
-        notes.append(f"replaced {replaced} earlier result{'s' * (replaced != 1)}")
+    notes += output_notes(replaced=replaced)
     if skipped:
         notes.append(f"skipped {skipped} with an existing result")
+    notes += output_notes(removed=removed)
     return f"predict: wrote {done} of {total} cases to {out}" + (
         f" ({'; '.join(notes)})" if notes else ""
     )

@@ -3,7 +3,10 @@
 A temporary file is named ``.NAME.XXXXXXXX.tmp`` (plus ``NAME``'s own suffixes when a library
 needs them to choose a format, e.g. ``.tmp.nii.gz``) in the target's folder, so a reader never
 sees a half-written file and a killed write leaves only such a hidden file, which
-:func:`remove_stale_temps` deletes at the start of the next run. The final file gets the
+:func:`remove_stale_temps` deletes at the start of the next run (it also knows the
+``.STEM.<32 hex digits>.tmp.EXT`` names of :func:`invseg.data.io.save_image`, which writes the
+NIfTI/Analyze predictions). Commands that write into an output folder say what they found
+there with :func:`output_notes` ("replaced 4 earlier results"). The final file gets the
 permissions of a file created with ``open()`` (``0666`` minus the umask), not ``mkstemp``'s
 ``0600``, so a lab group can read results.
 
@@ -20,7 +23,7 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,12 +34,17 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "output_notes",
     "read_rows",
     "remove_stale_temps",
     "write_rows",
 ]
 
-_STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9.]+)?$")
+#: ``.NAME.XXXXXXXX.tmp[.EXT]`` (mkstemp, :func:`atomic_path`) or ``.STEM.<32 hex>.tmp.EXT``
+#: (:func:`invseg.data.io.save_image`): the temporary names of invseg's own atomic writers.
+_STALE = re.compile(
+    r"^\.(?P<name>.+)\.(?:[A-Za-z0-9_]{8}|[0-9a-f]{32})\.tmp(?P<ext>\.[A-Za-z0-9.]+)?$"
+)
 
 
 def _umask() -> int:
@@ -110,24 +118,58 @@ def atomic_save_numpy(path: str | Path, array: Any) -> Path:
     return atomic_write(path, lambda f: np.save(f, array))
 
 
-def remove_stale_temps(folder: str | Path) -> int:
+def remove_stale_temps(folder: str | Path, *, names: Iterable[str] | None = None) -> int:
     """Delete ``.NAME.XXXXXXXX.tmp*`` files that killed writes left in ``folder``; their count.
+
+    Only names of invseg's own temporary files are touched (see the module docstring); other
+    hidden files, sub-folders and a missing ``folder`` are left alone.
+
+    Args:
+        folder: the folder to clean (not recursive).
+        names: only the temporaries of these final file names (``["metrics.csv"]``); ``None``:
+            every temporary in ``folder`` (a folder invseg owns: a run or output folder).
 
     Example:
         >>> import pathlib, tempfile
         >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / ".last.pt.abcd1234.tmp").write_bytes(b"")
-        >>> remove_stale_temps(d), list(d.iterdir())
-        (1, [])
+        >>> remove_stale_temps(d, names=["best.pt"]), remove_stale_temps(d), list(d.iterdir())
+        (0, 1, [])
     """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
+    wanted = None if names is None else set(names)
     n = 0
     for p in folder.iterdir():
-        if p.is_file() and _STALE.match(p.name):
-            p.unlink(missing_ok=True)
-            n += 1
+        m = _STALE.match(p.name)
+        if m is None or not p.is_file():
+            continue
+        if wanted is not None and not {m["name"], m["name"] + (m["ext"] or "")} & wanted:
+            continue
+        p.unlink(missing_ok=True)
+        n += 1
     return n
+
+
+def output_notes(*, replaced: int = 0, removed: int = 0) -> list[str]:
+    """What a command says about the output files it found: replaced results, stale temporaries.
+
+    Args:
+        replaced: earlier results (files, or cases/inputs) this run wrote over.
+        removed: temporary files of a killed earlier run that :func:`remove_stale_temps` deleted.
+
+    Example:
+        >>> output_notes(replaced=4, removed=1)
+        ['replaced 4 earlier results', 'removed 1 temporary file left by a killed run']
+        >>> output_notes()
+        []
+    """
+    notes = []
+    if replaced:
+        notes.append(f"replaced {replaced} earlier result{'s' * (replaced != 1)}")
+    if removed:
+        notes.append(f"removed {removed} temporary file{'s' * (removed != 1)} left by a killed run")
+    return notes
 
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:

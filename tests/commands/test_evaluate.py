@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from invseg.commands.evaluate import evaluate, format_summary
+from invseg.commands.evaluate import evaluate, exit_status, format_summary
 from invseg.data import DataError, synthesize
 
 SPACING = np.diag([2.0, 1.0, 1.0, 1.0])
@@ -107,14 +108,51 @@ def test_dataset_folder_as_reference(tmp_path):
 
 
 @pytest.mark.parametrize("what", ["shape", "affine"])
-def test_geometry_mismatch_is_an_error(tmp_path, what):
-    save(tmp_path / "ref" / "a.nii.gz", cube(4, (2, 2, 2)))
+def test_a_case_in_another_geometry_fails_alone_and_the_others_are_scored(tmp_path, capsys, what):
+    for case in ("a", "b", "c"):
+        save(tmp_path / "ref" / f"{case}.nii.gz", cube(4, (2, 2, 2)))
+        if case != "b":
+            save(tmp_path / "pred" / f"{case}.nii.gz", cube(4, (2, 2, 2)))
     if what == "shape":
-        save(tmp_path / "pred" / "a.nii.gz", cube(4, (2, 2, 2), shape=(12, 12, 11)))
+        save(tmp_path / "pred" / "b.nii.gz", cube(4, (2, 2, 2), shape=(12, 12, 11)))
     else:
-        save(tmp_path / "pred" / "a.nii.gz", cube(4, (2, 2, 2)), np.eye(4))
-    with pytest.raises(DataError, match=f"geometry differs.*{what}"):
-        evaluate(tmp_path / "pred", tmp_path / "ref")
+        save(tmp_path / "pred" / "b.nii.gz", cube(4, (2, 2, 2)), np.eye(4))
+    csv = tmp_path / "m.csv"
+    df = evaluate(tmp_path / "pred", tmp_path / "ref", output_csv=csv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{tmp_path / 'pred' / 'b.nii.gz'}: geometry differs" in errors[0]
+    assert what in errors[0]
+    assert list(df["case_id"]) == ["a", "b", "c", "mean"] and list(df.columns)[-1] == "error"
+    assert df.loc[[0, 2], "dice_WT"].tolist() == [1.0, 1.0]
+    assert df.loc[1, ["dice_WT", "hd95_WT"]].isna().all()  # not scored as an empty prediction
+    assert df.loc[3, "dice_WT"] == 1.0 and df.loc[3, "hd95_WT"] == 0.0  # mean of a and c
+    assert list(df.attrs["failed"]) == ["b"] and df.attrs["failed"]["b"] == errors[0][7:]
+    assert exit_status(df) == 1 and exit_status(pd.DataFrame({"case_id": ["a"]})) == 0
+    written = pd.read_csv(csv)
+    assert written["error"].notna().tolist() == [False, True, False, False]
+    assert written.loc[1, "error"].startswith(str(tmp_path / "pred" / "b.nii.gz"))
+    text = format_summary(df)
+    assert text.startswith("2 cases") and "1 case(s) failed, not scored" in text
+    assert text.splitlines()[-2].endswith(": b")
+    from invseg.cli import main
+
+    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]
+    assert main([*argv, "-o", str(tmp_path / "cli.csv")]) == 1  # the CLI exits non-zero
+    assert len(pd.read_csv(tmp_path / "cli.csv")) == 4
+
+
+def test_every_case_failing_still_writes_the_table(tmp_path, capsys):
+    save(tmp_path / "ref" / "a.nii.gz", cube(4, (2, 2, 2)))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.nii.gz").write_bytes(b"not a nifti")
+    df = evaluate(
+        tmp_path / "pred", tmp_path / "ref", labels="brats", output_csv=tmp_path / "m.csv"
+    )
+    assert "a.nii.gz: unreadable image header" in df.attrs["failed"]["a"]
+    assert capsys.readouterr().err.count("error: ") == 1
+    assert list(pd.read_csv(tmp_path / "m.csv")["case_id"]) == ["a", "mean"]
+    text = format_summary(df)
+    assert text.startswith("0 cases (labels: brats)\n") and "Empty" not in text
 
 
 def test_prediction_without_reference(tmp_path):
@@ -191,8 +229,10 @@ def test_iseg_class_indices_get_an_iseg_hint(tmp_path):
     with pytest.raises(DataError, match=r"iSeg stores 10 \(CSF\), 150 \(GM\), 250 \(WM\)"):
         evaluate(tmp_path / "pred", tmp_path / "ref")
     save(tmp_path / "ref2" / "subject-1.nii.gz", cube(10, (1, 1, 1)))
-    with pytest.raises(DataError, match="look like class indices.*10.*150.*250"):
-        evaluate(tmp_path / "pred", tmp_path / "ref2")
+    df = evaluate(tmp_path / "pred", tmp_path / "ref2")  # the prediction holds class indices
+    problem = df.attrs["failed"]["subject-1"]
+    assert problem.startswith(str(tmp_path / "pred" / "subject-1.nii.gz"))
+    assert re.search("look like class indices.*10.*150.*250", problem)
 
 
 def test_cli_flags(tmp_path, capsys):
@@ -208,3 +248,48 @@ def test_cli_flags(tmp_path, capsys):
     assert main(argv) == 0
     assert "BraTS scoring" in capsys.readouterr().out
     assert list(pd.read_csv(csv)["case_id"]) == ["c0", "c1", "c2", "c3", "c4", "mean"]
+
+
+def _copy_labels(info, folder: Path) -> None:
+    """The reference labels as perfect predictions ``<case_id>.nii.gz`` (or ``.hdr``/``.img``)."""
+    folder.mkdir()
+    for case in info.cases:
+        if case.label.suffix == ".hdr":
+            for ext in (".hdr", ".img"):
+                shutil.copy(case.label.with_suffix(ext), folder / f"{case.case_id}{ext}")
+        else:
+            shutil.copy(case.label, folder / f"{case.case_id}.nii.gz")
+
+
+@pytest.mark.parametrize("missing", ["one modality", "every image"])
+@pytest.mark.parametrize("layout", ["brats2020", "brats2023", "msd", "nnunet", "iseg"])
+def test_reference_cases_need_only_their_label_files(tmp_path, layout, missing):
+    kind, kw = ("iseg", {}) if layout == "iseg" else ("brats", {"layout": layout})
+    info = synthesize(kind, tmp_path / "data", cases=3, shape=(16, 16, 16), **kw)
+    _copy_labels(info, tmp_path / "pred")
+    case = info.cases[1]
+    for image in case.images[1:2] if missing == "one modality" else case.images:
+        image.unlink()
+        image.with_suffix(".img").unlink(missing_ok=True)
+    df = evaluate(tmp_path / "pred", tmp_path / "data")
+    assert list(df["case_id"]) == [*(c.case_id for c in info.cases), "mean"]
+    assert "error" not in df and df.attrs["convention"] == info.convention.name
+    assert (df[[c for c in df.columns if c.startswith("dice_")]] == 1.0).all().all()
+
+
+def test_rerun_says_it_replaced_the_table_and_removes_its_killed_temporaries(tmp_path):
+    _three_of_five(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".scores.csv.ab12_xyz.tmp"
+    others = [out / ".other.csv.ab12_xyz.tmp", out / ".scores.csv.tmp", out / "scores.csv.bak"]
+    for p in [stale, *others]:
+        p.write_text("half")
+    df = evaluate(tmp_path / "pred", tmp_path / "ref", output_csv=out / "scores.csv")
+    assert not stale.exists() and all(p.read_text() == "half" for p in others)
+    assert format_summary(df).splitlines()[-1] == (
+        f"metrics written to {out / 'scores.csv'} (removed 1 temporary file left by a killed run)"
+    )
+    df = evaluate(tmp_path / "pred", tmp_path / "ref", output_csv=out / "scores.csv")
+    assert format_summary(df).endswith("scores.csv (replaced 1 earlier result)")
+    assert "metrics written" not in format_summary(evaluate(tmp_path / "pred", tmp_path / "ref"))

@@ -114,3 +114,44 @@ def test_bad_config_keys_have_hints():
         load_recon_config("configs/recon_2d.yaml", ["model.num_unroll=3"])
     with pytest.raises(ValueError, match="spatial_dims"):
         load_recon_config("configs/recon_2d.yaml", ["model.spatial_dims=3"])
+
+
+def _tiny_inputs(tmp_path):
+    S = birdcage_maps(2, 16)
+    m = cartesian_kt_mask(1, 16, 2.0, calib=6, seed=0)[0]
+    k = simulate_kspace(shepp_logan(16), S, m)
+    np.savez(tmp_path / "b.npz", kspace=k.numpy(), mask=m[None].numpy(), coil_maps=S.numpy())
+    h5 = write_fastmri_h5(tmp_path / "in" / "b.h5", k[None].numpy(), mask=m[0].numpy())
+    return tmp_path / "b.npz", h5
+
+
+def test_predict_rerun_says_what_it_replaced_and_removes_killed_temporaries(tmp_path, capsys):
+    import uuid
+
+    best = train_recon("recon_2d", overrides=[*TINY, "train.steps=1"], output=tmp_path / "run")
+    npz, h5 = _tiny_inputs(tmp_path)
+    out = tmp_path / "pred"
+    out.mkdir()
+    stale = [out / ".b_recon.npy.ab_12xyz.tmp", out / f".b_recon.{uuid.uuid4().hex}.tmp.nii.gz"]
+    keep = [out / ".b_recon.npy.tmp", out / "notes.tmp"]
+    for p in stale + keep:
+        p.write_bytes(b"half")
+    capsys.readouterr()
+    assert predict_recon(best, [npz], out) == 0
+    first = capsys.readouterr().out.splitlines()[-1]
+    assert first == (
+        f"recon predict: wrote 1 of 1 inputs to {out} "
+        "(removed 2 temporary files left by a killed run)"
+    )
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert predict_recon(best, [npz], out) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(replaced 1 earlier result)")
+    # b.npz and in/b.h5 both write b_recon.*: the second one fails instead of overwriting
+    before = np.load(out / "b_recon.npy")
+    assert predict_recon(best, [npz, h5], out) == 1
+    captured = capsys.readouterr()
+    assert f"error: {h5}: its outputs b_recon.npy" in captured.err and str(npz) in captured.err
+    assert "wrote 1 of 2 inputs" in captured.out and "(1 failed; replaced 1 earlier result)" in (
+        captured.out
+    )
+    np.testing.assert_array_equal(np.load(out / "b_recon.npy"), before)
