@@ -9,8 +9,8 @@ here, not copied:
 name                      network (``base`` = width of the first level)
 ========================  =================================================================
 unet3d                    :class:`~invseg.nets.UNet3D` (store), channels ``base * (1,2,4,8)``
-unet3d_ckpt               the same net, each level's stage under ``torch.utils.checkpoint``
-                          (:class:`~invseg.bench.peers.Checkpointed`)
+unet3d_ckpt               the same net with ``memory="checkpoint"``: each level under
+                          ``torch.utils.checkpoint`` while it trains
 partially / _vae          :class:`~invseg.nets.PartiallyInvResUNet` invert (± VAE branch)
 fully / _vae              :class:`~invseg.nets.FullyInvResUNet` invert (± VAE branch)
 partially_deep            4 invertible blocks per level instead of 1: the twin's parameter
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from invseg._choices import check_option
-from invseg.bench.peers import Checkpointed
 
 __all__ = ["DEFAULT_MODELS", "ZOO", "ZooNet", "build", "dynunet_layout"]
 
@@ -87,17 +86,11 @@ def _widths(base: int) -> tuple[int, ...]:
     return (base, 2 * base, 4 * base, 8 * base)
 
 
-def _unet3d(ckpt: bool) -> Callable[..., nn.Module]:
+def _unet3d(memory: str) -> Callable[..., nn.Module]:
     def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
         from invseg.nets import UNet3D
 
-        net = UNet3D(3, i, o, channels=_widths(base))
-        if ckpt:
-            for stages in (net.encoder, net.decoder):
-                for k, stage in enumerate(stages):
-                    stages[k] = Checkpointed(stage)
-            net.bottom = Checkpointed(net.bottom)
-        return net
+        return UNet3D(3, i, o, channels=_widths(base), memory=memory)
 
     return make
 
@@ -167,8 +160,8 @@ def _const(m: int) -> Callable[[tuple[int, int, int]], int]:
 
 
 ZOO: dict[str, Spec] = {
-    "unet3d": Spec(_unet3d(False), "store", _const(1)),
-    "unet3d_ckpt": Spec(_unet3d(True), "checkpoint", _const(1)),
+    "unet3d": Spec(_unet3d("store"), "store", _const(1)),
+    "unet3d_ckpt": Spec(_unet3d("checkpoint"), "checkpoint", _const(1)),
     "partially": Spec(_inv("partially", False), "invert", _const(1)),
     "partially_vae": Spec(_inv("partially", True), "invert", _const(1)),
     "fully": Spec(_inv("fully", False), "invert", _const(1)),
@@ -208,8 +201,8 @@ def build(
         out_channels: logit channels.
         crop: training crop ``(D, H, W)``: fixes the VAE input size and the DynUNet depth.
         base: channels of the first level.
-        memory: for our invertible nets, override the memory mode (``store``, ``checkpoint``,
-            ``invert``); ignored (must be ``None``) for the others.
+        memory: for our nets, override the memory mode (``store``, ``checkpoint``, ``invert``;
+            UNet3D reads ``invert`` as ``store``); must be ``None`` for the others.
 
     Returns:
         A :class:`ZooNet` whose ``forward`` returns ``(logits, vae_loss or None)``.
@@ -235,7 +228,8 @@ def build(
     if memory is not None:
         if not hasattr(net, "memory"):
             raise ValueError(f"zoo model {name!r} has no memory modes; pass memory=None")
-        net.memory = mode = memory
+        net.memory = memory
+        mode = net.memory
     return ZooNet(
         net, name=name, memory=mode, multiple=spec.multiple(crop3), vae_scale=spec.vae_scale
     )

@@ -50,7 +50,7 @@ CAP_BYTES = 12 * 2**30
 TARGETS = {"partially": 0.35, "fully": 0.10, "flat": 1.05, "time": 1.30, "time_cuda": 1.25}
 LIFT = "FullyInvResUNet (lift)"
 ANCHORED = "invert, anchor_every=1"  # every block's input kept: no conv re-evaluated
-#: ``(class, memory)`` of our nets in the depth sweep (``None``: UNet3D, which has no modes).
+#: ``(class, memory)`` of our nets in the depth sweep (``None``: the plain UNet3D twin).
 SWEEP = (
     (UNet3D, None),
     (PartiallyInvResUNet, "invert"),
@@ -86,10 +86,6 @@ def _ours(
 
 def _lifted(memory: str, size: int, blocks: int) -> nn.Module:
     return _ours(FullyInvResUNet, memory, size, blocks=blocks, lift=True)
-
-
-def _peer(policy: str, size: int, blocks: int) -> nn.Module:
-    return peers.LevelCheckpoint(_ours(UNet3D, None, size, blocks=blocks), policy=policy)
 
 
 def _segresnet(init_filters: int, size: int, vae: bool) -> nn.Module:
@@ -240,8 +236,10 @@ def _depth_sweep(size: int, dev: torch.device, x: torch.Tensor) -> dict[str, dic
         makers[label] = lambda b, c=cls, m=memory: _ours(c, m, size, blocks=b)
     for memory in ("invert", "store"):
         makers[f"Fully (lift) {memory}"] = lambda b, m=memory: _lifted(m, size, b)
-    for label, policy in (("UNet3D ckpt per level", "full"), ("UNet3D selective", "selective")):
-        makers[label] = lambda b, p=policy: _peer(p, size, b)
+    makers["UNet3D ckpt per level"] = lambda b: _ours(UNet3D, "checkpoint", size, blocks=b)
+    makers["UNet3D selective"] = lambda b: peers.SelectiveCheckpoint(
+        _ours(UNet3D, None, size, blocks=b)
+    )
     return {
         label: {b: activation_bytes(_loss, make(b).to(dev).train(), x) for b in BLOCKS}
         for label, make in makers.items()

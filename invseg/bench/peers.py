@@ -1,17 +1,15 @@
-"""What a user would pick instead of invertibility: the memory-for-compute peers, as wrappers.
+"""What a user would pick instead of invertibility: the memory-for-compute peers.
 
-Every wrapper shares the weights of the model it wraps, so a row of a benchmark table differs
+Each peer keeps the weights of the model it is set beside, so a row of a benchmark table differs
 from its twin only in how the activations are kept:
 
-* :class:`LevelCheckpoint` with ``policy="full"``: ``torch.utils.checkpoint`` (non-reentrant)
-  around every level of a :class:`~invseg.nets.UNet3D` (each encoder stage, the bottom, each
-  decoder stage with its up-sampling and skip addition); only level inputs are kept;
-* :class:`LevelCheckpoint` with ``policy="selective"``: selective activation checkpointing
-  (``create_selective_checkpoint_contexts``): inside each level the outputs of convolutions
-  and matrix products are saved, the rest (norms, activations, additions) is recomputed;
-* :class:`BlockCheckpoint`: the same two policies around each block of a chain;
-* :class:`Checkpointed`: the same two policies around one module while it trains (how the
-  ``unet3d_ckpt`` entry of :mod:`invseg.bench.models` wraps each stage);
+* ``UNet3D(memory="checkpoint")`` (the net itself, no wrapper): ``torch.utils.checkpoint``
+  (non-reentrant) around every level; only level inputs are kept;
+* :class:`SelectiveCheckpoint`: selective activation checkpointing
+  (``create_selective_checkpoint_contexts``) around the same levels of a
+  :class:`~invseg.nets.UNet3D`: inside each level the outputs of convolutions and matrix
+  products are saved, the rest (norms, activations, additions) is recomputed;
+* :class:`BlockCheckpoint`: full or selective checkpointing around each block of a chain;
 * :class:`Offloaded`: ``torch.autograd.graph.save_on_cpu`` (pinned host memory on CUDA): all
   saved tensors move to host memory and come back in backward. On a CPU nothing moves, so the
   bytes held are the twin's (:attr:`Offloaded.device_bytes`);
@@ -21,7 +19,7 @@ from its twin only in how the activations are kept:
 
 from __future__ import annotations
 
-import functools
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +35,8 @@ __all__ = [
     "POLICIES",
     "SAVED_OPS",
     "BlockCheckpoint",
-    "Checkpointed",
-    "LevelCheckpoint",
     "Offloaded",
+    "SelectiveCheckpoint",
     "monai_unet",
     "sac_context",
     "summary",
@@ -73,50 +70,39 @@ def sac_context():
     return create_selective_checkpoint_contexts(_policy)
 
 
-class LevelCheckpoint(nn.Module):
-    """A :class:`~invseg.nets.UNet3D` (or any ``ResUNetBase``) checkpointed level by level.
+class SelectiveCheckpoint(nn.Module):
+    """Selective activation checkpointing around each level of a :class:`~invseg.nets.UNet3D`.
+
+    The levels are those of ``UNet3D(memory="checkpoint")`` (see
+    :meth:`~invseg.nets.UNet3D.forward_levels`); each runs under a non-reentrant
+    ``torch.utils.checkpoint`` whose ``context_fn`` is :func:`sac_context`, while training with
+    grad enabled. In eval mode or without grad the net runs as it is.
 
     Args:
         net: the U-Net; its modules and weights are used as they are (not copied).
-        policy: ``"full"`` (plain non-reentrant checkpoint) or ``"selective"``.
 
     Shape:
-        ``(B, in_channels, D, H, W)`` with each spatial size a multiple of
-        ``2**(len(channels) - 1)`` (no padding here).
+        that of ``net``.
 
     Example:
         >>> from invseg.nets import UNet3D
         >>> net = UNet3D(3, 1, 2, channels=(4, 8))
         >>> x = torch.randn(1, 1, 8, 8, 8)
-        >>> torch.allclose(LevelCheckpoint(net)(x), net(x), atol=1e-6)
+        >>> torch.allclose(SelectiveCheckpoint(net)(x), net(x), atol=1e-6)
         True
     """
 
-    def __init__(self, net: nn.Module, *, policy: str = "full") -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.policy = check_option("policy", policy, POLICIES)
-
-    def _ckpt(self, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
-        return _checkpointed(fn, *args, policy=self.policy)
 
     def forward(self, x: Tensor) -> Tensor:
-        net = self.net
-        if any(s % net.multiple for s in x.shape[2:]):
-            raise ValueError(
-                f"LevelCheckpoint needs spatial sizes that are multiples of {net.multiple}, got "
-                f"{tuple(x.shape[2:])}."
-            )
-        h = net.stem(x)
-        skips = []
-        for stage, down in zip(net.encoder, net.down):
-            h = self._ckpt(stage, h)
-            skips.append(h)
-            h = down(h)
-        h = self._ckpt(net.bottom, h)
-        for stage, up, skip in zip(reversed(net.decoder), reversed(net.up), reversed(skips)):
-            h = self._ckpt(functools.partial(_decode, stage, up), h, skip)
-        return net.head(h)
+        return self.net.forward_levels(x, self._level)
+
+    def _level(self, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+        if not self.net.training:
+            return fn(*args)
+        return _checkpointed(fn, *args, policy="selective")
 
 
 class BlockCheckpoint(nn.Module):
@@ -143,33 +129,6 @@ class BlockCheckpoint(nn.Module):
         return x
 
 
-class Checkpointed(nn.Module):
-    """Run ``inner`` under a (full or selective) non-reentrant checkpoint while training.
-
-    In eval mode, or with gradients off, ``inner`` runs as it is.
-
-    Args:
-        inner: the module, used as it is (not copied).
-        policy: ``"full"`` or ``"selective"``.
-
-    Example:
-        >>> lin = nn.Linear(3, 3)
-        >>> x = torch.randn(2, 3)
-        >>> torch.equal(Checkpointed(lin)(x), lin(x))
-        True
-    """
-
-    def __init__(self, inner: nn.Module, *, policy: str = "full") -> None:
-        super().__init__()
-        self.inner = inner
-        self.policy = check_option("policy", policy, POLICIES)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return self.inner(x)
-        return _checkpointed(self.inner, x, policy=self.policy)
-
-
 def _checkpointed(fn: Callable[..., Tensor], *args: Tensor, policy: str) -> Tensor:
     if not torch.is_grad_enabled():
         return fn(*args)
@@ -179,10 +138,6 @@ def _checkpointed(fn: Callable[..., Tensor], *args: Tensor, policy: str) -> Tens
         if _HOOKS_KW:  # let saved-tensor hooks (the byte accounting) see what SAC keeps
             kw["respect_saved_tensors_hooks"] = True
     return checkpoint(fn, *args, **kw)
-
-
-def _decode(stage: nn.Module, up: nn.Module, h: Tensor, skip: Tensor) -> Tensor:
-    return stage(up(h) + skip)
 
 
 class _CountingOffload(saved_tensors_hooks):
@@ -264,11 +219,17 @@ def monai_unet(
 def unet_peers(
     twin: nn.Module, channels: tuple[int, ...], in_channels: int, out_channels: int
 ) -> list[tuple[str, str, nn.Module]]:
-    """``(name, memory, model)`` rows of the peers of a UNet3D ``twin`` (weights shared)."""
+    """``(name, memory, model)`` rows of the peers of a UNet3D ``twin`` (the twin's weights).
+
+    The per-level checkpoint row is a copy of the twin with ``memory="checkpoint"``; the others
+    wrap the twin itself, except MONAI's nets (seeded, with the twin's channels).
+    """
+    checkpointed = copy.deepcopy(twin)
+    checkpointed.memory = "checkpoint"
     torch.manual_seed(0)
     return [
-        ("UNet3D", "checkpoint per level (torch)", LevelCheckpoint(twin)),
-        ("UNet3D", "selective checkpoint (torch)", LevelCheckpoint(twin, policy="selective")),
+        ("UNet3D", "checkpoint per level (torch)", checkpointed),
+        ("UNet3D", "selective checkpoint (torch)", SelectiveCheckpoint(twin)),
         ("UNet3D", "save_on_cpu (torch)", Offloaded(twin)),
         ("MONAI UNet", "store", monai_unet(channels, in_channels, out_channels)),
         (

@@ -49,7 +49,7 @@ class Candidate:
 
 
 def config_candidates(path: str | Path) -> list[Candidate]:
-    """The config's model in each memory mode it supports (all three for our nets).
+    """The config's model in each memory mode it supports (three for the InvRes nets).
 
     ``path`` is a YAML file or a packaged config name; only its model section is read.
     """
@@ -62,7 +62,11 @@ def config_candidates(path: str | Path) -> list[Candidate]:
     channels = cfg.get("channels", params["channels"].default if "channels" in params else None)
     multiple = 2 ** (len(channels) - 1) if channels else 8
     in_channels = int(cfg.get("in_channels", params["in_channels"].default))
-    modes = MODES if "memory" in params else (str(cfg.get("memory", "store")),)
+    modes = (
+        tuple(getattr(cls, "memory_modes", MODES))
+        if "memory" in params
+        else (str(cfg.get("memory", "store")),)
+    )
     name = str(cfg["_target_"]).rsplit(".", 1)[-1]
 
     def make(mode: str) -> Callable[[int], nn.Module]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -20,6 +21,9 @@ from invseg.nets._layers import (
     per_level,
 )
 from invseg.nets.vae import VAEBranch
+
+#: ``run_level(fn, *args) -> fn(*args)``, possibly under a memory mechanism.
+LevelRunner = Callable[..., Tensor]
 
 
 class UNetFrame(nn.Module):
@@ -124,20 +128,38 @@ class ResUNetBase(UNetFrame):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_levels(x, self.run_level)
+
+    def run_level(self, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+        """Run one level, ``fn(*args)``: plainly here; UNet3D may checkpoint it."""
+        return fn(*args)
+
+    def forward_levels(self, x: Tensor, run_level: LevelRunner) -> Tensor:
+        """The forward pass with each level run as ``run_level(fn, *args)``.
+
+        The levels are each encoder stage, the bottom stage and each decoder step (up-sampling,
+        skip addition and stage); the stem, the strided down-sampling convs, the head and the
+        VAE branch run outside them. ``forward`` passes :meth:`run_level`; a memory mechanism
+        (e.g. a checkpoint per level) is a ``run_level`` that wraps the call.
+        """
         check_input(self, x)
         use_vae = self.vae_branch is not None and self.training
         h, size = pad_to_multiple(x, self.multiple)
         h = self.stem(h)
         skips = []
         for stage, down in zip(self.encoder, self.down):
-            h = stage(h)
+            h = run_level(stage, h)
             skips.append(h)
             h = down(h)
-        h = self.bottom(h)
+        h = run_level(self.bottom, h)
         self.vae_loss = self.vae_branch(h, x)[1] if use_vae else None
         for stage, up, skip in zip(reversed(self.decoder), reversed(self.up), reversed(skips)):
-            h = stage(up(h) + skip)
+            h = run_level(functools.partial(_decode, stage, up), h, skip)
         return crop_to(self.head(h), size)
+
+
+def _decode(stage: nn.Module, up: nn.Module, h: Tensor, skip: Tensor) -> Tensor:
+    return stage(up(h) + skip)
 
 
 def check_input(model: nn.Module, x: Tensor) -> None:

@@ -26,17 +26,30 @@ def test_every_zoo_model_returns_logits_and_vae_loss_in_training_only(name: str)
 
 
 def test_checkpointed_unet3d_matches_store_gradients_and_saves_less() -> None:
+    from invseg.nets import UNet3D
+
     x = torch.randn(1, 4, 16, 16, 16)
     nets = []
     for name in ("unet3d", "unet3d_ckpt"):
         torch.manual_seed(0)
         nets.append(build(name, in_channels=4, out_channels=3, crop=(16,) * 3, base=8))
+    # the net itself in checkpoint mode: no wrapper, the twin's parameter names
+    assert type(nets[1].net) is UNet3D and nets[1].net.memory == nets[1].memory == "checkpoint"
+    assert list(nets[1].state_dict()) == list(nets[0].state_dict())
     for net in nets:
         net(x)[0].square().mean().backward()
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a.grad, b.grad)
     store, ckpt = (activation_bytes(lambda n=n: n(x)) for n in nets)
     assert ckpt < store / 2
+
+
+@pytest.mark.parametrize(("memory", "mode"), [("checkpoint", "checkpoint"), ("invert", "store")])
+def test_unet3d_memory_can_be_overridden(memory: str, mode: str) -> None:
+    net = build("unet3d", in_channels=4, out_channels=3, crop=(16,) * 3, base=8, memory=memory)
+    assert net.memory == net.net.memory == mode  # UNet3D has nothing to invert: it stores
+    with pytest.raises(ValueError, match="Did you mean 'store'"):
+        build("unet3d", in_channels=4, out_channels=3, crop=(16,) * 3, memory="stroe")
 
 
 def test_invertible_nets_save_less_than_their_store_twin() -> None:

@@ -43,6 +43,16 @@ def test_run_writes_the_nets_section_and_the_plot(tiny, tmp_path) -> None:
     assert "Against the `UNet3D` twin (store) in the same run" in markdown
 
 
+def test_depth_sweep_checkpoint_row_is_flat_and_selective_sits_between(tiny) -> None:
+    x = torch.randn(1, bench_nets.IN_CHANNELS, 16, 16, 16)
+    sweep = bench_nets._depth_sweep(16, torch.device("cpu"), x)
+    store, ckpt, sac = (sweep[k] for k in ("UNet3D", "UNet3D ckpt per level", "UNet3D selective"))
+    assert ckpt[1] == ckpt[2]  # UNet3D(memory="checkpoint") keeps only level inputs
+    for b in (1, 2):
+        assert ckpt[b] < sac[b] < store[b]
+    assert store[2] > store[1] and sac[2] > sac[1]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"device": "tpu"}, "device"), ({"size": 12}, "multiple of 8")],

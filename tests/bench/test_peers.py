@@ -1,4 +1,4 @@
-"""The peer wrappers: same numbers as the wrapped net, the memory they claim to save."""
+"""The peers: same numbers as the twin, the memory they claim to save."""
 
 from __future__ import annotations
 
@@ -28,28 +28,49 @@ def twin() -> UNet3D:
     return UNet3D(3, 2, 2, channels=(4, 8, 16))
 
 
-@pytest.mark.parametrize("policy", peers.POLICIES)
-def test_level_checkpoint_gives_the_twins_output_and_gradients(twin, policy):
+def _rows(twin):
+    return {memory: model for name, memory, model in peers.unet_peers(twin, (4, 8, 16), 2, 2)}
+
+
+def test_the_checkpoint_row_is_the_twin_itself_in_checkpoint_mode(twin):
+    row = _rows(twin)["checkpoint per level (torch)"]
+    assert type(row) is UNet3D and row.memory == "checkpoint" and twin.memory == "store"
+    for (name, a), b in zip(row.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("memory", ["checkpoint per level (torch)", "selective checkpoint (torch)"])
+def test_checkpoint_rows_give_the_twins_output_and_gradients(twin, memory):
     x = torch.randn(1, 2, 16, 16, 16)
     out, ref = _grads(twin, x)
-    got_out, got = _grads(peers.LevelCheckpoint(twin, policy=policy), x)
+    got_out, got = _grads(_rows(twin)[memory], x)
     torch.testing.assert_close(got_out, out)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
 
 
 def test_checkpoint_saves_less_than_selective_which_saves_less_than_the_twin(twin):
     x = torch.randn(1, 2, 16, 16, 16)
-    full = activation_bytes(_loss, peers.LevelCheckpoint(twin), x)
-    sac = activation_bytes(_loss, peers.LevelCheckpoint(twin, policy="selective"), x)
+    rows = _rows(twin)
+    full = activation_bytes(_loss, rows["checkpoint per level (torch)"], x)
+    sac = activation_bytes(_loss, rows["selective checkpoint (torch)"], x)
     store = activation_bytes(_loss, twin, x)
     assert full < sac < store
     # selective keeps at least every conv output of the blocks: 2 per residual block
     assert sac > full + 2 * 4 * 16**3 * 4
 
 
-def test_level_checkpoint_rejects_sizes_it_cannot_downsample(twin):
-    with pytest.raises(ValueError, match="multiples of 4"):
-        peers.LevelCheckpoint(twin)(torch.randn(1, 2, 10, 16, 16))
+def test_selective_checkpoint_shares_the_twin_and_pads_like_it(twin):
+    selective = peers.SelectiveCheckpoint(twin)
+    assert selective.net is twin
+    x = torch.randn(1, 2, 10, 13, 16)  # not a multiple of 4: padded and cropped by the net
+    out, ref = _grads(twin, x)
+    got_out, got = _grads(selective, x)
+    assert got_out.shape == (1, 2, 10, 13, 16)
+    torch.testing.assert_close(got_out, out)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+    # eval: no checkpoint, so the bytes held are the twin's
+    selective.eval()
+    assert activation_bytes(_loss, selective, x) == activation_bytes(_loss, twin, x)
 
 
 def test_offload_on_cpu_keeps_every_saved_byte_where_it_was(twin):

@@ -36,9 +36,10 @@ def test_config_model_is_planned_in_every_memory_mode(tmp_path: Path) -> None:
         assert r["fov"] == [240, 240, 156]  # padded to the net's multiple of 2
 
 
-def test_net_without_memory_modes_has_one_row(tmp_path: Path) -> None:
+def test_the_twin_is_planned_in_its_own_two_modes(tmp_path: Path) -> None:
     cands = plan.config_candidates(_config(tmp_path, "invseg.nets.UNet3D"))
-    assert [c.memory for c in cands] == ["store"]
+    assert [c.memory for c in cands] == ["store", "checkpoint"]
+    assert [c.build_fn(16).memory for c in cands] == ["store", "checkpoint"]
 
 
 def test_budget_table_marks_what_trains_at_full_field_of_view(tmp_path: Path) -> None:

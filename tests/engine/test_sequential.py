@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -222,6 +223,35 @@ def test_drift_is_detected_and_gradients_stay_exact(on_drift: str) -> None:
         chain(x).sum().backward()
     assert chain.inverse_errors[0] == pytest.approx(0.0201, rel=1e-3)
     torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
+    assert chain.memory == ("checkpoint" if on_drift == "checkpoint" else "invert")
+
+
+class _Doubling(nn.Module):
+    """``y = 2 x`` with its exact inverse."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y / 2
+
+
+class _NaNInverse(_Doubling):
+    """A block whose inverse returns NaN: its drift compares false with any tolerance."""
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(y, float("nan"))
+
+
+@pytest.mark.parametrize("on_drift", ["warn", "checkpoint"])
+def test_nan_inverse_is_reported_as_drift(on_drift: str) -> None:
+    # block 0 is the anchor where drift is measured; block 1 rebuilds its input exactly
+    chain = InvertibleSequential(_NaNInverse(), _Doubling(), drift_tol=1e-3, on_drift=on_drift)
+    x = torch.randn(3, 4, requires_grad=True)
+    with pytest.warns(InverseDriftWarning, match="inverse drift nan at block 0 exceeds"):
+        chain(x).sum().backward()
+    assert list(chain.inverse_errors) == [0] and math.isnan(chain.inverse_errors[0])
+    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))  # from the kept input
     assert chain.memory == ("checkpoint" if on_drift == "checkpoint" else "invert")
 
 
