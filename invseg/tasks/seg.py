@@ -1,22 +1,17 @@
 r"""Segmentation as a training task: data, network, loss, validation for the runtime loop.
 
-The loss is
-
-.. math::
-    \mathcal{L} = w_\mathrm{dice}\,\mathrm{Dice}(\sigma(z), y)
-      \;[+\; w_\mathrm{ce}\,\mathrm{CE}(z, y)]\;+\;w_\mathrm{vae}\,\mathcal{L}_\mathrm{VAE}
-
-with a sigmoid :math:`\sigma` per region for BraTS-like conventions (``kind="regions"``; the Dice
-is smoothed by :math:`(0, 10^{-5})` in numerator and denominator) and a softmax plus
-cross-entropy for class conventions (iSeg); :math:`\mathcal{L}_\mathrm{VAE}` is the network's
-own ``vae_loss`` when its VAE branch is on.
+The loss (:mod:`invseg.tasks.seg_loss`) is Dice plus per-channel binary cross-entropy for
+BraTS-like region conventions (a sigmoid per region) and Dice plus softmax cross-entropy for
+label conventions (iSeg), each weighted by ``train.loss``; :math:`w_\mathrm{vae}` times the
+network's own ``vae_loss`` is added when its VAE branch is on.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +20,16 @@ from torch import nn
 
 from invseg._choices import did_you_mean
 from invseg.engine import activation_bytes
+from invseg.nets.registry import check_plain, full_name
 from invseg.runtime.checkpoint import RunMeta
-from invseg.runtime.config import ConfigError, instantiate_model
+from invseg.runtime.config import ConfigError, instantiate_model, to_plain
 from invseg.runtime.device import Amp, auto_workers
 from invseg.runtime.distributed import DistInfo
 from invseg.tasks.config import SegConfig
 from invseg.tasks.seg_data import SegData, validation_metrics
+from invseg.tasks.seg_loss import loss_weights, segmentation_loss
 
-__all__ = ["SegTask", "dice_loss", "lr_lambda", "split_cases"]
+__all__ = ["SegTask", "checkpoint_kwargs", "lr_lambda", "split_cases"]
 
 #: Config keys a ``--resume`` may change (the others are refused).
 RESUME_MUTABLE = (
@@ -55,6 +52,40 @@ RESUME_MUTABLE = (
 )
 
 
+def checkpoint_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` section's arguments as the plain values a checkpoint stores.
+
+    The user's config is the user's code: its ``$`` expressions and ``@`` references are
+    resolved here, once, at the start of training. A checkpoint is data: what it stores must
+    be plain (:func:`invseg.nets.registry.check_plain`), so
+    :func:`invseg.runtime.checkpoint.load_model` rebuilds the network evaluating nothing.
+
+    Raises:
+        ConfigError: an argument that resolves to an object (``model.<key>`` named).
+
+    Example:
+        >>> checkpoint_kwargs({"_target_": "invseg.nets.UNet3D", "channels": "$[4, 8]"})
+        {'channels': [4, 8]}
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"model": copy.deepcopy(dict(model_cfg))})
+    out: dict[str, Any] = {}
+    for key in model_cfg:
+        if key == "_target_":
+            continue
+        value = to_plain(parser.get_parsed_content(f"model#{key}", instantiate=False))
+        try:
+            check_plain(value, f"model.{key}")
+        except ValueError as err:
+            raise ConfigError(
+                f"{err}; a checkpoint stores plain values only: give this argument as names, "
+                "numbers or lists"
+            ) from None
+        out[key] = value
+    return out
+
+
 def lr_lambda(kind: str, total: int, warmup: int):
     """Multiplier of the base learning rate at a step: linear warmup, then cosine/poly/constant.
 
@@ -74,19 +105,6 @@ def lr_lambda(kind: str, total: int, warmup: int):
         return 1.0
 
     return fn
-
-
-def dice_loss() -> nn.Module:
-    """The training Dice loss for region conventions: sigmoid, squared, smoothing (0, 1e-5).
-
-    Example:
-        >>> z = torch.full((1, 1, 2, 2, 2), 10.0); y = torch.zeros(1, 1, 2, 2, 2); y[..., 0] = 1
-        >>> round(float(dice_loss()(z, y)), 4)  # 1 - 2*4/(8+4) with sigmoid(10) ~ 1
-        0.3333
-    """
-    from monai.losses import DiceLoss
-
-    return DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
 
 
 def split_cases(
@@ -161,12 +179,12 @@ class SegTask:
         return [max(128, c) for c in self.data.crop]
 
     def _setup_model(self) -> None:
-        from monai.losses import DiceCELoss
-
         t, mcfg, conv = self.cfg.train, dict(self.cfg.model), self.data.convention
         if self.cfg.data.crop == "auto" and mcfg.get("vae"):
             mcfg["input_image_size"] = list(self.data.crop)  # the VAE is built for the crop
         self.model = instantiate_model(mcfg).to(self.info.device)
+        self.model_target = full_name(type(self.model)) or str(mcfg["_target_"])
+        self.model_kwargs = checkpoint_kwargs(mcfg)
         mods = self.data.modalities
         in_ch = mcfg.get("in_channels")
         if mods and in_ch is not None and int(in_ch) != len(mods):
@@ -180,14 +198,8 @@ class SegTask:
                 f"model.out_channels: {out_ch} but convention '{conv.name}' needs "
                 f"{conv.out_channels}."
             )
-        w = t.loss
-        if conv.kind == "regions":
-            self.loss_fn, self.loss_weight = dice_loss(), w["dice"]
-        else:
-            self.loss_fn = DiceCELoss(
-                to_onehot_y=True, softmax=True, lambda_dice=w["dice"], lambda_ce=w["ce"]
-            )
-            self.loss_weight = 1.0
+        self.loss_weights = loss_weights(t.loss.to_dict(), conv.kind, conv.name)
+        self.loss_fn = segmentation_loss(self.loss_weights, conv.kind)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if t.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -217,6 +229,10 @@ class SegTask:
             f"{len(d.train_cases)} training / {len(d.val_cases)} validation cases; "
             f"{self.total_steps} optimizer steps on {self.info.device} x {self.info.world_size}"
         ]
+        if d.val_cases:
+            names = [c.case_id for c in d.val_cases]
+            more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+            lines.append(f"validation cases: {', '.join(names[:8])}{more}")
         if self.cfg.data.crop == "auto":
             lines.append(f"data.crop auto: {d.crop} fits train.memory_budget {t.memory_budget}")
         if t.measure_memory and self.info.is_main:
@@ -243,10 +259,10 @@ class SegTask:
             self.data.raise_non_finite(batch)
         with amp():
             logits = model(image)
-        loss = self.loss_weight * self.loss_fn(logits.float(), target)
+        loss = self.loss_fn(logits.float(), target)
         vae = getattr(self.model, "vae_loss", None)
-        if vae is not None and self.cfg.train.loss["vae"]:
-            loss = loss + self.cfg.train.loss["vae"] * vae.float()
+        if vae is not None and self.cfg.train.loss.vae:
+            loss = loss + self.cfg.train.loss.vae * vae.float()
         return loss
 
     @torch.no_grad()
@@ -272,12 +288,10 @@ class SegTask:
 
     def meta(self) -> dict[str, Any]:
         """The :class:`~invseg.runtime.checkpoint.RunMeta` of this run, as a dict."""
-        mcfg = dict(self.cfg.model)
-        target = mcfg.pop("_target_")
         i, d = self.cfg.infer, self.data
         return RunMeta(
-            target=str(target),
-            kwargs=mcfg,
+            target=self.model_target,
+            kwargs=self.model_kwargs,
             convention=d.convention.name,
             modalities=list(d.modalities),
             layout=d.layout,

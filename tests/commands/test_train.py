@@ -140,7 +140,7 @@ def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
     assert cfg["data"]["crop"] == [16, 16, 16]
     assert cfg["model"]["channels"] == [8, 16]
     assert cfg["train"]["amp"] is True
-    assert cfg.train.loss == {"dice": 1.0, "ce": 1.0, "vae": 0.5}
+    assert cfg.train.loss.to_dict() == {"dice": 1.0, "ce": None, "bce": None, "vae": 0.5}
     assert cfg["infer"]["overlap"] == 0.25  # from the file; untouched defaults filled in
 
 
