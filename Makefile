@@ -27,7 +27,7 @@ bench: $(STAMP)
 
 # On a GPU machine, with its own interpreter (no venv, no downloads): PYTHON=python3 make gpu-check
 gpu-check:
-	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m invseg.bench.gpucheck
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m tools.gpucheck
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache

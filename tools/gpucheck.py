@@ -3,7 +3,7 @@
 Run it with the machine's own interpreter, the package imported from the checkout (no venv is
 created, nothing is downloaded)::
 
-    PYTHON=python3 make gpu-check          # or: PYTHONPATH=. python3 -m invseg.bench.gpucheck
+    PYTHON=python3 make gpu-check          # or: PYTHONPATH=. python3 -m tools.gpucheck
 
 Checks, in order, each ending as one summary line ``PASS|FAIL|SKIP <check>: <numbers>``:
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from invseg.bench import gpucheck
+from tools import gpucheck
 
 
 def test_pytest_summary_counts_are_parsed():

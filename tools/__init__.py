@@ -1,0 +1,1 @@
+"""What only maintains this repository (the GPU self-check); not part of the installed package."""
