@@ -2,12 +2,14 @@
 
 Imports of torch and the workflows happen inside the handlers, so ``invseg --help`` is fast.
 User errors (bad paths, configs, data) print one line and exit with status 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. Under ``torchrun`` only rank 0 prints what every rank meets alike
+(SIGINT/SIGTERM, config errors, a diverged run); another rank's own error says its rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,12 +62,13 @@ def _predict(a: argparse.Namespace) -> int:
         overlap=a.overlap,
         labels=a.labels,
         skip_existing=a.skip_existing,
+        model_class=a.model_class,
     )
     return 1 if failed else 0
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from invseg.commands.evaluate import evaluate, format_summary
+    from invseg.commands.evaluate import evaluate, exit_status, format_summary
 
     frame = evaluate(
         a.pred,
@@ -75,7 +78,7 @@ def _evaluate(a: argparse.Namespace) -> int:
         scoring=a.convention,
     )
     print(format_summary(frame))
-    return 0
+    return exit_status(frame)
 
 
 def _synth(a: argparse.Namespace) -> int:
@@ -230,6 +233,12 @@ def _add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
     p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (best.pt)")
     p.add_argument(
+        "--model-class",
+        default=None,
+        metavar="DOTTED.PATH",
+        help="network class you trust, for a checkpoint of a network outside invseg's registry",
+    )
+    p.add_argument(
         "-i",
         "--input",
         type=Path,
@@ -347,6 +356,20 @@ class _Never(Exception):
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
 
 
+def _report(line: str, err: BaseException) -> None:
+    """Print one line on stderr; a torchrun rank other than 0 prints only an error of its own
+    (rank 0 reports what every rank meets alike: a signal, a config error, a diverged run)."""
+    rank = os.environ.get("RANK", "0")
+    if rank in ("", "0"):
+        print(line, file=sys.stderr)
+        return
+    task, coerce = (sys.modules.get(f"invseg.runtime.{m}") for m in ("task", "coerce"))
+    alike = (KeyboardInterrupt, _interrupted(), getattr(task, "TrainingDiverged", _Never),
+             getattr(coerce, "ConfigError", _Never))  # fmt: skip
+    if not isinstance(err, alike):
+        print(line.replace("invseg: ", f"invseg: rank {rank}: ", 1), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``invseg`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -354,16 +377,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except _interrupted() as stop:
-        print(str(stop), file=sys.stderr)
+        _report(str(stop), stop)
         return int(stop.exit_code)
-    except KeyboardInterrupt:
-        print("invseg: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        _report("invseg: interrupted", stop)
         return 130
     except USER_ERRORS as err:
         if args.debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"invseg: error: {message}", file=sys.stderr)
+        _report(f"invseg: error: {message}", err)
         return 2
 
 

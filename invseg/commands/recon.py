@@ -26,9 +26,14 @@ from torch import Tensor
 
 from invseg._choices import did_you_mean
 from invseg.recon.operators import SenseOperator
-from invseg.runtime.checkpoint import load_checkpoint, load_weights
+from invseg.runtime.checkpoint import load_checkpoint, model_for_weights
 from invseg.runtime.distributed import DistInfo, resolve_device
-from invseg.runtime.files import atomic_path, atomic_save_numpy
+from invseg.runtime.files import (
+    atomic_path,
+    atomic_save_numpy,
+    output_notes,
+    remove_stale_temps,
+)
 from invseg.runtime.loop import Loop, LoopSettings
 from invseg.tasks.config import load_recon_config
 from invseg.tasks.recon import RESUME_MUTABLE, ReconTask, build_model, collate, simulate_dataset
@@ -87,6 +92,7 @@ def train_recon(
         resume_mutable=RESUME_MUTABLE,
         resume_hint=f"invseg recon train {config if not isinstance(config, Mapping) else 'CONFIG'}"
         " --resume",
+        overrides=tuple(overrides),
     )
     run_dir = Loop(task, settings, info).run()
     best = run_dir / "best.pt"
@@ -133,7 +139,11 @@ def predict_recon(
     ``([B,] coils, *spatial)`` complex, ``mask`` and ``coil_maps``. For each input
     ``<stem>_recon.npy`` (complex, ``(B, *spatial)``) and the magnitude as
     ``<stem>_recon.nii.gz`` (``fmt="nifti"``, identity affine, array ``(B, *spatial)`` squeezed)
-    or ``<stem>_magnitude.npy`` (``fmt="npy"``) are written into ``output``.
+    or ``<stem>_magnitude.npy`` (``fmt="npy"``) are written into ``output``. The last line
+    printed says how many inputs were written, how many earlier results were replaced and how
+    many temporary files of a killed earlier run were removed from ``output`` (at the start;
+    only invseg's own ``.NAME.XXXXXXXX.tmp*`` names). Two inputs with the same stem (``a.h5``
+    and ``a.npz``) would write the same files: the second one fails instead.
 
     Args:
         checkpoint: ``best.pt``/``last.pt`` from :func:`train_recon`.
@@ -148,41 +158,73 @@ def predict_recon(
     if fmt not in fmts:
         raise ValueError(f"fmt must be one of {fmts}, got {fmt!r}." + did_you_mean(fmt, fmts))
     state = load_checkpoint(checkpoint)
-    if "config" not in state:
+    if not isinstance(state.get("config"), Mapping):
         raise ValueError(f"{checkpoint}: not a recon checkpoint (no config entry)")
-    cfg = load_recon_config(state["config"])
-    model = build_model(cfg)
-    load_weights(model, state["model"], source=checkpoint)
+    try:
+        cfg = load_recon_config(state["config"])
+    except ValueError as err:
+        raise ValueError(f"{checkpoint}: config: {err}") from None
+    model = model_for_weights(lambda: build_model(cfg), state["model"], source=checkpoint)
     model.eval()
     kind = cfg["data"]["kind"]
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in map(Path, inputs):
+    removed = remove_stale_temps(output)
+    inputs = [Path(p) for p in inputs]
+    failed, replaced, owner = 0, 0, {}
+    for path in inputs:
         try:
+            targets = _output_paths(output, path, fmt)
+            if targets[0] in owner:  # x.h5 and x.npz, or a/x.h5 and b/x.h5
+                raise ValueError(
+                    f"its outputs {targets[0].name}, ... would overwrite those of "
+                    f"{owner[targets[0]]}; reconstruct files with the same name into separate "
+                    "folders"
+                )
             k, m, S, fft_ndim = _load_input(path, kind)
-            recons = []
-            with torch.no_grad():
-                for b in range(k.shape[0]):
-                    op = SenseOperator(
-                        S[b : b + 1], m[:1] if m.shape[0] == 1 else m[b : b + 1], fft_ndim=fft_ndim
-                    )
-                    y = k[b : b + 1]
-                    scale = op.A_adjoint(y).abs().max().clamp_min(1e-12)
-                    recons.append(model(y / scale, op)[0, 0] * scale)
-            x = torch.stack(recons).numpy()  # (B, *spatial) complex
-            stem = path.name.split(".")[0]
-            _save_npy(output / f"{stem}_recon.npy", x)
-            mag = np.abs(x).astype(np.float32).squeeze(0) if x.shape[0] == 1 else np.abs(x)
+            x = _reconstruct(model, k, m, S, fft_ndim)  # (B, *spatial) complex
+            owner[targets[0]] = path
+            earlier = any(t.exists() for t in targets)
+            _save_npy(targets[0], x)
+            mag = (np.abs(x).squeeze(0) if x.shape[0] == 1 else np.abs(x)).astype(np.float32)
             if fmt == "npy":
-                _save_npy(output / f"{stem}_magnitude.npy", mag.astype(np.float32))
+                _save_npy(targets[1], mag)
             else:
-                _save_nifti(output / f"{stem}_recon.nii.gz", mag.astype(np.float32))
+                _save_nifti(targets[1], mag)
+            replaced += earlier
         except Exception as err:  # one bad input must not stop the others
             failed += 1
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             print(f"error: {path}: {msg}", file=sys.stderr)
+    notes = ([f"{failed} failed"] if failed else []) + output_notes(
+        replaced=replaced, removed=removed
+    )
+    print(
+        f"recon predict: wrote {len(inputs) - failed} of {len(inputs)} inputs to {output}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+    )
     return failed
+
+
+def _output_paths(output: Path, path: Path, fmt: str) -> tuple[Path, Path]:
+    """``(<stem>_recon.npy, <stem>_recon.nii.gz or <stem>_magnitude.npy)`` of one input."""
+    stem = path.name.split(".")[0]
+    second = f"{stem}_magnitude.npy" if fmt == "npy" else f"{stem}_recon.nii.gz"
+    return output / f"{stem}_recon.npy", output / second
+
+
+def _reconstruct(model: torch.nn.Module, k: Tensor, m: Tensor, S: Tensor, fft_ndim: int) -> Any:
+    """MoDL on each of the ``B`` items of ``k`` (scaled to a unit adjoint maximum and back)."""
+    recons = []
+    with torch.no_grad():
+        for b in range(k.shape[0]):
+            op = SenseOperator(
+                S[b : b + 1], m[:1] if m.shape[0] == 1 else m[b : b + 1], fft_ndim=fft_ndim
+            )
+            y = k[b : b + 1]
+            scale = op.A_adjoint(y).abs().max().clamp_min(1e-12)
+            recons.append(model(y / scale, op)[0, 0] * scale)
+    return torch.stack(recons).numpy()
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -35,7 +36,10 @@ class _BoundError(ConfigError):
 
 
 def field(default: Any, **bounds: Any) -> Any:
-    """A dataclass field with bounds: ``ge``, ``gt``, ``le``, ``lt``, ``length``.
+    """A dataclass field with bounds: ``ge``, ``gt``, ``le``, ``lt``, ``length``, ``finite``.
+
+    A ``float`` field refuses ``.inf`` and ``.nan`` unless it opts in with ``finite=False``
+    (no shipped field does: a budget or a rate of infinity is spelled ``null`` or is a typo).
 
     Example:
         >>> from invseg.runtime.config import Section
@@ -79,11 +83,11 @@ def _scalar(value: Any, tp: Any, path: str) -> Any:
             return value
         raise _fail(path, value, "is not an integer")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
                 return float(value)
+            except OverflowError:  # an integer beyond the float range
+                raise _fail(path, value, "must be a finite number") from None
             except ValueError:
                 pass
         raise _fail(path, value, "is not a number")
@@ -136,6 +140,10 @@ def coerce(value: Any, tp: Any, path: str, meta: Mapping[str, Any] | None = None
     if value is None:
         raise _fail(path, value, "must be set (null is not allowed)")
     out = _scalar(value, tp, path)
+    if tp is float and meta.get("finite", True) and not math.isfinite(out):
+        raise _BoundError(
+            f"{path}: {out!r} must be a finite number (.inf and .nan are not allowed)"
+        )
     _check_bounds(out, path, meta)
     return out
 

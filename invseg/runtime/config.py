@@ -51,8 +51,32 @@ T = TypeVar("T")
 PACKAGED = Path(__file__).resolve().parent.parent / "configs"
 
 
+class _DuplicateKey(Exception):
+    """A mapping that repeats a key (raised by :class:`_Loader`, reported by :func:`yaml_load`)."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML safe loader that reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+    """YAML safe loader that reads ``1e-4`` (no dot) as a float, as YAML 1.2 does, and refuses a
+    key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -62,14 +86,32 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
+def yaml_load(text: str, *, source: str | Path | None = None) -> Any:
     """Parse YAML like :func:`yaml.safe_load`, with ``3e-4`` read as a float.
+
+    Args:
+        text: the YAML text.
+        source: the file it came from (named in errors).
+
+    Raises:
+        ConfigError: a mapping gives a key twice (one line naming the file, key and line).
+        yaml.YAMLError: invalid YAML.
 
     Example:
         >>> yaml_load("lr: 3e-4")["lr"]
         0.0003
+        >>> yaml_load("lr: 1\\nlr: 2", source="c.yaml")
+        Traceback (most recent call last):
+        ...
+        invseg.runtime.coerce.ConfigError: c.yaml: duplicate key 'lr' at line 2 (first at line 1)
     """
-    return yaml.load(text, Loader=_Loader)
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as dup:
+        where = f"{source}: " if source is not None else ""
+        raise ConfigError(
+            f"{where}duplicate key {dup.key!r} at line {dup.line} (first at line {dup.first})"
+        ) from None
 
 
 def yaml_dump(obj: Any) -> str:
@@ -199,7 +241,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (a path, or the name of a packaged config)."""
     path = find_config(path)
     try:
-        raw = yaml_load(path.read_text())
+        raw = yaml_load(path.read_text(), source=path)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({' '.join(str(err).split())}).") from err
     if raw is None:

@@ -7,11 +7,23 @@ run folder:
 * ``last.pt``: written every ``checkpoint_every`` optimizer steps and at each epoch end, but only
   once the next loss is finite (the weights are validated by a finite loss after them), and at
   the end of the run; ``best.pt``: the best validation score (:attr:`Task.score`);
-* ``metrics.csv`` (a row per optimizer step, matching ``last.pt``), ``config.yaml``, ``tb/``;
+* ``metrics.csv`` (a row per optimizer step, matching ``last.pt``); ``config.yaml`` (the config
+  of ``last.pt``: a resume rewrites it with its first checkpoint); ``tb/`` (a resume purges the
+  steps after its checkpoint, which it logs again);
 * SIGINT / SIGTERM finish the current step, write ``last.pt`` and raise
   :class:`TrainingInterrupted` (exit status 130 / 143 in the CLI), so a preempted job resumes
   where it stopped;
 * stale ``.NAME.*.tmp`` files of killed writes are removed at the start.
+
+Divergence rule (:class:`~invseg.runtime.task.DivergenceGuard`): the run stops with
+:class:`TrainingDiverged` (:class:`NonFiniteLossError` for NaN/Inf; CLI exit status 2), keeping
+``last.pt`` and ``best.pt`` of before the trouble, when a training loss is NaN/Inf or above 1e3 x
+the median of the run's first 5 losses (those before it; off while that median is <= 0), when the
+weights are NaN/Inf or ``max |w|`` is above 1e3 x ``max(1, max |w| before step 1)`` (checked
+after every optimizer step whose state is saved: before ``last.pt`` is staged, before validation
+and at the end), or when an optimizer step overflows. Healthy training stays far below both
+factors (the loss falls; Adam moves a weight by about ``lr`` a step); checkpoints store both
+references, so a resumed run applies the same rule.
 """
 
 from __future__ import annotations
@@ -20,7 +32,6 @@ import contextlib
 import io
 import math
 import signal
-import threading
 import time
 from collections.abc import Iterator, Sized
 from pathlib import Path
@@ -28,6 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from invseg.runtime.checkpoint import (
     capture_rng,
@@ -36,7 +48,7 @@ from invseg.runtime.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from invseg.runtime.config import ConfigError, yaml_dump
+from invseg.runtime.config import yaml_dump
 from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier
 from invseg.runtime.files import (
@@ -47,15 +59,28 @@ from invseg.runtime.files import (
     write_rows,
 )
 from invseg.runtime.task import (
+    DivergenceGuard,
     LoopSettings,
     NonFiniteLossError,
     Task,
+    TrainingDiverged,
     TrainingInterrupted,
-    apply_hparams,
-    resume_changes,
+    apply_changed_hparams,
+    check_resume,
+    check_run_folder,
+    deferred_signals,
+    stop_error,
+    weights_max,
 )
 
-__all__ = ["Loop", "LoopSettings", "NonFiniteLossError", "Task", "TrainingInterrupted"]
+__all__ = [
+    "Loop",
+    "LoopSettings",
+    "NonFiniteLossError",
+    "Task",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+]
 
 
 class Loop:
@@ -79,13 +104,13 @@ class Loop:
         self.signum = 0
         self.last_val_step = -1
         self.writer: Any = None
+        self.guard = DivergenceGuard()
+        self.config_written = False
 
     # ------------------------------------------------------------------ messages
     def log(self, msg: str) -> None:
         """Print on rank 0 without breaking the progress bar."""
         if self.info.is_main:
-            from tqdm import tqdm
-
             tqdm.write(msg)
 
     # ------------------------------------------------------------------ checkpoints
@@ -104,20 +129,22 @@ class Loop:
             "rng": capture_rng(),
             "config": self.s.config,
             "meta": t.meta(),
+            "guard": self.guard.state(),
         }
 
     def checkpoint(self, epoch: int, step: int, batch_in_epoch: int, *, final: bool) -> None:
-        """Stage ``last.pt`` (written once the next loss is finite), or write it now (``final``)."""
+        """Stage ``last.pt`` (written once the next loss is finite), or write it now (``final``).
+
+        Raises:
+            TrainingDiverged: the weights are not finite or exploded (nothing is staged).
+        """
+        self._check_weights(step, epoch)
         if self.info.is_main:
             buf = io.BytesIO()
             torch.save(self._state(epoch, step, batch_in_epoch), buf)
             self.pending = (step, buf.getvalue(), len(self.rows))
             if final:
-                finite = all(bool(torch.isfinite(p).all()) for p in self.task.model.parameters())
-                if finite:
-                    self._commit()
-                else:
-                    self.pending = None
+                self._commit()
         barrier(self.info)
 
     def _commit(self) -> None:
@@ -125,22 +152,20 @@ class Loop:
             return
         step, data, n_rows = self.pending
         atomic_write(self.last_path, lambda f: f.write(data), fsync=True)
-        self._write_rows(self.rows[:n_rows])
+        write_rows(self.s.run_dir / "metrics.csv", self.rows[:n_rows])
         self.saved_step, self.pending = step, None
+        if not self.config_written:  # config.yaml follows last.pt
+            self._write_config()
 
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        write_rows(self.s.run_dir / "metrics.csv", rows)
+    def _write_config(self) -> None:
+        atomic_write_text(self.s.run_dir / "config.yaml", yaml_dump(self.s.config))
+        self.config_written = True
 
     # ------------------------------------------------------------------ start
     def _resume(self) -> tuple[int, int, int]:
         ckpt = load_checkpoint(self.last_path, map_location=self.info.device)
-        changed = resume_changes(ckpt.get("config") or {}, self.s.config, self.s.resume_mutable)
-        if changed:
-            raise ConfigError(
-                f"--resume: {'; '.join(changed)} differs from the checkpoint's config; a resumed "
-                f"run may change only {', '.join(self.s.resume_mutable)}. Start a new run "
-                "folder (-o DIR) for other changes."
-            )
+        old = ckpt.get("config") or {}
+        check_resume(old, self.s.config, self.s.resume_mutable)
         t = self.task
         load_weights(t.model, ckpt["model"], source=self.last_path)
         t.optimizer.load_state_dict(ckpt["optimizer"])
@@ -148,7 +173,10 @@ class Loop:
             t.scheduler.load_state_dict(ckpt["scheduler"])
         if self.amp.scaler is not None and ckpt.get("scaler"):
             self.amp.scaler.load_state_dict(ckpt["scaler"])
-        self._apply_hparams(ckpt.get("config") or {})
+        changed = apply_changed_hparams(t.optimizer, t.scheduler, old, self.s)
+        if changed:
+            self.log(f"resume: {changed} applied")
+        self.guard = DivergenceGuard.from_state(ckpt.get("guard"))
         self.best_metric = float(ckpt.get("best_metric", -math.inf))
         self.best_step = int(ckpt.get("best_step", -1))
         restore_rng(ckpt["rng"])
@@ -158,27 +186,9 @@ class Loop:
         self.log(f"resuming {self.last_path} at step {step} (epoch {int(ckpt['epoch'])})")
         return int(ckpt["epoch"]), step, int(ckpt["batch_in_epoch"])
 
-    def _apply_hparams(self, old: dict[str, Any]) -> None:
-        """Put a changed ``train.lr`` / ``train.weight_decay`` into the restored optimizer."""
-        old_t, t = old.get("train", {}), self.s.config.get("train", {})
-        lr = self.s.lr if old_t.get("lr") != t.get("lr") else None
-        wd = self.s.weight_decay if old_t.get("weight_decay") != t.get("weight_decay") else None
-        apply_hparams(self.task.optimizer, self.task.scheduler, lr=lr, weight_decay=wd)
-        if lr is not None:
-            self.log(f"resume: train.lr {old_t.get('lr')} -> {lr} applied")
-
     def _start(self) -> tuple[int, int, int]:
         s = self.s
-        if not s.resume and self.last_path.exists():
-            raise ConfigError(
-                f"run folder '{s.run_dir}' already holds a checkpoint; pass --resume to "
-                "continue it or choose another folder with -o/--output."
-            )
-        if s.resume and not self.last_path.exists():
-            raise ConfigError(
-                f"--resume: no checkpoint '{self.last_path}' to resume from; start the run "
-                "without --resume."
-            )
+        check_run_folder(self.last_path, resume=s.resume)
         if self.info.is_main:
             s.run_dir.mkdir(parents=True, exist_ok=True)
             removed = remove_stale_temps(s.run_dir)
@@ -188,29 +198,14 @@ class Loop:
             self.log(line)
         position = self._resume() if s.resume else (0, 0, 0)
         if self.info.is_main:
-            atomic_write_text(s.run_dir / "config.yaml", yaml_dump(s.config))
+            if not s.resume:  # a resume rewrites it with its first checkpoint
+                self._write_config()
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(s.run_dir / "tb"))
+            # a resume logs the steps after its checkpoint again: TensorBoard drops the old ones
+            purge = position[1] + 1 if s.resume else None
+            self.writer = SummaryWriter(log_dir=str(s.run_dir / "tb"), purge_step=purge)
         return position
-
-    # ------------------------------------------------------------------ signals
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self.signum = signum
-            signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
-
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
 
     # ------------------------------------------------------------------ steps
     def _micro_batches(self, model: nn.Module, epoch: int, skip: int) -> Iterator[tuple]:
@@ -257,21 +252,17 @@ class Loop:
         if self.task.scheduler is not None:
             self.task.scheduler.step()
 
-    def _nan_error(self, loss: float, step: int, epoch: int) -> NonFiniteLossError:
-        if self.saved_step >= 0:
-            advice = (
-                f"the last checkpoint with a finite loss after it, {self.last_path} (step "
-                f"{self.saved_step}), is kept. Lower train.lr, set train.amp=false or check the "
-                f"input data, then continue with {self.s.resume_hint} --set train.lr=..."
-            )
-        else:
-            advice = (
-                "no checkpoint had been written yet. Lower train.lr, set train.amp=false or "
-                "check the input data for NaN voxels, then start the run again."
-            )
-        return NonFiniteLossError(
-            f"training stopped: loss is {loss} at step {step} (epoch {epoch}); {advice}"
-        )
+    def _check_weights(self, step: int, epoch: int) -> None:
+        """Raise :class:`TrainingDiverged` unless the weights pass the guard."""
+        peak = weights_max(self.task.model)
+        problem = self.guard.weight_problem(peak)
+        if problem:
+            raise self._stop(problem, step, epoch, finite=math.isfinite(peak))
+
+    def _stop(self, problem: str, step: int, epoch: int, *, finite: bool) -> TrainingDiverged:
+        kept = f"{self.last_path} (step {self.saved_step})" if self.saved_step >= 0 else None
+        where = f"at step {step} (epoch {epoch})"
+        return stop_error(problem, where, kept=kept, resume=self.s.resume_command(), finite=finite)
 
     def _after_step(self, step: int, epoch: int, loss: float, lr: float, start: float) -> None:
         row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr}
@@ -284,6 +275,7 @@ class Loop:
 
     def validate(self, step: int, epoch: int, batch: int) -> None:
         """Validate on rank 0, log the metrics, write ``best.pt`` when the score improves."""
+        self._check_weights(step, epoch)
         if self.info.is_main and self.task.has_validation:
             metrics = self.task.validate(self.amp)
             if self.rows and self.rows[-1]["step"] == step:
@@ -308,11 +300,10 @@ class Loop:
         """Train, checkpoint, validate; returns the run folder.
 
         Raises:
-            NonFiniteLossError: NaN/Inf loss (the last checkpoint with a finite loss is kept).
+            NonFiniteLossError: NaN/Inf loss or weights (the last good checkpoint is kept).
+            TrainingDiverged: the loss or the weights exploded (the last good one is kept).
             TrainingInterrupted: SIGINT/SIGTERM (a checkpoint of the current step is written).
         """
-        from tqdm import tqdm
-
         epoch, step, skip = self._start()
         model: nn.Module = self.task.model
         if self.info.distributed:
@@ -322,6 +313,8 @@ class Loop:
             model = DistributedDataParallel(
                 model, device_ids=[self.info.local_rank] if cuda else None
             )
+        if self.guard.weight_max0 is None:  # after DDP's broadcast: the same on every rank
+            self.guard.weight_max0 = weights_max(self.task.model)
         bar = tqdm(
             total=self.s.total_steps,
             initial=step,
@@ -332,7 +325,7 @@ class Loop:
         )
         model.train()
         try:
-            with self._signals():
+            with deferred_signals(lambda signum: setattr(self, "signum", signum)):
                 epoch, step = self._epochs(model, bar, epoch, step, skip)
         finally:
             bar.close()
@@ -342,7 +335,7 @@ class Loop:
             name = signal.Signals(self.signum).name
             raise TrainingInterrupted(
                 f"invseg: {name} at step {step}: checkpoint {self.last_path} written; continue "
-                f"with `{self.s.resume_hint}`",
+                f"with `{self.s.resume_command()}`",
                 self.signum,
             )
         if self.info.is_main:
@@ -364,12 +357,19 @@ class Loop:
             for bi, n, loss_sum in self._micro_batches(model, epoch, skip):
                 flags = torch.tensor([loss_sum, float(self.signum > 0)], device=self.info.device)
                 loss, interrupted = (float(v) for v in all_reduce_mean(flags, self.info))
-                if not math.isfinite(loss):
-                    raise self._nan_error(loss, step + 1, epoch)
+                problem = self.guard.loss_problem(loss)
+                if problem:
+                    raise self._stop(problem, step + 1, epoch, finite=math.isfinite(loss))
                 if self.info.is_main:
                     self._commit()  # the staged checkpoint is followed by a finite loss
                 lr = self.task.optimizer.param_groups[0]["lr"]
-                self._optimizer_step()
+                try:
+                    self._optimizer_step()
+                except RuntimeError as err:  # "value cannot be converted to ... overflow"
+                    if "overflow" in str(err):
+                        why = f"the optimizer step overflowed ({err}: train.lr or weight_decay)"
+                        raise self._stop(why, step + 1, epoch, finite=False) from err
+                    raise
                 step += 1
                 self._after_step(step, epoch, loss, lr, start)
                 bar.update(1)

@@ -1,12 +1,19 @@
 """What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task`, :class:`LoopSettings`.
 
-Also the two ways a run stops early (:class:`NonFiniteLossError`, :class:`TrainingInterrupted`)
-and the check of what a ``--resume`` may change (:func:`resume_changes`).
+Also the ways a run stops early (:class:`TrainingDiverged` and its :class:`NonFiniteLossError`,
+decided by :class:`DivergenceGuard`; :class:`TrainingInterrupted`) and the check of what a
+``--resume`` may change (:func:`resume_changes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import math
+import shlex
+import signal
+import statistics
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,20 +21,34 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from invseg.runtime.coerce import ConfigError
 from invseg.runtime.device import Amp
 
 __all__ = [
+    "DivergenceGuard",
     "LoopSettings",
     "NonFiniteLossError",
     "Task",
+    "TrainingDiverged",
     "TrainingInterrupted",
+    "apply_changed_hparams",
     "apply_hparams",
+    "check_resume",
+    "check_run_folder",
+    "deferred_signals",
     "resume_changes",
+    "stop_error",
+    "weights_max",
 ]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; the last checkpoint with a finite loss is kept."""
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights blew up (:class:`DivergenceGuard`); the last good checkpoint is
+    kept. The CLI prints the one-line message and exits with status 2."""
+
+
+class NonFiniteLossError(TrainingDiverged):
+    """The training loss or the weights became NaN or Inf; the last good checkpoint is kept."""
 
 
 class TrainingInterrupted(Exception):
@@ -83,7 +104,8 @@ class LoopSettings:
         resume_mutable: dotted config keys a ``--resume`` may change; other changes are refused.
         val_every_epochs / val_every_steps: validation period (either or both).
         lr, weight_decay: applied to a resumed optimizer when the config changed them.
-        resume_hint: the command that continues a run (for messages).
+        resume_hint: the command that continues a run, without the run folder and the overrides
+            (:meth:`resume_command` adds them). overrides: the ``--set`` items of this run.
     """
 
     run_dir: Path
@@ -102,7 +124,19 @@ class LoopSettings:
     weight_decay: float | None = None
     resume_mutable: tuple[str, ...] = ()
     resume_hint: str = "invseg train CONFIG --resume"
+    overrides: tuple[str, ...] = ()
     csv_columns: tuple[str, ...] = field(default=("step", "epoch", "loss", "lr", "time_s"))
+
+    def resume_command(self) -> str:
+        """``resume_hint`` with this run's ``--set`` items and its folder (``-o DIR``).
+
+        Example:
+            >>> LoopSettings(Path("runs/a b"), 1, {}, overrides=("data.crop=[8, 8, 8]",)
+            ...              ).resume_command()
+            "invseg train CONFIG --resume --set 'data.crop=[8, 8, 8]' -o 'runs/a b'"
+        """
+        sets = "".join(f" --set {shlex.quote(item)}" for item in self.overrides)
+        return f"{self.resume_hint}{sets} -o {shlex.quote(str(self.run_dir))}"
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -133,6 +167,50 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any], mutable: Iterable[s
     return out
 
 
+def check_run_folder(last_path: Path, *, resume: bool) -> None:
+    """Refuse to overwrite a run's ``last.pt``, or to resume a run without one.
+
+    Raises:
+        ConfigError: what to pass instead.
+    """
+    if not resume and last_path.exists():
+        raise ConfigError(
+            f"run folder '{last_path.parent}' already holds a checkpoint; pass --resume to "
+            "continue it or choose another folder with -o/--output."
+        )
+    if resume and not last_path.exists():
+        raise ConfigError(
+            f"--resume: no checkpoint '{last_path}' to resume from; start the run without --resume."
+        )
+
+
+def check_resume(old: dict[str, Any], new: dict[str, Any], mutable: Sequence[str]) -> None:
+    """Refuse a ``--resume`` whose config changes a key outside ``mutable``.
+
+    Raises:
+        ConfigError: one line naming the changed keys and what may change.
+    """
+    changed = resume_changes(old, new, mutable)
+    if changed:
+        raise ConfigError(
+            f"--resume: {'; '.join(changed)} differs from the checkpoint's config; a resumed "
+            f"run may change only {', '.join(mutable)}. Start a new run folder (-o DIR) for "
+            "other changes."
+        )
+
+
+def apply_changed_hparams(
+    optimizer: torch.optim.Optimizer, scheduler: Any, old: dict[str, Any], s: LoopSettings
+) -> str | None:
+    """Put the ``train.lr`` / ``train.weight_decay`` of ``s`` that differ from the checkpoint's
+    config ``old`` into the restored optimizer; returns what changed (``None``: nothing)."""
+    old_t, t = old.get("train", {}), s.config.get("train", {})
+    lr = s.lr if old_t.get("lr") != t.get("lr") else None
+    wd = s.weight_decay if old_t.get("weight_decay") != t.get("weight_decay") else None
+    apply_hparams(optimizer, scheduler, lr=lr, weight_decay=wd)
+    return f"train.lr {old_t.get('lr')} -> {lr}" if lr is not None else None
+
+
 def apply_hparams(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -160,3 +238,142 @@ def apply_hparams(
             group["lr"] = lr * scale
         if weight_decay is not None:
             group["weight_decay"] = weight_decay
+
+
+def weights_max(model: nn.Module) -> float:
+    """``max |w|`` over the parameters of ``model``: NaN or Inf when any weight is not finite.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(-3.0), net.bias.fill_(0.5)
+        >>> weights_max(net)
+        3.0
+        >>> with torch.no_grad():
+        ...     _ = net.bias.fill_(float("nan"))
+        >>> weights_max(net)
+        nan
+    """
+    peaks = [p.detach().abs().max().float() for p in model.parameters() if p.numel()]
+    return float(torch.stack(peaks).max()) if peaks else 0.0  # torch's max propagates NaN
+
+
+@dataclass
+class DivergenceGuard:
+    """The loop's divergence rule (documented in :mod:`invseg.runtime.loop`).
+
+    Attributes:
+        losses: the first :attr:`WINDOW` training losses of the run (their median is the
+            reference of the loss rule).
+        weight_max0: ``max |w|`` before the first optimizer step (the weight rule's reference).
+    """
+
+    LOSS_FACTOR = 1.0e3
+    WEIGHT_FACTOR = 1.0e3
+    WINDOW = 5
+
+    losses: list[float] = field(default_factory=list)
+    weight_max0: float | None = None
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint stores, so a resumed run keeps the references of its first steps."""
+        return {"losses": list(self.losses), "weight_max0": self.weight_max0}
+
+    @classmethod
+    def from_state(cls, state: Any) -> DivergenceGuard:
+        """The guard of a checkpoint (a fresh one for checkpoints without it)."""
+        if not isinstance(state, dict):
+            return cls()
+        try:
+            w0 = state.get("weight_max0")
+            losses = [float(v) for v in state.get("losses", [])][: cls.WINDOW]
+            return cls(losses, None if w0 is None else float(w0))
+        except (TypeError, ValueError):  # a malformed entry: the references start afresh
+            return cls()
+
+    def loss_problem(self, loss: float) -> str | None:
+        """Why ``loss`` stops the run (non-finite, or above ``LOSS_FACTOR`` x the early median).
+
+        Example:
+            >>> g = DivergenceGuard([1.0, 0.5])
+            >>> g.loss_problem(0.4), g.loss_problem(float("nan"))
+            (None, 'loss is nan')
+            >>> g.loss_problem(2e3)
+            'the run diverged (loss 2000 > 1000 x 0.5, the median of its first losses)'
+        """
+        if not math.isfinite(loss):
+            return f"loss is {loss}"
+        ref = statistics.median(self.losses) if self.losses else 0.0
+        if ref > 0 and loss > self.LOSS_FACTOR * ref:
+            return (
+                f"the run diverged (loss {loss:.4g} > {self.LOSS_FACTOR:g} x {ref:.4g}, the "
+                "median of its first losses)"
+            )
+        if len(self.losses) < self.WINDOW:
+            self.losses.append(loss)
+        return None
+
+    def weight_problem(self, peak: float) -> str | None:
+        """Why weights with ``max |w| = peak`` stop the run (non-finite, or above
+        ``WEIGHT_FACTOR x max(1, weight_max0)``).
+
+        Example:
+            >>> DivergenceGuard(weight_max0=0.5).weight_problem(1.5e3)
+            'the run diverged (max |w| 1500 > 1000 x max(1, its initial 0.5))'
+        """
+        if not math.isfinite(peak):
+            return f"weights are not finite (max |w| {peak})"
+        w0 = peak if self.weight_max0 is None else self.weight_max0
+        if peak > self.WEIGHT_FACTOR * max(1.0, w0):
+            return (
+                f"the run diverged (max |w| {peak:.4g} > {self.WEIGHT_FACTOR:g} x max(1, its "
+                f"initial {w0:.4g}))"
+            )
+        return None
+
+
+def stop_error(
+    problem: str, where: str, *, kept: str | None, resume: str, finite: bool
+) -> TrainingDiverged:
+    """The one-line error of a run stopped by :class:`DivergenceGuard`.
+
+    Args:
+        problem: what went wrong (``"loss is nan"``). where: ``"at step 3 (epoch 0)"``.
+        kept: the checkpoint that is kept (``None``: none was written). resume: the command
+            that continues the run. finite: the values are finite (else NaN/Inf).
+    """
+    if kept is not None:
+        advice = (
+            f"the last checkpoint validated by a finite loss, {kept}, is kept. Lower train.lr, "
+            "set train.amp=false or check the input data, then continue with "
+            f"{resume} --set train.lr=..."
+        )
+    else:
+        advice = (
+            "no checkpoint had been written yet. Lower train.lr, set train.amp=false or "
+            "check the input data for NaN voxels, then start the run again."
+        )
+    error = TrainingDiverged if finite else NonFiniteLossError
+    return error(f"training stopped: {problem} {where}; {advice}")
+
+
+@contextlib.contextmanager
+def deferred_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Turn SIGINT / SIGTERM into a call of ``on_signal(signum)`` (a second one stops at once).
+
+    Outside the main thread (where handlers cannot be set) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        on_signal(signum)
+        signal.signal(signum, signal.SIG_DFL)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)

@@ -1,4 +1,5 @@
-"""Fault test: kill `invseg train` (SIGKILL, SIGTERM, SIGINT) at several steps, then resume.
+"""Fault tests: kill `invseg train` (SIGKILL, SIGTERM, SIGINT) at several steps, then resume;
+absurd learning rates and weights that turn NaN; what each torchrun rank prints.
 
 Each interrupted run is a real subprocess that sends itself the signal right after an optimizer
 step; the resumed run must end with the same weights as an uninterrupted one.
@@ -18,8 +19,12 @@ import pytest
 import torch
 import yaml
 
+from invseg.cli import main
 from invseg.commands.train import train
 from invseg.runtime.checkpoint import load_checkpoint
+from invseg.runtime.config import ConfigError
+from invseg.runtime.loop import NonFiniteLossError, TrainingInterrupted
+from invseg.tasks.seg import SegTask
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +92,8 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(
     )
     assert result.returncode == status, result.stderr[-2000:]
     if signum != signal.SIGKILL:
-        assert "Traceback" not in result.stderr and "--resume" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"--resume -o {tmp_path / 'run'}`" in result.stderr  # the folder it used
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == saved
     train(config, resume=True)
     got = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -96,3 +102,75 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(
         torch.testing.assert_close(got["model"][k], v, rtol=0, atol=1e-6, msg=k)
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["step"].tolist() == list(range(1, 7))
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("command", "value", "message"),
+    [
+        (["train", "SEG"], ".inf", "train.lr: inf must be a finite number"),
+        (["train", "SEG"], ".nan", "train.lr: nan must be a finite number"),
+        (["train", "SEG"], "1e38", "train.lr: 1e+38 must be <= 10"),  # was a torch overflow
+        (["recon", "train", "recon_2d"], ".inf", "train.lr: inf must be a finite number"),
+        (["recon", "train", "recon_2d"], "1e6", "train.lr: 1000000.0 must be <= 10"),
+    ],
+)
+def test_cli_refuses_a_non_finite_or_absurd_lr_naming_the_key(
+    tmp_path, capsys, command, value, message
+) -> None:
+    config = tmp_path / "seg.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path / "data", tmp_path / "o")))
+    argv = [str(config) if a == "SEG" else a for a in command]
+    assert main([*argv, "-o", str(tmp_path / "run"), "--set", f"train.lr={value}"]) == 2
+    assert capsys.readouterr().err.startswith(f"invseg: error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("validate", [True, False])  # NaN weights before best.pt / last.pt
+def test_weights_that_turn_nan_at_the_last_step_exit_non_zero_without_checkpoints(
+    brats_tiny, tmp_path, monkeypatch, capsys, validate
+) -> None:
+    original = SegTask.__init__
+
+    def infinite_lr(self, cfg, info) -> None:
+        original(self, cfg, info)
+        for group in self.optimizer.param_groups:
+            group["lr"] = float("inf")  # what --set train.lr=.inf did before it was refused
+
+    monkeypatch.setattr(SegTask, "__init__", infinite_lr)
+    cfg = tiny_config(brats_tiny.root, tmp_path / "o", steps=1)
+    if not validate:
+        cfg["data"].update(val_fraction=0.0)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config), "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weights are not finite (max |w| nan) at step 1" in err[0]
+    assert "no checkpoint had been written yet" in err[0]
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "shared"),
+    [
+        (TrainingInterrupted("invseg: SIGTERM at step 3: checkpoint written", 15), 143, True),
+        (NonFiniteLossError("training stopped: loss is nan at step 3"), 2, True),
+        (ConfigError("train.lr: inf must be a finite number"), 2, True),
+        (OSError("No space left on device"), 2, False),
+        (ValueError("case BraTS_003: unreadable image"), 2, False),
+    ],
+)
+def test_only_rank_0_prints_what_every_rank_meets(monkeypatch, capsys, error, status, shared):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("invseg.commands.train.train", fail)
+    lines = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "c.yaml"]) == status
+        lines[rank] = capsys.readouterr().err
+    assert lines["0"].strip().endswith(str(error)) and lines["0"].count("\n") == 1
+    if shared:
+        assert lines["1"] == ""
+    else:  # a rank's own failure (its data shard, its disk) is reported with its rank
+        assert lines["1"].startswith("invseg: rank 1: error: ") and str(error) in lines["1"]

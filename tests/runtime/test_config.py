@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from invseg.runtime.coerce import coerce
 from invseg.runtime.config import (
     ConfigError,
     find_config,
     instantiate_model,
     list_configs,
+    read_yaml,
     yaml_load,
 )
 from invseg.tasks.config import load_config, load_recon_config
@@ -103,3 +105,72 @@ def test_a_model_argument_the_class_rejects_is_named_in_one_line() -> None:
     message = str(info.value)
     assert message.startswith("cannot build model invseg.nets.PartiallyInvResUNet: anchor_every")
     assert "got 0" in message and "\n" not in message and "Failed to instantiate" not in message
+
+
+FINITE = "must be a finite number (.inf and .nan are not allowed)"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=.inf", f"train.lr: inf {FINITE}"),
+        ("train.lr=.nan", f"train.lr: nan {FINITE}"),
+        ("train.lr='-inf'", f"train.lr: -inf {FINITE}"),
+        ("train.lr=1e400", f"train.lr: inf {FINITE}"),  # beyond float64: YAML reads inf
+        ("train.lr=1e38", "train.lr: 1e+38 must be <= 10"),
+        ("train.lr=11", "train.lr: 11.0 must be <= 10"),
+        ("train.lr=0", "train.lr: 0.0 must be > 0"),
+        ("train.max_minutes=.inf", f"train.max_minutes: inf {FINITE}"),  # null means no limit
+        ("train.grad_clip=.nan", f"train.grad_clip: nan {FINITE}"),
+        ("data.spacing=[1, .inf, 1]", f"data.spacing[1]: inf {FINITE}"),
+        ("train.loss.dice=.nan", f"train.loss.dice: nan {FINITE}"),
+    ],
+)
+def test_non_finite_and_absurd_floats_are_errors_naming_the_key(seg, override, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(seg, [override])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=.inf", f"train.lr: inf {FINITE}"),
+        ("train.lr=.NaN", f"train.lr: nan {FINITE}"),
+        ("train.lr=1e38", "train.lr: 1e+38 must be <= 10"),
+        ("model.cg_tol=.inf", f"model.cg_tol: inf {FINITE}"),
+        ("data.noise_std=.inf", f"data.noise_std: inf {FINITE}"),
+    ],
+)
+def test_recon_configs_refuse_non_finite_floats_too(override, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_recon_config("recon_2d", [override])
+    assert str(info.value) == message
+
+
+def test_a_float_field_may_opt_in_to_non_finite_values() -> None:
+    assert coerce(float("inf"), float, "x", {"finite": False}) == float("inf")
+    assert coerce("1.5", float, "x") == 1.5
+    with pytest.raises(ConfigError, match=f"x: {'9' * 400} must be a finite number"):
+        coerce(int("9" * 400), float, "x")  # an int beyond the float range
+
+
+def test_duplicate_yaml_key_names_file_key_and_line(tmp_path: Path, seg) -> None:
+    text = yaml.safe_dump(seg, sort_keys=False).replace("  lr: 0.01\n", "  lr: 0.01\n  lr: 3\n")
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    line = text.splitlines().index("  lr: 3") + 1
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (
+        str(info.value) == f"{path}: duplicate key 'lr' at line {line} (first at line {line - 1})"
+    )
+    with pytest.raises(ConfigError, match="duplicate key 'train' at line 3 .first at line 1"):
+        yaml_load("train: {}\ndata: {}\ntrain: {lr: 1}\n")
+
+
+def test_yaml_merge_keys_may_still_override_and_packaged_configs_have_no_duplicates() -> None:
+    merged = yaml_load("base: &b {lr: 1, steps: 2}\ntrain:\n  <<: *b\n  lr: 3\n")
+    assert merged["train"] == {"lr": 3, "steps": 2}
+    for name in list_configs():
+        assert read_yaml(name)  # raises on a duplicate key

@@ -1,7 +1,8 @@
-"""The one training loop on a toy task: exact resume, signals, NaN guard, resume overrides."""
+"""The one training loop on a toy task: exact resume, signals, divergence guard, overrides."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -16,7 +17,14 @@ from torch import nn
 from invseg.runtime.checkpoint import load_checkpoint
 from invseg.runtime.config import ConfigError
 from invseg.runtime.distributed import DistInfo
-from invseg.runtime.loop import Loop, LoopSettings, NonFiniteLossError, TrainingInterrupted
+from invseg.runtime.loop import (
+    Loop,
+    LoopSettings,
+    NonFiniteLossError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
+from invseg.runtime.task import DivergenceGuard
 
 
 class Toy:
@@ -63,14 +71,16 @@ class Toy:
         pass
 
 
-def settings(run: Path, *, steps: int = 8, lr: float = 0.05, resume: bool = False, **kw):
+def settings(
+    run: Path, *, steps: int = 8, lr: float = 0.05, resume: bool = False, val: int | None = 4, **kw
+):
     cfg = {"train": {"lr": lr, "steps": steps, "batch_size": 3}, "output": {"dir": str(run)}}
     return LoopSettings(
         run_dir=run,
         total_steps=steps,
         config=cfg,
         checkpoint_every=1,
-        val_every_steps=4,
+        val_every_steps=val,
         progress=False,
         resume=resume,
         lr=lr,
@@ -150,3 +160,138 @@ def test_existing_run_needs_resume_and_stale_temps_go(tmp_path) -> None:
     (tmp_path / "r" / ".last.pt.abcd1234.tmp").write_bytes(b"")
     run(tmp_path / "r", steps=3, resume=True)
     assert not list((tmp_path / "r").glob(".*.tmp"))
+
+
+def sgd(lr: float) -> Toy:
+    """The toy task with plain SGD at a constant rate (lr 1 diverges within a few steps)."""
+    task = Toy(lr=lr)
+    task.optimizer = torch.optim.SGD(task.model.parameters(), lr=lr)
+    task.scheduler = None
+    return task
+
+
+def max_weight(state: dict[str, torch.Tensor]) -> float:
+    return max(float(v.abs().max()) for v in state.values())
+
+
+@pytest.mark.parametrize("val", [4, None])  # weights NaN before best.pt / before the final last.pt
+def test_weights_that_turn_non_finite_at_the_last_step_fail_and_save_nothing(tmp_path, val):
+    task = Toy()
+    for group in task.optimizer.param_groups:
+        group["lr"] = math.inf  # what --set train.lr=.inf did before the config refused it
+    with pytest.raises(NonFiniteLossError, match=r"weights are not finite .* at step 1 "):
+        Loop(task, settings(tmp_path / "inf", steps=1, val=val), DistInfo()).run()
+    assert not (tmp_path / "inf" / "last.pt").exists()
+    assert not (tmp_path / "inf" / "best.pt").exists()
+
+
+def test_exploding_weights_at_the_last_step_are_divergence(tmp_path) -> None:
+    task = Toy()
+    task.optimizer.param_groups[0]["lr"] = 1e5  # Adam: every weight moves by about 1e5
+    with pytest.raises(TrainingDiverged, match=r"diverged \(max \|w\| 1e\+05 > 1000 x"):
+        Loop(task, settings(tmp_path / "big", steps=1), DistInfo()).run()
+    assert not (tmp_path / "big" / "last.pt").exists()
+    assert not (tmp_path / "big" / "best.pt").exists()
+
+
+def test_exploding_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
+    with pytest.raises(TrainingDiverged, match=r"diverged \(loss .* at step 5 .*\(step 3\)"):
+        run(tmp_path / "sgd", sgd(2.0), steps=12)  # losses 13, 206, 776, ..., 2e6 at step 5
+    kept = load_checkpoint(tmp_path / "sgd" / "last.pt")
+    assert kept["step"] == 3 and max_weight(kept["model"]) < 100
+    assert kept["guard"]["losses"] == pytest.approx([12.95, 206.1, 776.0], rel=1e-3)
+    assert load_checkpoint(tmp_path / "sgd" / "best.pt")["step"] < 5
+    assert pd.read_csv(tmp_path / "sgd" / "metrics.csv")["step"].tolist() == [1, 2, 3]
+
+
+def test_healthy_training_never_trips_the_guard(tmp_path) -> None:
+    task = run(tmp_path / "ok", sgd(0.1), steps=40)  # noisy: 13, 0.8, 1.3, ..., 0.1
+    losses = pd.read_csv(tmp_path / "ok" / "metrics.csv")["loss"]
+    assert losses.iloc[-5:].mean() < losses.iloc[0] / 20
+    assert load_checkpoint(tmp_path / "ok" / "last.pt")["step"] == 40
+    assert 2 < task.model.weight.abs().max() < 4  # the true weights: 1, -2, 0.5, 3
+
+
+@pytest.mark.parametrize(
+    ("losses", "loss", "tripped"),
+    [
+        ([], 1e9, False),  # no reference yet
+        ([1.0], 999.0, False),
+        ([1.0], 1001.0, True),
+        ([1.0, 100.0, 2.0], 1500.0, False),  # the median, not the mean or the first
+        ([0.0, 0.0], 5.0, False),  # no positive reference: the rule is off
+        ([1.0], float("inf"), True),
+    ],
+)
+def test_loss_rule_compares_with_the_median_of_the_first_losses(losses, loss, tripped):
+    guard = DivergenceGuard(list(losses))
+    assert (guard.loss_problem(loss) is not None) == tripped
+    assert len(guard.losses) == min(DivergenceGuard.WINDOW, len(losses) + (not tripped))
+
+
+@pytest.mark.parametrize(
+    ("w0", "peak", "tripped"),
+    [(0.5, 999.0, False), (0.5, 1001.0, True), (20.0, 19_000.0, False), (20.0, 21_000.0, True)],
+)
+def test_weight_rule_compares_with_the_initial_weights(w0, peak, tripped) -> None:
+    guard = DivergenceGuard(weight_max0=w0)
+    assert (guard.weight_problem(peak) is not None) == tripped
+    assert guard.weight_problem(float("nan")) is not None
+
+
+def test_guard_references_survive_a_resume(tmp_path) -> None:
+    run(tmp_path / "r", steps=6)
+    first = load_checkpoint(tmp_path / "r" / "last.pt")["guard"]
+    assert len(first["losses"]) == DivergenceGuard.WINDOW and first["weight_max0"] > 0
+    run(tmp_path / "r", steps=8, resume=True)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["guard"] == first
+    for malformed in (None, {"losses": ["many"]}, {"weight_max0": [1]}):  # older or edited files
+        assert DivergenceGuard.from_state(malformed) == DivergenceGuard()
+
+
+def test_failed_resume_leaves_config_yaml_of_the_checkpoint(tmp_path) -> None:
+    run(tmp_path / "r", steps=4)
+    task = Toy(lr=0.5)
+    task.nan_at = 1  # the first loss of the resumed run is NaN: nothing new is saved
+    with pytest.raises(NonFiniteLossError):
+        run(tmp_path / "r", task, steps=8, lr=0.5, resume=True)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (
+        saved["train"]["lr"]
+        == load_checkpoint(tmp_path / "r" / "last.pt")["config"]["train"]["lr"]
+        == 0.05
+    )
+
+
+def test_resume_commands_name_the_run_folder_and_overrides(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "my run"
+    signal_at(monkeypatch, 2, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(folder, overrides=("train.steps=8", "data.crop=[8, 8, 8]"))
+    monkeypatch.undo()
+    expected = f"--resume --set train.steps=8 --set 'data.crop=[8, 8, 8]' -o '{folder}'"
+    assert expected in str(info.value)
+    task = Toy()
+    task.nan_at = 2
+    with pytest.raises(NonFiniteLossError) as info:
+        run(folder, task, resume=True)
+    assert f"--resume -o '{folder}' --set train.lr=" in str(info.value)
+
+
+def test_resume_purges_the_tensorboard_steps_it_logs_again(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    task = Toy()
+    task.nan_at = 5  # steps 1-4 are logged, last.pt holds step 3
+    with pytest.raises(NonFiniteLossError):
+        run(tmp_path / "tb", task)
+    before = set((tmp_path / "tb" / "tb").iterdir())
+    run(tmp_path / "tb", resume=True)
+    (new,) = set((tmp_path / "tb" / "tb").iterdir()) - before
+    starts = [
+        e.step
+        for e in EventFileLoader(str(new)).Load()
+        if e.HasField("session_log") and e.session_log.status == SessionLog.START
+    ]
+    assert starts == [4]  # TensorBoard hides the old file's steps >= 4
