@@ -193,6 +193,9 @@ def test_bundle_run_refuses_a_pickled_object_in_one_line(brats_tiny, tmp_path: P
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "invseg: error:" in proc.stderr and "refused: the file pickles Python objects" in proc.stderr
+    assert (
+        "invseg: error:" in proc.stderr
+        and "refused: the file pickles Python objects" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
     assert not marker.exists()

@@ -25,14 +25,8 @@ from typing import Any
 import torch
 
 from invseg.nets.registry import check_plain, full_name, model_class
-from invseg.runtime.checkpoint import (
-    RunMeta,
-    build_model,
-    load_checkpoint,
-    load_weights_only,
-    model_for_weights,
-    save_checkpoint,
-)
+from invseg.runtime.checkpoint import RunMeta, load_checkpoint, load_weights_only, save_checkpoint
+from invseg.runtime.restore import build_model, model_for_weights
 
 __all__ = [
     "case_name_formatter",

@@ -30,8 +30,8 @@ from invseg.commands.predict_inputs import (
     summary,
     writer_for,
 )
-from invseg.runtime.checkpoint import load_model
 from invseg.runtime.distributed import resolve_device
+from invseg.runtime.restore import load_model
 
 __all__ = ["load_model", "predict", "predict_probabilities"]
 

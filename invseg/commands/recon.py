@@ -26,7 +26,7 @@ from torch import Tensor
 
 from invseg._choices import did_you_mean
 from invseg.recon.operators import SenseOperator
-from invseg.runtime.checkpoint import load_checkpoint, model_for_weights
+from invseg.runtime.checkpoint import load_checkpoint
 from invseg.runtime.distributed import DistInfo, resolve_device
 from invseg.runtime.files import (
     atomic_path,
@@ -35,6 +35,7 @@ from invseg.runtime.files import (
     remove_stale_temps,
 )
 from invseg.runtime.loop import Loop, LoopSettings
+from invseg.runtime.restore import model_for_weights
 from invseg.tasks.config import load_recon_config
 from invseg.tasks.recon import RESUME_MUTABLE, ReconTask, build_model, collate, simulate_dataset
 

@@ -17,7 +17,7 @@ here; ``train``, ``bundle`` and :func:`load_model` go through it.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,14 @@ import torch
 from torch import nn
 
 from invseg.nets.registry import check_plain
-from invseg.runtime.config import Section, resolve_target
+from invseg.runtime.config import Section
 from invseg.runtime.files import atomic_save_torch
 
 __all__ = [
     "RunMeta",
-    "build_model",
     "capture_rng",
-    "check_weights",
     "load_checkpoint",
-    "load_model",
-    "load_weights",
     "load_weights_only",
-    "model_for_weights",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -119,44 +114,13 @@ class RunMeta(Section):
         Raises:
             ValueError: ``"meta.target: ..."`` or ``"meta.kwargs.<key>: ..."``, one line.
         """
+        from invseg.runtime.restore import build_model
+
         return build_model(self.target, self.kwargs, model_class=model_class)
 
 
 #: Largest crop / window side a checkpoint may ask for (voxels).
 _MAX_SIDE = 4096
-
-
-def build_model(
-    target: str, kwargs: Mapping[str, Any], *, model_class: str | None = None, path: str = "meta"
-) -> nn.Module:
-    """Build ``target(**kwargs)`` from a checkpoint's description, checked as data first.
-
-    ``target`` must be a registered network (:func:`invseg.nets.registry.list_models`) unless
-    the user passes ``model_class``; ``kwargs`` must be plain values that fit the signature.
-
-    Raises:
-        ValueError: ``"<path>.target: ..."`` / ``"<path>.kwargs.<key>: ..."``, one line.
-    """
-    from invseg.nets import registry
-
-    if model_class is None and registry.canonical_name(target) is None:
-        raise ValueError(
-            f"{path}.target: '{target}' is not a network invseg knows "
-            f"({', '.join(registry.list_models()[:3])}, MONAI's ...); a checkpoint cannot name "
-            "code to import. If you trust this file, name the class yourself with "
-            f"--model-class {target}"
-        )
-    check_plain(dict(kwargs), f"{path}.kwargs")
-    if model_class is None:
-        registry.check_arguments(target, kwargs, f"{path}.kwargs")
-        cls = registry.model_class(target)
-    else:
-        cls = resolve_target(model_class)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
-        why = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(f"{path}.kwargs: {cls.__name__} refused them ({why})") from None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -300,133 +264,3 @@ def load_checkpoint(
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise ValueError(f"{path}: model.{key}: {type(value).__name__} is not a tensor.")
     return state
-
-
-def check_weights(
-    model: nn.Module,
-    state: Mapping[str, Any],
-    *,
-    source: str | Path,
-    hint: str = "was the model config changed?",
-) -> None:
-    """Raise one line unless ``state`` fits ``model`` (names, shapes) with finite, real weights.
-
-    Each tensor must own the storage its shape needs (a stride-0 view of one number does not
-    pass for a huge weight), and floating-point weights must be finite. ``model`` may live on
-    the ``meta`` device: nothing is allocated for it.
-
-    Raises:
-        ValueError: missing, unexpected or differently shaped keys; non-finite weights.
-
-    Example:
-        >>> check_weights(  # doctest: +ELLIPSIS
-        ...     nn.Linear(2, 3), nn.Linear(2, 4).state_dict(), source="x.pt")
-        Traceback (most recent call last):
-        ...
-        ValueError: x.pt: the weights do not fit the model (shape differs: weight [4, 2] vs...
-    """
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        needed = value.numel() * value.element_size()
-        if value.numel() and (
-            not value.is_contiguous() or value.untyped_storage().nbytes() < needed
-        ):
-            raise ValueError(f"{source}: model.{key}: a view, not a stored tensor of its shape.")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [
-        f"{k} {list(state[k].shape)} vs {list(v.shape)}"
-        for k, v in own.items()
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    parts = []
-    for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shape)):
-        if keys:
-            more = f", ... ({len(keys)} in all)" if len(keys) > 4 else ""
-            parts.append(f"{name}: {', '.join(keys[:4])}{more}")
-    if parts:
-        raise ValueError(
-            f"{source}: the weights do not fit the model ({'; '.join(parts)}); {hint}"
-        )
-    for key, value in state.items():
-        if (
-            isinstance(value, torch.Tensor)
-            and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())
-        ):
-            raise ValueError(
-                f"{source}: model.{key} holds NaN or infinite weights; this checkpoint "
-                "cannot be used (was it saved from a diverged run?)."
-            )
-
-
-def load_weights(model: nn.Module, state: Mapping[str, Any], *, source: str | Path) -> None:
-    """``model.load_state_dict(state)`` after :func:`check_weights` (one line if they do not fit).
-
-    Raises:
-        ValueError: missing, unexpected or differently shaped keys; non-finite weights.
-    """
-    check_weights(model, state, source=source)
-    model.load_state_dict(state)
-
-
-def model_for_weights(
-    build: Callable[[], nn.Module],
-    state: Mapping[str, Any],
-    *,
-    source: str | Path,
-    hint: str = "was the model config changed?",
-) -> nn.Module:
-    """``build()`` with ``state`` loaded, checked on a ``meta`` skeleton before any allocation.
-
-    The network is first built on the ``meta`` device (no memory), the weights are checked
-    against it (:func:`check_weights`), and only then built for real and loaded, so a file
-    whose description asks for an enormous network is refused without allocating it.
-
-    Raises:
-        ValueError: ``"<source>: ..."``, one line.
-    """
-    try:
-        with torch.device("meta"):
-            skeleton = build()
-    except ValueError as err:
-        raise ValueError(f"{source}: {err}") from None
-    check_weights(skeleton, state, source=source, hint=hint)
-    model = build()
-    model.load_state_dict(state)
-    return model
-
-
-def load_model(
-    checkpoint: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    model_class: str | None = None,
-) -> tuple[nn.Module, RunMeta]:
-    """Rebuild the network stored in a segmentation checkpoint, reading the file as data.
-
-    The file is loaded with ``weights_only=True``; its ``meta`` names a registered network
-    and plain arguments (:func:`build_model`): nothing it names is imported or evaluated.
-
-    Args:
-        checkpoint: ``best.pt`` / ``last.pt`` of ``invseg train`` (or ``invseg bundle import``).
-        device: where the model goes.
-        model_class: dotted class path the user trusts, for a network outside the registry.
-
-    Returns:
-        ``(model in eval mode on device, meta)``.
-
-    Raises:
-        ValueError: not an invseg checkpoint, a description that is not plain data or not a
-            known network, weights that do not fit it or are not finite; one line naming the
-            file and the field.
-    """
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    meta = RunMeta.from_dict(ckpt.get("meta"), source=checkpoint)
-    model = model_for_weights(
-        lambda: meta.build_model(model_class=model_class), ckpt["model"], source=checkpoint
-    )
-    dev = torch.device(device) if isinstance(device, str) else device
-    return model.to(dev).eval(), meta

@@ -41,13 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from invseg.runtime.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    load_weights,
-    restore_rng,
-    save_checkpoint,
-)
+from invseg.runtime.checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from invseg.runtime.config import yaml_dump
 from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier
@@ -58,6 +52,7 @@ from invseg.runtime.files import (
     remove_stale_temps,
     write_rows,
 )
+from invseg.runtime.restore import check_same_model, restore_training
 from invseg.runtime.task import (
     DivergenceGuard,
     LoopSettings,
@@ -167,24 +162,25 @@ class Loop:
         old = ckpt.get("config") or {}
         check_resume(old, self.s.config, self.s.resume_mutable)
         t = self.task
-        load_weights(t.model, ckpt["model"], source=self.last_path)
-        t.optimizer.load_state_dict(ckpt["optimizer"])
-        if t.scheduler is not None and ckpt.get("scheduler"):
-            t.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.amp.scaler is not None and ckpt.get("scaler"):
-            self.amp.scaler.load_state_dict(ckpt["scaler"])
+        check_same_model(ckpt.get("meta"), t.meta(), source=self.last_path)
+        epoch, step, batch = restore_training(
+            ckpt,
+            model=t.model,
+            optimizer=t.optimizer,
+            scheduler=t.scheduler,
+            scaler=self.amp.scaler,
+            source=self.last_path,
+        )
         changed = apply_changed_hparams(t.optimizer, t.scheduler, old, self.s)
         if changed:
             self.log(f"resume: {changed} applied")
         self.guard = DivergenceGuard.from_state(ckpt.get("guard"))
         self.best_metric = float(ckpt.get("best_metric", -math.inf))
         self.best_step = int(ckpt.get("best_step", -1))
-        restore_rng(ckpt["rng"])
-        step = int(ckpt["step"])
         self.saved_step = step
         self.rows = read_rows(self.s.run_dir / "metrics.csv", step)
-        self.log(f"resuming {self.last_path} at step {step} (epoch {int(ckpt['epoch'])})")
-        return int(ckpt["epoch"]), step, int(ckpt["batch_in_epoch"])
+        self.log(f"resuming {self.last_path} at step {step} (epoch {epoch})")
+        return epoch, step, batch
 
     def _start(self) -> tuple[int, int, int]:
         s = self.s

@@ -58,7 +58,7 @@ def checkpoint_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     The user's config is the user's code: its ``$`` expressions and ``@`` references are
     resolved here, once, at the start of training. A checkpoint is data: what it stores must
     be plain (:func:`invseg.nets.registry.check_plain`), so
-    :func:`invseg.runtime.checkpoint.load_model` rebuilds the network evaluating nothing.
+    :func:`invseg.runtime.restore.load_model` rebuilds the network evaluating nothing.
 
     Raises:
         ConfigError: an argument that resolves to an object (``model.<key>`` named).

@@ -8,13 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from invseg.runtime.checkpoint import (
-    RunMeta,
-    load_checkpoint,
-    load_model,
-    load_weights,
-    save_checkpoint,
-)
+from invseg.runtime.checkpoint import RunMeta, load_checkpoint, save_checkpoint
+from invseg.runtime.restore import load_model, load_weights
 
 MARKER: list[str] = []
 

@@ -23,7 +23,7 @@ import yaml
 from invseg.cli import main
 from invseg.commands.bundle import export_to_bundle, import_from_bundle, read_weights
 from invseg.nets import PartiallyInvResUNet
-from invseg.runtime.checkpoint import load_model
+from invseg.runtime.restore import load_model
 from invseg.tasks.config import load_config, load_recon_config
 from invseg.tasks.recon import build_model
 from tests.conftest import tiny_config
