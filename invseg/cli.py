@@ -290,8 +290,8 @@ def _add_evaluate_parser(sub: Any) -> None:
         "--convention",
         choices=["brats", "none"],
         default=None,
-        help="scoring of missing/empty predictions: brats (Dice 0, HD95 373.13; the default "
-        "for BraTS labels) or none (NaN distances, missing cases left out)",
+        help="a reference without a prediction: brats scores it as an empty prediction (the "
+        "default for BraTS labels), none leaves it out; empty masks always score as BraTS does",
     )
     p.set_defaults(handler=_evaluate)
 

@@ -4,9 +4,10 @@ Every row trains on the same split of generated ``hard`` BraTS-like cases with t
 (``DiceLoss(sigmoid=True)`` + per-channel ``BCEWithLogitsLoss``: the regions overlap, so no
 softmax cross-entropy), AdamW, cosine schedule, step budget, crop and augmentation
 (:func:`invseg.data.train_transforms`), for several seeds. Held-out cases are scored per region
-(TC, WT, ET) with MONAI's ``DiceMetric`` and ``compute_hausdorff_distance(percentile=95)`` in mm
-(MONAI's definition: the larger of the two directed 95th percentiles), with the BraTS rules
-for empty masks: both empty gives Dice 1 and HD95 0, one empty gives Dice 0 and HD95 373.13.
+(TC, WT, ET) by :func:`invseg.tasks.seg_metrics.score_case`, as validation and ``invseg
+evaluate`` score them: Dice and HD95 in mm (at the 1 mm of :func:`invseg.data.eval_transforms`),
+with the BraTS rules for empty masks (both empty: Dice 1 and HD95 0; one empty: Dice 0 and
+HD95 373.13).
 
 Each run is a fresh spawned process (one intra-op thread on CPU, ``workers`` at a time), so
 peak memory is the run's own: CUDA ``max_memory_allocated``, else the peak RSS increase
@@ -34,7 +35,6 @@ import os
 import statistics
 import threading
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -44,8 +44,6 @@ from typing import Any
 import numpy as np
 
 from invseg.bench.models import DEFAULT_MODELS, build
-
-HD95_EMPTY = 373.13  # BraTS: an empty prediction against a non-empty reference
 
 
 @dataclass(frozen=True)
@@ -167,35 +165,16 @@ def _train(net, job: Job, device, loader) -> tuple[list[float], int]:
     return times, act
 
 
-def _score(pred, ref) -> tuple[list[float], list[float]]:
-    """Per-region Dice and HD95 (mm, 1 mm spacing) of binary ``(1, C, ...)`` masks."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance
-
-    dice, hd = [], []
-    for c in range(ref.shape[1]):
-        p, r = pred[:, c : c + 1], ref[:, c : c + 1]
-        if not r.any():
-            dice.append(float(not p.any()))
-            hd.append(0.0 if not p.any() else HD95_EMPTY)
-        elif not p.any():
-            dice.append(0.0)
-            hd.append(HD95_EMPTY)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dice.append(float(compute_dice(p, r, include_background=True)))
-                hd.append(float(compute_hausdorff_distance(p, r, percentile=95.0)))
-    return dice, hd
-
-
 def _evaluate(net, job: Job, device) -> list[dict[str, Any]]:
     import torch
     from monai.inferers import sliding_window_inference
 
     from invseg.data import eval_transforms, get_convention
+    from invseg.tasks.seg_metrics import logit_masks, region_names, score_case, target_masks
 
-    names = [n.lower() for n in get_convention("brats").names]
-    t, rows = eval_transforms("brats"), []
+    conv = get_convention("brats")
+    names, mm = region_names(conv), (1.0, 1.0, 1.0)  # volumes resampled to 1 mm voxels
+    t, rows = eval_transforms(conv, spacing=mm), []
     net.eval()
     with torch.no_grad():
         for case in job.test:
@@ -204,11 +183,14 @@ def _evaluate(net, job: Job, device) -> list[dict[str, Any]]:
             logits = sliding_window_inference(
                 x, (job.crop,) * 3, 4, net.logits, overlap=job.preset.overlap
             )
-            pred = (torch.sigmoid(logits) > 0.5).cpu()
-            dice, hd = _score(pred, torch.as_tensor(d["label"])[None].bool())
+            pred = logit_masks(logits[0].cpu(), conv)
+            score = score_case(pred, target_masks(d["label"], conv), names, spacing=mm)
+            dice = [score[f"dice_{n}"] for n in names]
+            hd = [score[f"hd95_{n}"] for n in names]
             row = {"case": case["case_id"], "dice_mean": float(np.mean(dice))}
-            row |= {f"dice_{n}": v for n, v in zip(names, dice)}
-            row |= {"hd95": float(np.mean(hd))} | {f"hd95_{n}": v for n, v in zip(names, hd)}
+            row |= {f"dice_{n.lower()}": v for n, v in zip(names, dice)}
+            row |= {"hd95": float(np.mean(hd))}
+            row |= {f"hd95_{n.lower()}": v for n, v in zip(names, hd)}
             rows.append(row)
     return rows
 

@@ -1,29 +1,18 @@
 r"""Score predicted label maps against references: Dice, HD95 (and ASD, MHD for classes).
 
-Per case and per region/class :math:`k` (BraTS-like: TC, WT, ET; iSeg: CSF, GM, WM), with
-:math:`P_k` and :math:`G_k` the predicted and reference masks, :math:`\partial` their surfaces
-(edge voxels) and :math:`d(x, \partial Y)` the distance in mm (voxel size from the reference
-header) from :math:`x` to the nearest voxel of :math:`\partial Y`:
+Per case and per region/class (BraTS-like: TC, WT, ET; iSeg: CSF, GM, WM) the scores are
+those of :func:`invseg.tasks.seg_metrics.score_case`, the scorer that validation during
+training and ``invseg bench quality`` use too: Dice and HD95 in mm (voxel size from the
+reference header), and for class conventions (iSeg) also the average surface distance (ASD)
+and the modified Hausdorff distance (MHD). Empty masks follow its one rule, the BraTS
+challenge's: both empty, Dice 1 and distance 0; one empty against a non-empty one, Dice 0
+and distance 373.13 mm.
 
-.. math::
-    \mathrm{Dice}_k = \frac{2|P_k \cap G_k|}{|P_k| + |G_k|},\qquad
-    \mathrm{HD95}_k = \max\Big(\mathrm{P}_{95}\{d(p, \partial G_k)\}_{p\in\partial P_k},\
-        \mathrm{P}_{95}\{d(g, \partial P_k)\}_{g\in\partial G_k}\Big)
-
-HD95 is MONAI's (and DeepMind surface-distance's) definition: the larger of the two one-way
-95th percentiles (medpy and panoptica pool both distance sets instead, which can differ by a
-fraction of a voxel). For class conventions (iSeg) also the average surface distance
-:math:`\mathrm{ASD} = \mathrm{mean}\big(\{d(p,\partial G)\}_{p} \cup \{d(g,\partial P)\}_{g}\big)`
-(both directions pooled) and the modified Hausdorff distance
-:math:`\mathrm{MHD} = \max(\bar d(\partial P,\partial G), \bar d(\partial G,\partial P))`.
-
-Empty and missing predictions follow one of two scorings:
+References without a prediction follow one of two scorings:
 
 * ``"brats"`` (the default for BraTS-style region labels, as the BraTS challenge scores): a
-  reference without a prediction is scored as an empty prediction; one empty mask against a
-  non-empty one scores Dice 0 and HD95 373.13; both empty: Dice 1 and HD95 0.
-* ``"none"``: Dice is 1 when both masks are empty and 0 when only one is; the distances are
-  undefined then (NaN, skipped in the mean); references without a prediction are left out.
+  reference without a prediction is scored as an empty prediction.
+* ``"none"`` (the default for classes): references without a prediction are left out.
 
 Either way, references without a prediction are listed in a warning on stderr and in the
 summary. Predictions must be in the reference's exact geometry (shape and affine): a mismatch
@@ -38,7 +27,6 @@ incomplete is still a reference.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +34,10 @@ import numpy as np
 
 from invseg.commands.evaluate_inputs import find_pairs, shown
 
-__all__ = ["BRATS_MAX_HD95", "SCORINGS", "evaluate", "exit_status", "format_summary"]
+__all__ = ["SCORINGS", "evaluate", "exit_status", "format_summary"]
 
-#: HD95 the BraTS challenge gives an empty mask against a non-empty one.
-BRATS_MAX_HD95 = 373.13
-#: How empty or missing predictions are scored (see the module docstring).
+#: How references without a prediction are scored (see the module docstring).
 SCORINGS = ("brats", "none")
-
-
-def _surface(metric: str, a: Any, b: Any, spacing: tuple[float, ...], **kw: Any) -> float:
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
-
-    fn = compute_hausdorff_distance if metric == "hd" else compute_average_surface_distance
-    with warnings.catch_warnings():
-        # MONAI 1.5-1.6 warns from inside its own helper (get_mask_edges); nothing to fix here.
-        warnings.filterwarnings(
-            "ignore", message=".*always_return_as_numpy", category=FutureWarning
-        )
-        return float(fn(a, b, include_background=True, spacing=list(spacing), **kw)[0, 0])
 
 
 def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[Any, Any, tuple[float, ...]]:
@@ -90,48 +64,27 @@ def _read_pair(pred_path: Path | None, ref_path: Path) -> tuple[Any, Any, tuple[
     return pred, ref, spacing
 
 
-def _distance(metric: str, p: Any, g: Any, spacing: tuple[float, ...], scoring: str) -> float:
-    """A surface distance; with an empty mask: BraTS constants or NaN (``scoring="none"``)."""
-    has_p, has_g = bool(p.any()), bool(g.any())
-    if has_p and has_g:
-        if metric == "hd95":
-            return _surface("hd", p, g, spacing, percentile=95)
-        if metric == "asd":  # both directions pooled
-            return _surface("asd", p, g, spacing, symmetric=True)
-        return max(_surface("asd", p, g, spacing), _surface("asd", g, p, spacing))  # mhd
-    if scoring == "brats" and metric == "hd95":
-        return BRATS_MAX_HD95 if has_p or has_g else 0.0
-    return float("nan")
-
-
-def _case_metrics(
-    pred_path: Path | None, ref_path: Path, convention: Any, scoring: str
-) -> dict[str, float]:
+def _case_metrics(pred_path: Path | None, ref_path: Path, convention: Any) -> dict[str, float]:
+    """The scores of one case (:func:`invseg.tasks.seg_metrics.score_case`) in native geometry."""
     import torch
     from monai.data import MetaTensor
-    from monai.metrics import DiceMetric
+
+    from invseg.tasks.seg_metrics import case_distances, region_names, score_case, target_masks
 
     pred, ref, spacing = _read_pair(pred_path, ref_path)
 
-    def target(arr: np.ndarray, path: Path | None) -> torch.Tensor:
+    def masks(arr: np.ndarray, path: Path | None) -> torch.Tensor:
         meta = {"filename_or_obj": str(path)} if path is not None else {}
-        t = MetaTensor(torch.as_tensor(arr.astype(np.int32)), meta=meta)
-        out = torch.as_tensor(convention.to_target(t))
-        if convention.kind == "classes":  # one-hot, background dropped
-            out = torch.nn.functional.one_hot(out[0].long(), convention.out_channels)
-            out = out.movedim(-1, 0)[1:].float()
-        return out[None]  # (1, C, X, Y, Z)
+        target = convention.to_target(MetaTensor(torch.as_tensor(arr.astype(np.int32)), meta=meta))
+        return target_masks(target, convention)
 
-    p, g = target(pred, pred_path), target(ref, ref_path)
-    names = convention.names[1:] if convention.kind == "classes" else convention.names
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, g)[0]
-    row: dict[str, float] = {f"dice_{name}": float(dice[k]) for k, name in enumerate(names)}
-    metrics = ("hd95", "asd", "mhd") if convention.kind == "classes" else ("hd95",)
-    for k, name in enumerate(names):
-        pk, gk = p[:, k : k + 1], g[:, k : k + 1]
-        for metric in metrics:
-            row[f"{metric}_{name}"] = _distance(metric, pk, gk, spacing, scoring)
-    return row
+    return score_case(
+        masks(pred, pred_path),
+        masks(ref, ref_path),
+        region_names(convention),
+        spacing=spacing,
+        distances=case_distances(convention),
+    )
 
 
 def _scoring(scoring: str | None, convention: Any) -> str:
@@ -144,14 +97,14 @@ def _scoring(scoring: str | None, convention: Any) -> str:
     return "brats" if brats_like else "none"
 
 
-def _score(ids: list[str], preds: dict, refs: dict, convention: Any, scoring: str) -> list[dict]:
+def _score(ids: list[str], preds: dict, refs: dict, convention: Any) -> list[dict]:
     """One row per case; a case that cannot be scored gets only an ``error`` (also on stderr)."""
     from invseg.commands.predict_inputs import problem_line
 
     rows: list[dict[str, Any]] = []
     for i in ids:
         try:
-            rows.append({"case_id": i, **_case_metrics(preds.get(i), refs[i], convention, scoring)})
+            rows.append({"case_id": i, **_case_metrics(preds.get(i), refs[i], convention)})
         except Exception as err:  # one bad case must not stop the others (interrupts pass)
             rows.append({"case_id": i, "error": problem_line(err, preds.get(i) or refs[i])})
             print(f"error: {rows[-1]['error']}", file=sys.stderr)
@@ -196,13 +149,15 @@ def evaluate(
             2020/21, 10/150/250 iSeg; 0-3 only is ambiguous and raises).
         output_csv: where to write the table (atomically, replacing an earlier one; its
             temporaries of a killed run removed first); ``None``: not written.
-        scoring: ``"brats"`` (a missing or empty prediction scores Dice 0 and HD95 373.13) or
-            ``"none"`` (NaN distances, missing cases left out); ``None``: ``"brats"`` for the
-            BraTS-style region conventions (brats, brats2023, msd), ``"none"`` for classes.
+        scoring: ``"brats"`` (a reference without a prediction is scored as an empty
+            prediction: Dice 0 and HD95 373.13 where the reference is not empty) or ``"none"``
+            (it is left out); ``None``: ``"brats"`` for the BraTS-style region conventions
+            (brats, brats2023, msd), ``"none"`` for classes. Empty masks of a scored case
+            follow :func:`invseg.tasks.seg_metrics.score_case` either way.
 
     Returns:
         A ``pandas.DataFrame`` with one row per case (sorted by ``case_id``) and a last row
-        ``case_id="mean"`` (NaN-skipping means of the scored cases). Columns ``dice_<name>``,
+        ``case_id="mean"`` (the means over the scored cases). Columns ``dice_<name>``,
         ``hd95_<name>`` (mm) and for class conventions ``asd_<name>``, ``mhd_<name>``; names are
         TC/WT/ET or CSF/GM/WM; ``error`` when a case failed. ``df.attrs`` holds ``convention``,
         ``scoring``, ``missing`` (the reference cases without a prediction), ``failed``
@@ -241,7 +196,7 @@ def evaluate(
             file=sys.stderr,
         )
     ids = sorted(set(preds) | (set(missing) if scoring == "brats" else set()))
-    rows = _score(ids, preds, refs, convention, scoring)
+    rows = _score(ids, preds, refs, convention)
     failed = {r["case_id"]: r["error"] for r in rows if "error" in r}
     df = _table(rows)
     df.attrs.update(convention=convention.name, scoring=scoring, missing=missing, failed=failed)
@@ -266,7 +221,7 @@ def exit_status(df: Any) -> int:
 def format_summary(df: Any) -> str:
     """A short text table of the mean metrics (rows: metrics, columns: regions/classes).
 
-    Then notes: undefined distances, missing predictions, failed cases and the CSV written.
+    Then notes: missing predictions, failed cases and the CSV written.
 
     Example:
         >>> import pandas as pd
@@ -297,28 +252,19 @@ def format_summary(df: Any) -> str:
     lines = [head]
     if not frame.empty:  # every case failed: no metric to show
         lines.append(frame.to_string(float_format=lambda v: f"{v:.4f}"))
-    undefined = {
-        c.split("_", 1)[1]: int(cases[c].isna().sum())
-        for c in df.columns
-        if c.startswith("hd95_") and cases[c].isna().any()
-    }
-    if undefined:
-        lines.append(
-            "HD95 undefined (an empty mask) and skipped in the mean: "
-            + ", ".join(f"{k} in {v} case(s)" for k, v in undefined.items())
-        )
     return "\n".join(lines + _notes(df.attrs))
 
 
 def _notes(attrs: dict[str, Any]) -> list[str]:
     """The summary's lines on missing and failed cases and on the CSV written."""
     from invseg.runtime.files import output_notes
+    from invseg.tasks.seg_metrics import EMPTY_DISTANCE
 
     lines, missing = [], list(attrs.get("missing") or [])
     if attrs.get("scoring") == "brats":
         lines.append(
             f"BraTS scoring: a missing or empty prediction scores Dice 0 and HD95 "
-            f"{BRATS_MAX_HD95} against a non-empty reference"
+            f"{EMPTY_DISTANCE} against a non-empty reference"
             + (f"; {len(missing)} case(s) had no prediction: {shown(missing)}" if missing else "")
         )
     elif missing:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo
 from invseg.tasks.config import SegConfig
 
-__all__ = ["SegData", "nanmean_rows", "plan_crop", "validation_metrics"]
+__all__ = ["SegData", "plan_crop", "validation_metrics"]
 
 
 def _resampled_side(case: Any, spacing: list[float]) -> int:
@@ -285,21 +284,21 @@ def validation_metrics(
     sw_batch_size: int,
     overlap: float,
 ) -> dict[str, float]:
-    """Per-region mean Dice and HD95 (in mm at ``data.spacing``) over the validation cases."""
+    """Per-region mean Dice and HD95 (mm at ``data.spacing``) over the validation cases.
+
+    Each case is scored by :func:`invseg.tasks.seg_metrics.score_case` (BraTS rules for empty
+    masks, as ``invseg evaluate``), so every value is finite and each mean is over all cases.
+    ``dice_mean``, the model-selection score, is the mean of the per-region Dice means.
+    """
     from monai.inferers import sliding_window_inference
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric
-    from monai.networks.utils import one_hot
+
+    from invseg.tasks.seg_metrics import logit_masks, region_names, score_case, target_masks
 
     conv, device = data.convention, data.info.device
-    regions = conv.kind == "regions"
-    names = list(conv.names) if regions else list(conv.names)[1:]
-    dice = DiceMetric(include_background=regions, reduction="none", ignore_empty=True)
-    hd95 = HausdorffDistanceMetric(include_background=regions, percentile=95, reduction="none")
-    dice_rows: list[torch.Tensor] = []
-    hd_rows: list[torch.Tensor] = []
+    names = region_names(conv)
+    rows: list[dict[str, float]] = []
     for item in data.val_ds:
         image = torch.as_tensor(item["image"])[None].to(device)
-        label = torch.as_tensor(item["label"])[None].to(device)
         with amp():
             logits = sliding_window_inference(
                 image,
@@ -308,38 +307,10 @@ def validation_metrics(
                 predictor=model,
                 overlap=overlap,
             )
-        logits = torch.as_tensor(logits).float()
-        if regions:
-            pred, ref = (torch.sigmoid(logits) > 0.5).float(), label.float()
-        else:
-            n = conv.out_channels
-            pred = one_hot(logits.argmax(1, keepdim=True), num_classes=n)
-            ref = one_hot(label.long(), num_classes=n)
-        dice_rows.append(dice(y_pred=pred, y=ref).cpu().float())
-        with warnings.catch_warnings():
-            # empty prediction/reference: HD95 is NaN (UserWarning); MONAI 1.5+ calls its own
-            # deprecated get_mask_edges argument (FutureWarning).
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.filterwarnings("ignore", ".*always_return_as_numpy", FutureWarning)
-            hd_rows.append(hd95(y_pred=pred, y=ref, spacing=list(data.spacing)).cpu().float())
-    d = nanmean_rows(dice_rows, len(names))
-    h = nanmean_rows(hd_rows, len(names))
-    out: dict[str, float] = {}
-    for k, name in enumerate(names):
-        out[f"dice_{name}"] = float(d[k])
-        out[f"hd95_{name}"] = float(h[k])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out["dice_mean"] = float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
+        pred = logit_masks(torch.as_tensor(logits)[0], conv)
+        ref = target_masks(torch.as_tensor(item["label"]).to(device), conv)
+        rows.append(score_case(pred, ref, names, spacing=data.spacing))
+    keys = [f"{m}_{n}" for n in names for m in ("dice", "hd95")]
+    out = {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}
+    out["dice_mean"] = float(np.mean([out[f"dice_{n}"] for n in names]))
     return out
-
-
-def nanmean_rows(rows: list[torch.Tensor], n: int) -> np.ndarray:
-    """Mean over cases of (1, n) metric rows, skipping NaN/Inf (empty region) entries."""
-    if not rows:
-        return np.full(n, np.nan)
-    a = torch.cat([r.reshape(-1, n) for r in rows]).numpy().astype(np.float64)
-    a[~np.isfinite(a)] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column -> NaN
-        return np.nanmean(a, axis=0)

@@ -1,4 +1,4 @@
-"""bench quality: metrics with the BraTS empty-mask rules, one run end to end, the report."""
+"""bench quality: held-out cases scored by the one scorer, one run end to end, the report."""
 
 from __future__ import annotations
 
@@ -9,34 +9,42 @@ import pytest
 import torch
 
 from invseg.bench import quality
-from invseg.bench.quality import HD95_EMPTY, Preset
+from invseg.bench.quality import Preset
 from invseg.bench.quality_report import per_run, quality_markdown, summary
+from invseg.tasks.seg_metrics import EMPTY_DISTANCE
 
 TINY = Preset(shape=(32, 32, 32), crop=16, batch=1, steps=2, lr=1e-3, test_cases=1, base=8,
               overlap=0.0, pool=2)  # fmt: skip
 
 
-def _mask(*slices: slice) -> torch.Tensor:
-    m = torch.zeros(1, 1, 8, 8, 8, dtype=torch.bool)
-    if slices:
-        m[(0, 0, *slices)] = True
-    return m
+class _Fixed(torch.nn.Module):
+    """A net whose logits are fixed: +20 inside ``masks`` (1, 3, ...), -20 outside."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.z = torch.where(masks > 0, 20.0, -20.0)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.z.expand(x.shape[0], -1, -1, -1, -1)
 
 
-def test_score_follows_brats_rules_for_empty_masks() -> None:
-    empty, cube = _mask(), _mask(slice(2, 6), slice(2, 6), slice(2, 6))
-    assert quality._score(empty, empty) == ([1.0], [0.0])
-    assert quality._score(empty, cube) == ([0.0], [HD95_EMPTY])
-    assert quality._score(cube, empty) == ([0.0], [HD95_EMPTY])
-    assert quality._score(cube, cube) == ([1.0], [0.0])
+@pytest.mark.parametrize("prediction", ["empty", "reference"])
+def test_held_out_cases_are_scored_with_the_brats_rules_of_the_one_scorer(
+    tmp_path: Path, prediction: str
+) -> None:
+    from invseg.data import case_dicts, eval_transforms, synthesize
 
-
-def test_score_hd95_is_in_voxels_of_1mm() -> None:
-    ref = _mask(slice(2, 6), slice(2, 6), slice(2, 6))
-    shifted = _mask(slice(3, 7), slice(2, 6), slice(2, 6))
-    dice, hd = quality._score(shifted, ref)
-    assert dice[0] == pytest.approx(0.75)
-    assert hd[0] == pytest.approx(1.0)
+    case = case_dicts(synthesize("brats", tmp_path, cases=1, shape=(16, 16, 16)).cases)[0]
+    label = torch.as_tensor(eval_transforms("brats")(dict(case))["label"])[None]
+    assert label.flatten(2).any(-1).all()  # every region present in the reference
+    net = _Fixed(label if prediction == "reference" else torch.zeros_like(label))
+    job = quality.Job("m", 0, "r", 1, 16, TINY, (), (case,), "cpu", 1)
+    (row,) = quality._evaluate(net, job, torch.device("cpu"))
+    dice, hd = (1.0, 0.0) if prediction == "reference" else (0.0, EMPTY_DISTANCE)
+    assert [row[f"dice_{n}"] for n in ("tc", "wt", "et")] == [dice] * 3
+    assert [row[f"hd95_{n}"] for n in ("tc", "wt", "et")] == [hd] * 3
+    assert (row["dice_mean"], row["hd95"]) == (dice, pytest.approx(hd))
+    assert row["case"] == case["case_id"]
 
 
 # h4's hard synth calls numpy.fft with s= but no axes= (DeprecationWarning in NumPy 2.x)

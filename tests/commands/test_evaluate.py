@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from pathlib import Path
@@ -44,23 +43,17 @@ def test_shifted_cubes_give_exact_dice_and_hd95(tmp_path):
     assert csv.loc[1, "dice_WT"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize(
-    ("scoring", "one_empty", "both_empty"),
-    [
-        ("none", math.nan, math.nan),
-        ("brats", 373.13, 0.0),
-    ],
-)
-def test_region_semantics_and_empty_masks(tmp_path, scoring, one_empty, both_empty):
+@pytest.mark.parametrize("scoring", ["none", "brats"])
+def test_region_semantics_and_empty_masks(tmp_path, scoring):
     # reference: edema (2) only; prediction: same voxels as necrotic core (1)
     save(tmp_path / "ref" / "a.nii.gz", cube(2, (2, 2, 2)))
     save(tmp_path / "pred" / "a.nii.gz", cube(1, (2, 2, 2)))
     df = evaluate(tmp_path / "pred", tmp_path / "ref", labels="brats", scoring=scoring)
     row = df.iloc[0]
     assert row["dice_WT"] == 1.0 and row["hd95_WT"] == 0.0
-    assert row["dice_TC"] == 0.0  # reference TC empty, predicted TC not
-    assert row["hd95_TC"] == pytest.approx(one_empty, nan_ok=True)
-    assert row["dice_ET"] == 1.0 and row["hd95_ET"] == pytest.approx(both_empty, nan_ok=True)
+    # one BraTS rule for empty masks whatever the scoring of missing cases:
+    assert row["dice_TC"] == 0.0 and row["hd95_TC"] == 373.13  # reference TC empty, predicted not
+    assert row["dice_ET"] == 1.0 and row["hd95_ET"] == 0.0  # both empty
     assert df.attrs["scoring"] == scoring
 
 
@@ -92,9 +85,12 @@ def test_iseg_classes_with_surface_distances(tmp_path):
     assert row["dice_CSF"] == 1.0 and row["asd_CSF"] == 0.0 and row["mhd_CSF"] == 0.0
     assert row["dice_GM"] == pytest.approx(0.75) and row["hd95_GM"] == pytest.approx(2.0)
     assert row["asd_GM"] > 0 and row["mhd_GM"] >= row["asd_GM"]
-    assert row["dice_WM"] == 0.0 and math.isnan(row["asd_WM"])  # predicted WM empty
+    # predicted WM empty: the BraTS rule for every distance
+    assert row["dice_WM"] == 0.0
+    assert row[["hd95_WM", "asd_WM", "mhd_WM"]].tolist() == [373.13] * 3
     text = format_summary(df)
-    assert "1 case (labels: iseg)" in text and "CSF" in text and "WM in 1 case(s)" in text
+    assert "1 case (labels: iseg)" in text and "CSF" in text and "undefined" not in text
+    assert re.search(r"hd95 +0\.0000 +2\.0000 +373\.1300", text)
 
 
 def test_dataset_folder_as_reference(tmp_path):
