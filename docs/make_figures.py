@@ -160,7 +160,7 @@ def brats_overlay(out: Path, work: Path, *, quick: bool = False) -> Path:
                 "amp": False,
                 "progress": False,
                 "device": "cpu",
-                "val_every": 1000,
+                "val_every_steps": 1000,
                 "measure_memory": False,
             },
             "infer": {"roi_size": list(shape), "overlap": 0.25},

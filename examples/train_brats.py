@@ -47,7 +47,7 @@ def main(tmp_dir: str | Path | None = None, quick: bool = False) -> dict[str, An
             "model.channels=[8,16,32]",
             "train.steps=200",
             "train.lr=3e-3",
-            "train.val_every=10",
+            "train.val_every_steps=60",
         ]
     run = train(REPO / "configs" / "brats_partially_invres.yaml", overrides=overrides)
 

@@ -82,7 +82,7 @@ def _evaluate(a: argparse.Namespace) -> int:
 
 
 def _synth(a: argparse.Namespace) -> int:
-    from invseg.data import synthesize
+    from invseg.data.synth import held_out_folder, synthesize
 
     info = synthesize(
         a.kind,
@@ -93,8 +93,10 @@ def _synth(a: argparse.Namespace) -> int:
         layout=a.layout,
         unlabeled=a.unlabeled,
         preset=a.preset,
+        test_cases=a.test_cases,
     )
-    print(f"wrote {len(info.cases)} {a.preset} {info.layout} cases to {info.root}")
+    held = f"; {a.test_cases} held-out cases to {held_out_folder(a.output)}" if a.test_cases else ""
+    print(f"wrote {len(info.cases)} {a.preset} {info.layout} cases to {info.root}{held}")
     return 0
 
 
@@ -337,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", default=None, help="brats2020 (default), brats2021, brats2023, msd or nnunet"
     )
     p.add_argument("--unlabeled", type=int, default=0, help="extra prediction-only cases")
+    held = "also write N labelled held-out cases in the same layout into OUTPUT_test/ (drawn "
+    held += "independently of the training cases): for invseg predict / evaluate on unseen cases"
+    p.add_argument("--test-cases", type=int, default=0, metavar="N", help=held)
     p.set_defaults(handler=_synth)
 
     _add_recon_bench_config_parsers(sub)

@@ -36,7 +36,7 @@ from invseg.runtime.files import (
 )
 from invseg.runtime.loop import Loop, LoopSettings
 from invseg.runtime.restore import model_for_weights
-from invseg.tasks.config import load_recon_config
+from invseg.tasks.config import load_recon_config, load_stored_recon_config
 from invseg.tasks.recon import RESUME_MUTABLE, ReconTask, build_model, collate, simulate_dataset
 
 __all__ = [
@@ -80,20 +80,15 @@ def train_recon(
     t = cfg.train
     info = DistInfo(device=resolve_device(t.device))
     task = ReconTask(cfg, info)
-    settings = LoopSettings(
-        run_dir=Path(cfg.output.dir).expanduser(),
+    settings = LoopSettings.from_config(
+        cfg,
         total_steps=task.total_steps,
-        config=cfg.to_dict(),
-        checkpoint_every=t.checkpoint_every,
-        val_every_steps=t.val_every,
-        grad_clip=t.grad_clip,
-        progress=t.progress,
+        command="invseg recon train",
+        source=config,
+        overrides=overrides,
         resume=resume,
-        lr=t.lr,
         resume_mutable=RESUME_MUTABLE,
-        resume_hint=f"invseg recon train {config if not isinstance(config, Mapping) else 'CONFIG'}"
-        " --resume",
-        overrides=tuple(overrides),
+        per_step=f"{t.batch_size} samples (train.batch_size)",
     )
     run_dir = Loop(task, settings, info).run()
     best = run_dir / "best.pt"
@@ -162,7 +157,7 @@ def predict_recon(
     if not isinstance(state.get("config"), Mapping):
         raise ValueError(f"{checkpoint}: not a recon checkpoint (no config entry)")
     try:
-        cfg = load_recon_config(state["config"])
+        cfg = load_stored_recon_config(state["config"])
     except ValueError as err:
         raise ValueError(f"{checkpoint}: config: {err}") from None
     model = model_for_weights(lambda: build_model(cfg), state["model"], source=checkpoint)

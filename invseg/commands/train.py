@@ -17,10 +17,35 @@ from typing import Any
 
 from invseg.runtime.distributed import cleanup, init_from_env
 from invseg.runtime.loop import Loop, LoopSettings, NonFiniteLossError, TrainingInterrupted
-from invseg.tasks.config import load_config
+from invseg.tasks.config import SegConfig, load_config
 from invseg.tasks.seg import RESUME_MUTABLE, SegTask, split_cases
 
-__all__ = ["NonFiniteLossError", "TrainingInterrupted", "split_cases", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainingInterrupted",
+    "crops_per_step",
+    "split_cases",
+    "train",
+]
+
+
+def crops_per_step(cfg: SegConfig, world_size: int = 1) -> str:
+    """What one optimizer step of ``cfg`` sees, for the schedule line printed at the start.
+
+    Example:
+        >>> cfg = load_config({"train": {"batch_size": 2}, "data": {"num_samples": 3}})
+        >>> crops_per_step(cfg)
+        '6 crops (train.batch_size 2 x data.num_samples 3)'
+        >>> crops_per_step(load_config({"train": {"accumulation": 2}}), world_size=4)
+        '2 crops (train.batch_size 1 x data.num_samples 1 x train.accumulation 2) per process'
+    """
+    t, d = cfg.train, cfg.data
+    factors = [f"train.batch_size {t.batch_size}", f"data.num_samples {d.num_samples}"]
+    if t.accumulation > 1:
+        factors.append(f"train.accumulation {t.accumulation}")
+    n = t.batch_size * d.num_samples * t.accumulation
+    each = " per process" if world_size > 1 else ""
+    return f"{n} crop{'s' if n > 1 else ''} ({' x '.join(factors)}){each}"
 
 
 def train(
@@ -63,25 +88,15 @@ def train(
     info = init_from_env(cfg.train.device)
     try:
         task = SegTask(cfg, info)
-        t = cfg.train
-        settings = LoopSettings(
-            run_dir=Path(cfg.output.dir).expanduser(),
+        settings = LoopSettings.from_config(
+            cfg,
             total_steps=task.total_steps,
-            config=cfg.to_dict(),
-            accumulation=t.accumulation,
-            checkpoint_every=t.checkpoint_every,
-            val_every_epochs=t.val_every,
-            max_minutes=t.max_minutes,
-            amp=t.amp,
-            grad_clip=t.grad_clip,
-            progress=t.progress,
+            command="invseg train",
+            source=config,
+            overrides=overrides,
             resume=resume,
-            lr=t.lr,
-            weight_decay=t.weight_decay,
             resume_mutable=RESUME_MUTABLE,
-            resume_hint=f"invseg train {config if not isinstance(config, Mapping) else 'CONFIG'}"
-            " --resume",
-            overrides=tuple(overrides),
+            per_step=crops_per_step(cfg, info.world_size),
         )
         return Loop(task, settings, info).run()
     finally:

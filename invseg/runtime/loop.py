@@ -6,7 +6,8 @@ run folder:
 
 * ``last.pt``: written every ``checkpoint_every`` optimizer steps and at each epoch end, but only
   once the next loss is finite (the weights are validated by a finite loss after them), and at
-  the end of the run; ``best.pt``: the best validation score (:attr:`Task.score`);
+  the end of the run; ``best.pt``: the best validation score (:attr:`Task.score`), validated
+  every ``val_every_steps`` optimizer steps and at the end of the run (not after a signal);
 * ``metrics.csv`` (a row per optimizer step, matching ``last.pt``); ``config.yaml`` (the config
   of ``last.pt``: a resume rewrites it with its first checkpoint); ``tb/`` (a resume purges the
   steps after its checkpoint, which it logs again);
@@ -97,7 +98,6 @@ class Loop:
         self.saved_step = -1  # step of the last.pt on disk (-1: none)
         self.pending: tuple[int, bytes, int] | None = None  # (step, checkpoint bytes, rows)
         self.signum = 0
-        self.last_val_step = -1
         self.writer: Any = None
         self.guard = DivergenceGuard()
         self.config_written = False
@@ -190,7 +190,7 @@ class Loop:
             removed = remove_stale_temps(s.run_dir)
             if removed:
                 self.log(f"removed {removed} unfinished temporary file(s) of an earlier run")
-        for line in self.task.describe(self.amp):
+        for line in [*self.task.describe(self.amp), s.schedule()]:
             self.log(line)
         position = self._resume() if s.resume else (0, 0, 0)
         if self.info.is_main:
@@ -269,6 +269,14 @@ class Loop:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
 
+    def _validation_due(self, step: int, *, done: bool) -> bool:
+        """Every ``val_every_steps`` optimizer steps, at the last step, and when the time budget
+        ends the run (``done``), unless a signal is stopping it."""
+        every = self.s.val_every_steps
+        if not every:
+            return False
+        return step % every == 0 or step >= self.s.total_steps or (done and not self.signum)
+
     def validate(self, step: int, epoch: int, batch: int) -> None:
         """Validate on rank 0, log the metrics, write ``best.pt`` when the score improves."""
         self._check_weights(step, epoch)
@@ -289,7 +297,6 @@ class Loop:
                 self.best_metric, self.best_step = score, step
                 save_checkpoint(self._state(epoch, step, batch), self.best_path)
         barrier(self.info)
-        self.last_val_step = step
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
@@ -370,11 +377,12 @@ class Loop:
                 self._after_step(step, epoch, loss, lr, start)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
-                if s.val_every_steps and (step % s.val_every_steps == 0 or step == s.total_steps):
-                    self.validate(step, epoch, bi + 1 if bi + 1 < n else 0)
                 if interrupted > 0:
                     self.signum = self.signum or signal.SIGTERM
-                if step >= s.total_steps or time.monotonic() - start > budget or self.signum:
+                done = step >= s.total_steps or time.monotonic() - start > budget
+                if self._validation_due(step, done=done):
+                    self.validate(step, epoch, bi + 1 if bi + 1 < n else 0)
+                if done or self.signum:
                     stop, mid = True, (bi + 1 if bi + 1 < n else 0)
                     break
                 if s.checkpoint_every and step % s.checkpoint_every == 0 and bi + 1 < n:
@@ -382,14 +390,8 @@ class Loop:
             if mid:
                 break
             epoch, skip = epoch + 1, 0
-            every = s.val_every_epochs
-            if every and (epoch % every == 0 or (stop and not self.signum)):
-                if self.last_val_step != step:
-                    self.validate(step, epoch, 0)
             self.checkpoint(epoch, step, 0, final=stop or step >= s.total_steps)
         if mid:
-            if s.val_every_epochs and self.last_val_step != step and not self.signum:
-                self.validate(step, epoch, mid)
             self.checkpoint(epoch, step, mid, final=True)
         elif self.pending is not None and self.info.is_main:
             self._commit()

@@ -1,4 +1,5 @@
-"""What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task`, :class:`LoopSettings`.
+"""What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task`, :class:`LoopSettings`
+(:mod:`invseg.runtime.settings`).
 
 Also the ways a run stops early (:class:`TrainingDiverged` and its :class:`NonFiniteLossError`,
 decided by :class:`DivergenceGuard`; :class:`TrainingInterrupted`) and the check of what a
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shlex
 import signal
 import statistics
 import threading
@@ -23,6 +23,7 @@ from torch import nn
 
 from invseg.runtime.coerce import ConfigError
 from invseg.runtime.device import Amp
+from invseg.runtime.settings import LoopSettings
 
 __all__ = [
     "DivergenceGuard",
@@ -92,51 +93,6 @@ class Task(Protocol):
 
     def finish(self, rows: list[dict[str, Any]], run_dir: Path) -> None:
         """Called on rank 0 after the run (plots)."""
-
-
-@dataclass
-class LoopSettings:
-    """How :class:`Loop` runs a task.
-
-    Attributes:
-        run_dir: the run folder. total_steps: optimizer steps to reach.
-        config: the resolved config (plain data) stored in config.yaml and checkpoints.
-        resume_mutable: dotted config keys a ``--resume`` may change; other changes are refused.
-        val_every_epochs / val_every_steps: validation period (either or both).
-        lr, weight_decay: applied to a resumed optimizer when the config changed them.
-        resume_hint: the command that continues a run, without the run folder and the overrides
-            (:meth:`resume_command` adds them). overrides: the ``--set`` items of this run.
-    """
-
-    run_dir: Path
-    total_steps: int
-    config: dict[str, Any]
-    accumulation: int = 1
-    checkpoint_every: int | None = None
-    val_every_epochs: int | None = None
-    val_every_steps: int | None = None
-    max_minutes: float | None = None
-    amp: bool = False
-    grad_clip: float | None = None
-    progress: bool = True
-    resume: bool = False
-    lr: float | None = None
-    weight_decay: float | None = None
-    resume_mutable: tuple[str, ...] = ()
-    resume_hint: str = "invseg train CONFIG --resume"
-    overrides: tuple[str, ...] = ()
-    csv_columns: tuple[str, ...] = field(default=("step", "epoch", "loss", "lr", "time_s"))
-
-    def resume_command(self) -> str:
-        """``resume_hint`` with this run's ``--set`` items and its folder (``-o DIR``).
-
-        Example:
-            >>> LoopSettings(Path("runs/a b"), 1, {}, overrides=("data.crop=[8, 8, 8]",)
-            ...              ).resume_command()
-            "invseg train CONFIG --resume --set 'data.crop=[8, 8, 8]' -o 'runs/a b'"
-        """
-        sets = "".join(f" --set {shlex.quote(item)}" for item in self.overrides)
-        return f"{self.resume_hint}{sets} -o {shlex.quote(str(self.run_dir))}"
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

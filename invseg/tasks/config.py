@@ -19,11 +19,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from invseg.runtime.config import ConfigError, Section, field, key_hint, load, resolve_target
+from invseg.runtime.config import (
+    ConfigError,
+    Section,
+    field,
+    key_hint,
+    load,
+    resolve_target,
+    to_plain,
+)
 
-__all__ = ["ReconConfig", "SegConfig", "load_config", "load_recon_config"]
+__all__ = [
+    "ReconConfig",
+    "SegConfig",
+    "load_config",
+    "load_recon_config",
+    "load_stored_recon_config",
+]
 
 Auto = Literal["auto"]
+
+
+def _refuse_val_every(raw: Any, path: str, note: str) -> None:
+    """Refuse ``<path>.val_every``, the name of ``val_every_steps`` before both tasks counted
+    validations in optimizer steps.
+
+    Raises:
+        ConfigError: one line naming the new key, its unit and ``note`` (what changed).
+
+    Example:
+        >>> try:
+        ...     _refuse_val_every({"val_every": 5}, "train", "it counted epochs")
+        ... except ConfigError as err:
+        ...     print(err)  # doctest: +NORMALIZE_WHITESPACE
+        unknown config key 'train.val_every': it is now 'train.val_every_steps', counted in
+        optimizer steps (it counted epochs).
+    """
+    if isinstance(raw, Mapping) and "val_every" in raw:
+        raise ConfigError(
+            f"unknown config key '{path}.val_every': it is now '{path}.val_every_steps', counted "
+            f"in optimizer steps ({note})."
+        )
 
 
 # ------------------------------------------------------------------------------ segmentation
@@ -85,7 +121,7 @@ class SegTrain(Section):
     amp: bool = True  # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     seed: int = 0
     deterministic: bool = True
-    val_every: int = field(1, ge=1)  # epochs between validations
+    val_every_steps: int = field(250, ge=1)  # optimizer steps between validations (and at end)
     checkpoint_every: int | None = field(100, ge=1)  # optimizer steps between last.pt writes
     num_workers: int | Auto = field("auto", ge=0)  # auto: min(4, CPUs - 1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -93,6 +129,14 @@ class SegTrain(Section):
     progress: bool = True
     memory_budget: str | None = None  # with data.crop=auto: e.g. 12GB
     loss: SegLoss = field(SegLoss())
+
+    @classmethod
+    def build(cls, raw: Mapping[str, Any] | None, path: str) -> SegTrain:
+        """The section, refusing the old ``val_every`` (epochs) with the key that replaced it."""
+        _refuse_val_every(
+            raw, path, "it counted epochs; an epoch is cases / batch_size / accumulation steps"
+        )
+        return super().build(raw, path)
 
 
 @dataclass
@@ -225,11 +269,17 @@ class ReconTrain(Section):
     loss: Literal["mse", "l1"] = "mse"  # on the complex image
     grad_clip: float | None = field(None, gt=0)
     seed: int = 0
-    val_every: int = field(50, ge=1)  # optimizer steps between validations
+    val_every_steps: int = field(50, ge=1)  # optimizer steps between validations (and at end)
     checkpoint_every: int | None = field(50, ge=1)
     device: str = "cpu"  # cpu | cuda | auto
     dtype: Literal["float32", "float64"] = "float32"
     progress: bool = False
+
+    @classmethod
+    def build(cls, raw: Mapping[str, Any] | None, path: str) -> ReconTrain:
+        """The section, refusing the old ``val_every`` with the key that replaced it."""
+        _refuse_val_every(raw, path, "the unit it had: only the name changed")
+        return super().build(raw, path)
 
 
 @dataclass
@@ -261,3 +311,18 @@ def load_recon_config(
 ) -> ReconConfig:
     """A MoDL config from a YAML file, packaged name or mapping, plus overrides."""
     return load(ReconConfig, source, overrides)
+
+
+def load_stored_recon_config(stored: Mapping[str, Any]) -> ReconConfig:
+    """The config a recon checkpoint stores, also one written before ``train.val_every`` was
+    renamed ``train.val_every_steps`` (same unit, so the value is kept).
+
+    Example:
+        >>> load_stored_recon_config({"train": {"val_every": 7}}).train.val_every_steps
+        7
+    """
+    raw = to_plain(stored)
+    train = raw.get("train")
+    if isinstance(train, dict) and "val_every" in train:
+        train.setdefault("val_every_steps", train.pop("val_every"))
+    return load(ReconConfig, raw)

@@ -41,7 +41,8 @@ RESUME_MUTABLE = (
     "train.steps",
     "train.lr",
     "train.grad_clip",
-    "train.val_every",
+    "train.val_every_steps",
+    "train.val_every",  # its name in checkpoints written before the rename
     "train.checkpoint_every",
     "train.device",
     "train.progress",

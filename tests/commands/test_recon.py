@@ -20,7 +20,7 @@ TINY = [
     "model.channels=4",
     "model.layers=2",
     "train.steps=2",
-    "train.val_every=1",
+    "train.val_every_steps=1",
     "train.checkpoint_every=1",
     "train.device=cpu",
 ]

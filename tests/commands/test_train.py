@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -11,9 +12,9 @@ import yaml
 
 from invseg.commands.train import NonFiniteLossError, split_cases, train
 from invseg.runtime.checkpoint import load_checkpoint
-from invseg.runtime.config import ConfigError
+from invseg.runtime.config import ConfigError, list_configs, read_yaml
 from invseg.runtime.loop import Loop
-from invseg.tasks.config import load_config
+from invseg.tasks.config import load_config, load_recon_config
 from invseg.tasks.seg import SegTask
 from tests.conftest import tiny_config
 
@@ -214,3 +215,59 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_old_val_every_key_names_val_every_steps_and_its_unit(tmp_path, where) -> None:
+    cfg = tiny_config(tmp_path, tmp_path / "o")
+    if where == "file":
+        cfg["train"]["val_every"] = 5
+    sets = ["train.val_every=5"] if where == "override" else []
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, sets)
+    assert str(err.value) == (
+        "unknown config key 'train.val_every': it is now 'train.val_every_steps', counted in "
+        "optimizer steps (it counted epochs; an epoch is cases / batch_size / accumulation steps)."
+    )
+
+
+@pytest.mark.parametrize("name", sorted(list_configs()))
+def test_packaged_configs_validate_in_optimizer_steps(name: str) -> None:
+    train = read_yaml(name)["train"]
+    assert "val_every" not in train and train["val_every_steps"] >= 1
+    load = load_recon_config if name.startswith("recon") else load_config
+    assert load(name).train.val_every_steps == train["val_every_steps"]
+
+
+def test_train_builds_loop_settings_from_the_config(brats_tiny, tmp_path, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(Loop, "run", lambda self: seen.setdefault("s", self.s).run_dir)
+    path = tmp_path / "my config.yaml"
+    extra = {"accumulation": 2, "max_minutes": 5.0, "grad_clip": 0.5, "checkpoint_every": 3}
+    path.write_text(yaml.safe_dump(tiny_config(brats_tiny.root, tmp_path / "r", **extra)))
+    sets = ["train.lr=0.02", "data.num_samples=2", "train.val_every_steps=4"]
+    train(path, overrides=sets, output=tmp_path / "run")
+    s = seen["s"]
+    assert {k: getattr(s, k) for k in extra} == extra
+    assert (s.lr, s.val_every_steps, s.amp, s.progress) == (0.02, 4, False, False)
+    assert s.run_dir == tmp_path / "run" and s.config["output"]["dir"] == str(tmp_path / "run")
+    assert s.per_step == "4 crops (train.batch_size 1 x data.num_samples 2 x train.accumulation 2)"
+    assert s.resume_command() == (
+        f"invseg train {shlex.quote(str(path))} --resume --set train.lr=0.02 --set "
+        f"data.num_samples=2 --set train.val_every_steps=4 -o {shlex.quote(str(s.run_dir))}"
+    )
+
+
+def test_run_validates_every_val_every_steps_and_prints_crops_per_step(
+    brats_tiny, tmp_path, capsys
+) -> None:
+    cfg = tiny_config(brats_tiny.root, tmp_path / "run", steps=3, val_every_steps=2)
+    cfg["data"]["num_samples"] = 2
+    run = train(cfg)  # 3 training cases at batch 1: an epoch is 3 steps, validation at 2 and 3
+    out = capsys.readouterr().out
+    assert (
+        "schedule: 3 optimizer steps of 2 crops (train.batch_size 1 x data.num_samples 2); "
+        "validation every 2 steps and at the end"
+    ) in out
+    df = pd.read_csv(run / "metrics.csv")
+    assert df.loc[df["dice_mean"].notna(), "step"].tolist() == [2, 3]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from invseg.data import discover, synthesize
+from invseg.data.synth import held_out_folder
 
 
 def rel_files(root):
@@ -178,3 +179,60 @@ def test_gaussian_noise_field_keeps_odd_shapes_without_fft_warnings(shape) -> No
     assert abs(float(f.mean())) < 1e-5 and abs(float(f.std()) - 1.0) < 1e-3
     # low-passed: neighbours correlate (white noise would give about 0)
     assert float(np.mean(f[1:] * f[:-1])) > 0.5
+
+
+def _arrays(info) -> list[np.ndarray]:
+    files = [p for c in info.cases for p in (*c.images, *([c.label] if c.label else []))]
+    return [np.asarray(nib.load(p).dataobj) for p in files]
+
+
+@pytest.mark.parametrize(
+    ("kind", "layout"),
+    [("brats", "brats2020"), ("brats", "brats2023"), ("brats", "msd"), ("iseg", "iseg")],
+)
+def test_held_out_cases_share_the_layout_and_no_array_with_training(tmp_path, kind, layout):
+    root = tmp_path / "ds"
+    info = synthesize(kind, root, cases=2, test_cases=2, shape=(16, 16, 16), layout=layout)
+    held = discover(held_out_folder(root))
+    assert held.root == tmp_path / "ds_test"
+    assert held.layout == info.layout == layout
+    assert held.modalities == info.modalities
+    assert len(held.cases) == 2 and all(c.has_label for c in held.cases)
+    assert not {c.case_id for c in held.cases} & {c.case_id for c in info.cases}
+    # independent streams: not the training cases, nor those of a larger set of the same seed
+    bigger = synthesize(kind, tmp_path / "big", cases=4, shape=(16, 16, 16), layout=layout)
+    train = _arrays(info) + _arrays(bigger)
+    for a in _arrays(held):
+        assert not any(a.shape == b.shape and np.array_equal(a, b) for b in train)
+
+
+def test_held_out_cases_leave_the_training_cases_unchanged(tmp_path):
+    plain = synthesize("brats", tmp_path / "a", cases=2, shape=(16, 16, 16), seed=5)
+    both = synthesize("brats", tmp_path / "b", cases=2, shape=(16, 16, 16), seed=5, test_cases=1)
+    assert all(np.array_equal(x, y) for x, y in zip(_arrays(plain), _arrays(both), strict=True))
+    assert not (tmp_path / "a_test").exists()
+    held = discover(tmp_path / "b_test")
+    assert [c.case_id for c in held.cases] == ["BraTS20_Training_003"]
+
+
+def test_held_out_msd_dataset_json_names_its_own_cases(tmp_path):
+    kw = {"cases": 2, "unlabeled": 1, "shape": (16, 16, 16), "layout": "msd"}
+    synthesize("brats", tmp_path / "m", test_cases=2, **kw)
+    meta = json.loads((tmp_path / "m_test" / "dataset.json").read_text())
+    assert meta["numTraining"] == 2 and meta["numTest"] == 0 and meta["test"] == []
+    images = [e["image"] for e in meta["training"]]
+    assert images == ["./imagesTr/BRATS_004.nii.gz", "./imagesTr/BRATS_005.nii.gz"]
+    names = [f"{d}/BRATS_00{i}.nii.gz" for d in ("imagesTr", "labelsTr") for i in (4, 5)]
+    assert rel_files(tmp_path / "m_test") == sorted(["dataset.json", *names])
+
+
+def test_cli_test_cases_writes_the_held_out_folder(tmp_path, capsys):
+    from invseg.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["data", "synth", "--kind", "brats", "-o", str(out), "--cases", "1"]
+    assert main([*argv, "--shape", "16", "16", "16", "--test-cases", "1"]) == 0
+    assert f"1 held-out cases to {tmp_path / 'cli_test'}" in capsys.readouterr().out
+    assert [c.case_id for c in discover(tmp_path / "cli_test").cases] == ["BraTS20_Training_002"]
+    with pytest.raises(ValueError, match="test_cases >= 0"):
+        synthesize("brats", tmp_path / "neg", cases=1, shape=(16, 16, 16), test_cases=-1)

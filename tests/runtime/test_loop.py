@@ -295,3 +295,67 @@ def test_resume_purges_the_tensorboard_steps_it_logs_again(tmp_path) -> None:
         if e.HasField("session_log") and e.session_log.status == SessionLog.START
     ]
     assert starts == [4]  # TensorBoard hides the old file's steps >= 4
+
+
+def validated_steps(run_dir: Path) -> list[int]:
+    df = pd.read_csv(run_dir / "metrics.csv")
+    return df.loc[df["neg_mse"].notna(), "step"].tolist() if "neg_mse" in df else []
+
+
+@pytest.mark.parametrize(
+    ("steps", "val", "expected"),
+    [(10, 4, [4, 8, 10]), (8, 4, [4, 8]), (6, 1, [1, 2, 3, 4, 5, 6]), (5, None, [])],
+)
+def test_validation_runs_every_val_every_steps_and_at_the_last_step(tmp_path, steps, val, expected):
+    run(tmp_path / "v", steps=steps, val=val)  # 4 batches an epoch: epochs do not count
+    assert validated_steps(tmp_path / "v") == expected
+    assert (tmp_path / "v" / "best.pt").exists() == bool(expected)
+
+
+def test_time_budget_stop_validates_the_step_it_stops_at(tmp_path) -> None:
+    run(tmp_path / "t", steps=10, val=4, max_minutes=1e-9)  # over budget after step 1
+    assert load_checkpoint(tmp_path / "t" / "last.pt")["step"] == 1
+    assert validated_steps(tmp_path / "t") == [1]
+
+
+def test_signal_stop_skips_the_validation_at_the_stop(tmp_path, monkeypatch) -> None:
+    signal_at(monkeypatch, 3, signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "s", steps=10, val=2)
+    assert load_checkpoint(tmp_path / "s" / "last.pt")["step"] == 3
+    assert validated_steps(tmp_path / "s") == [2]
+
+
+def test_schedule_line_is_printed_at_the_start(tmp_path, capsys) -> None:
+    run(tmp_path / "p", steps=8, val=4, per_step="3 samples (train.batch_size)")
+    assert (
+        "schedule: 8 optimizer steps of 3 samples (train.batch_size); validation every 4 steps "
+        "and at the end; last.pt every step and at each epoch end\n"
+    ) in capsys.readouterr().out
+
+
+def test_settings_from_config_copy_the_train_keys_the_config_has(tmp_path) -> None:
+    train = {"accumulation": 2, "val_every_steps": 7, "max_minutes": 3.0, "amp": True}
+    train |= {"grad_clip": 1.0, "lr": 0.01, "weight_decay": 0.1, "checkpoint_every": 9}
+    cfg = {"train": {**train, "progress": False, "batch_size": 4}, "output": {"dir": "~/a b"}}
+    s = LoopSettings.from_config(
+        cfg,
+        total_steps=11,
+        command="invseg train",
+        source="my.yaml",
+        overrides=["train.lr=0.01"],
+        resume=True,
+        resume_mutable=["train.lr"],
+    )
+    assert {k: getattr(s, k) for k in train} == train and s.progress is False
+    assert (s.total_steps, s.resume, s.resume_mutable, s.config) == (11, True, ("train.lr",), cfg)
+    assert s.run_dir == Path("~/a b").expanduser()
+    quoted = "'" + str(Path("~/a b").expanduser()) + "'"
+    assert s.resume_command() == f"invseg train my.yaml --resume --set train.lr=0.01 -o {quoted}"
+    bare = LoopSettings.from_config(
+        {"train": {"lr": 0.5}, "output": {"dir": "r"}}, total_steps=3, command="invseg x"
+    )
+    defaults = LoopSettings(Path("r"), 3, {})
+    for key in ("accumulation", "val_every_steps", "max_minutes", "amp", "weight_decay"):
+        assert getattr(bare, key) == getattr(defaults, key), key
+    assert bare.lr == 0.5 and bare.resume_command() == "invseg x CONFIG --resume -o r"

@@ -23,6 +23,9 @@ Three presets:
   WM/GM contrast of 5-12%): what ``invseg bench quality --quick`` trains on, where a few hundred
   CPU steps must separate models.
 
+``test_cases`` adds a held-out set in the same layout beside the dataset
+(:func:`held_out_folder`: ``<root>_test``), from random streams no training case uses.
+
 Modules: :mod:`.anatomy` (templates, deformation, noise fields), :mod:`.lesions` (tumour maps),
 :mod:`.contrast` (image formation), :mod:`.brats`, :mod:`.iseg` (cases), :mod:`.writers`
 (layouts), :mod:`.stats` (label statistics, intensity baselines).
@@ -31,6 +34,7 @@ Modules: :mod:`.anatomy` (templates, deformation, noise fields), :mod:`.lesions`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,7 @@ __all__ = [
     "NATIVE_SHAPES",
     "PRESETS",
     "flair_threshold_dice",
+    "held_out_folder",
     "label_statistics",
     "summarize",
     "synthesize",
@@ -60,6 +65,8 @@ __all__ = [
 PRESETS = ("easy", "medium", "hard")
 #: The random stream of each preset (fixed, so adding a preset never changes another's data).
 _STREAM = {"easy": None, "hard": 1, "medium": 2}
+#: Tag of the held-out cases' random streams: independent of every training case of any seed.
+_HELD_OUT = 7919
 #: Native geometries at 1 mm (``shape="native"``): BraTS 240x240x155, iSeg 144x192x256.
 NATIVE_SHAPES = {"brats": (240, 240, 155), "iseg": (144, 192, 256)}
 _NATIVE_SCALE = {"brats": 1.0, "iseg": 0.8}  # anatomy size at 1 mm: adult, infant (~6 months)
@@ -84,6 +91,27 @@ def _check_counts(cases: int, unlabeled: int, spacing: Sequence[float]) -> None:
         raise ValueError(f"spacing must be 3 positive sizes in mm, got {tuple(spacing)}")
 
 
+def held_out_folder(root: str | Path) -> Path:
+    """The folder of the held-out cases of the dataset ``root``: ``<root>_test`` beside it.
+
+    Example:
+        >>> held_out_folder("data/brats_hard").as_posix()
+        'data/brats_hard_test'
+    """
+    root = Path(root).expanduser()
+    return root.with_name(f"{root.name}_test")
+
+
+def _rng(seed: int, index: int, preset: str, held_out: bool) -> np.random.Generator:
+    """The random stream of one case: ``(seed, index, preset)``, tagged for held-out cases."""
+    stream = _STREAM[preset]
+    if held_out:
+        return np.random.default_rng([int(seed), index, stream or 0, _HELD_OUT])
+    # easy keeps the historical streams; other presets get their own
+    key = [int(seed), index] if stream is None else [int(seed), index, stream]
+    return np.random.default_rng(key)
+
+
 def synthesize(
     kind: str,
     root: str | Path,
@@ -97,6 +125,7 @@ def synthesize(
     orientation: str = "RAS",
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     compress: bool = True,
+    test_cases: int = 0,
 ) -> DatasetInfo:
     """Write a synthetic dataset in a real on-disk layout and return its :class:`DatasetInfo`.
 
@@ -121,9 +150,12 @@ def synthesize(
             anatomy stays put in world space. Ignored for Analyze (iSeg), which has no rotation.
         spacing: voxel size in mm along the R, A, S axes.
         compress: ``.nii.gz`` (default) or ``.nii``.
+        test_cases: labelled held-out cases written into :func:`held_out_folder` (``<root>_test``)
+            in the same layout, numbered after the cases of ``root`` and drawn from random
+            streams of their own: no case of any seed's training set reappears among them.
 
     Returns:
-        ``discover(root)``.
+        ``discover(root)`` (the held-out set: ``discover(held_out_folder(root))``).
 
     Raises:
         ValueError: unknown ``kind``/``layout``/``preset``, no case, a shape under 16 voxels.
@@ -140,26 +172,54 @@ def synthesize(
     preset = check_option("synthetic preset", preset, PRESETS)
     shape3, native = _check_shape(kind, shape)
     _check_counts(cases, unlabeled, spacing)
+    if int(test_cases) < 0:
+        raise ValueError(f"need test_cases >= 0, got {test_cases}")
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    ext = ".nii.gz" if compress else ".nii"
     scale = _NATIVE_SCALE[kind] if native else None
-    for i in range(int(cases) + int(unlabeled)):
-        # easy keeps the historical streams; other presets get their own
-        stream = _STREAM[preset]
-        key = [int(seed), i] if stream is None else [int(seed), i, stream]
-        rng = np.random.default_rng(key)
-        labelled = i < cases
-        if kind == "iseg":
-            images, label = iseg_case(rng, shape3, preset=preset, scale=scale)
-            write_iseg(root, i + 1, images, label if labelled else None, spacing)
-        else:
-            images, tumour = brats_case(rng, shape3, preset=preset, scale=scale)
-            ori = orientation.upper()
-            write_brats(root, layout, i, labelled, images, tumour, ori, spacing, ext, int(cases))
-    if layout in ("msd", "nnunet"):
-        write_dataset_json(root, layout, int(cases), int(unlabeled), ext)
+    ext = ".nii.gz" if compress else ".nii"
+    write = _Writer(kind, layout, preset, shape3, scale, orientation.upper(), spacing, ext, seed)
+    write(root, range(int(cases) + int(unlabeled)), labelled=int(cases), held_out=False)
+    if int(test_cases):
+        first = int(cases) + int(unlabeled)  # case numbers that never clash with root's
+        write(held_out_folder(root), range(first, first + int(test_cases)), held_out=True)
 
     from invseg.data.layouts import discover
 
     return discover(root)
+
+
+@dataclass(frozen=True)
+class _Writer:
+    """Writes cases of one kind, layout, preset and geometry into dataset folders."""
+
+    kind: str
+    layout: str
+    preset: str
+    shape: tuple[int, int, int]
+    scale: float | None  # anatomy size of native geometries; None: the brain fills the box
+    orientation: str
+    spacing: Sequence[float]
+    ext: str
+    seed: int
+
+    def __call__(
+        self, root: Path, indices: range, *, labelled: int | None = None, held_out: bool
+    ) -> None:
+        """Write the cases ``indices`` into ``root``: the first ``labelled`` of them (all when
+        ``None``) with a label file, the others as prediction-only cases."""
+        root.mkdir(parents=True, exist_ok=True)
+        n_labelled = len(indices) if labelled is None else labelled
+        for k, i in enumerate(indices):
+            rng = _rng(self.seed, i, self.preset, held_out)
+            has_label = k < n_labelled
+            if self.kind == "iseg":
+                images, label = iseg_case(rng, self.shape, preset=self.preset, scale=self.scale)
+                write_iseg(root, i + 1, images, label if has_label else None, self.spacing)
+                continue
+            images, tumour = brats_case(rng, self.shape, preset=self.preset, scale=self.scale)
+            n_before = indices.start + n_labelled  # case numbers before the unlabelled ones
+            args = (images, tumour, self.orientation, self.spacing, self.ext, n_before)
+            write_brats(root, self.layout, i, has_label, *args)
+        if self.layout in ("msd", "nnunet"):
+            unlabeled = len(indices) - n_labelled
+            write_dataset_json(root, self.layout, n_labelled, unlabeled, self.ext, indices.start)

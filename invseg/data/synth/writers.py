@@ -119,8 +119,12 @@ def write_brats(
         put(label, out / "labelsTr" / f"{case}{ext}")
 
 
-def write_dataset_json(out: Path, layout: str, cases: int, unlabeled: int, ext: str) -> None:
-    """Write the MSD or nnU-Net ``dataset.json``."""
+def write_dataset_json(
+    out: Path, layout: str, cases: int, unlabeled: int, ext: str, first: int = 0
+) -> None:
+    """Write the MSD or nnU-Net ``dataset.json`` of cases ``first + 1`` to
+    ``first + cases + unlabeled`` (the first ``cases`` labelled)."""
+    labelled = range(first + 1, first + cases + 1)
     if layout == "msd":
         meta = {
             "name": "BRATS",
@@ -140,10 +144,11 @@ def write_dataset_json(out: Path, layout: str, cases: int, unlabeled: int, ext: 
                     "image": f"./imagesTr/BRATS_{i:03d}{ext}",
                     "label": f"./labelsTr/BRATS_{i:03d}{ext}",
                 }
-                for i in range(1, cases + 1)
+                for i in labelled
             ],
             "test": [
-                f"./imagesTs/BRATS_{i:03d}{ext}" for i in range(cases + 1, cases + unlabeled + 1)
+                f"./imagesTs/BRATS_{i:03d}{ext}"
+                for i in range(labelled.stop, first + cases + unlabeled + 1)
             ],
         }
     else:
