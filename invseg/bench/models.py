@@ -2,8 +2,9 @@
 
 Every entry is built by :func:`build` with one signature and wrapped in :class:`ZooNet`, whose
 ``forward`` returns ``(logits, vae_loss)`` (``vae_loss`` is ``None`` without a VAE branch or in
-eval mode), so one training loop serves every row. The peers are MONAI's own classes, configured
-here, not copied:
+eval mode), so one training loop serves every row: a net with a VAE branch returns that pair
+itself while it trains (ours and MONAI's ``SegResNetVAE``), the others their logits. The peers
+are MONAI's own classes, configured here, not copied:
 
 ========================  =================================================================
 name                      network (``base`` = width of the first level)
@@ -50,7 +51,8 @@ class ZooNet(nn.Module):
         name: zoo name.
         memory: ``"store"``, ``"checkpoint"`` or ``"invert"`` (how activations are kept).
         multiple: the input's spatial sizes must be a multiple of this (1: any size).
-        vae_scale: factor applied to a VAE loss the net returns itself (MONAI ``SegResNetVAE``).
+        vae_scale: factor applied to the VAE loss the net returns (0.1 for MONAI's
+            ``SegResNetVAE``, whose loss is unweighted; ours weight theirs themselves).
     """
 
     def __init__(
@@ -62,10 +64,8 @@ class ZooNet(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         out = self.net(x)
-        if isinstance(out, tuple):
-            logits, vae = out
-            return logits, None if vae is None else vae * self.vae_scale
-        return out, getattr(self.net, "vae_loss", None)
+        logits, vae = out if isinstance(out, tuple) else (out, None)
+        return logits, None if vae is None else vae * self.vae_scale
 
     def logits(self, x: Tensor) -> Tensor:
         """Only the logits (for sliding-window inference)."""
@@ -98,12 +98,11 @@ def _unet3d(memory: str) -> Callable[..., nn.Module]:
 def _inv(kind: str, vae: bool, blocks: int = 1, **extra: object) -> Callable[..., nn.Module]:
     def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
         from invseg.nets import FullyInvResUNet, PartiallyInvResUNet
+        from invseg.nets.vae import vae_kwargs
 
         cls = PartiallyInvResUNet if kind == "partially" else FullyInvResUNet
-        return cls(
-            3, i, o, channels=_widths(base), blocks=blocks, memory="invert", vae=vae,
-            input_image_size=crop if vae else None, **extra,
-        )  # fmt: skip
+        kw = {"channels": _widths(base), "blocks": blocks, "memory": "invert", "vae": vae}
+        return cls(3, i, o, **vae_kwargs(kw | extra, crop))
 
     return make
 

@@ -38,6 +38,7 @@ from invseg.bench.harness import (
 from invseg.bench.report import update_section, verdict, verdicts
 from invseg.engine import activation_bytes
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet, UNet3D
+from invseg.nets.vae import vae_kwargs
 from invseg.runtime.device import resolve_device
 from invseg.runtime.plots import save_figure
 
@@ -72,16 +73,14 @@ def _ours(
     anchor_every: int | None = None,
 ):
     torch.manual_seed(0)
-    kw: dict = {"channels": CHANNELS, "blocks": blocks}
+    kw: dict = {"channels": CHANNELS, "blocks": blocks, "vae": vae}
     if lift:
         kw["lift"] = True
     if anchor_every is not None:
         kw["anchor_every"] = anchor_every
     if memory is not None:
         kw["memory"] = memory
-    if vae:
-        kw.update(vae=True, input_image_size=(size,) * 3)
-    return cls(3, IN_CHANNELS, OUT_CHANNELS, **kw)
+    return cls(3, IN_CHANNELS, OUT_CHANNELS, **vae_kwargs(kw, (size,) * 3))
 
 
 def _lifted(memory: str, size: int, blocks: int) -> nn.Module:
@@ -115,12 +114,13 @@ def _matching_filters(target: int) -> int:
 
 
 def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared logits plus the VAE loss that a VAE net (ours, MONAI's) returns in training.
+
+    MONAI's is unweighted: a constant weight would change neither bytes nor time.
+    """
     out = model(x)
-    if isinstance(out, tuple):  # MONAI SegResNetVAE: (logits, vae_loss or None)
-        logits, vae = out
-        return logits.square().mean() + (0.1 * vae if vae is not None else 0.0)
-    vae = getattr(model, "vae_loss", None)
-    return out.square().mean() + (vae if vae is not None else 0.0)
+    logits, vae = out if isinstance(out, tuple) else (out, None)
+    return logits.square().mean() + (vae if vae is not None else 0.0)
 
 
 def _plot(sweep: dict[str, dict[int, int]], path: Path, size: int) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
+import typing
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
+from invseg._choices import check_option, did_you_mean
+from invseg.engine import MEMORY_MODES
 from invseg.nets._layers import (
     DEFAULT_ACT,
     DEFAULT_NORM,
@@ -24,18 +29,21 @@ from invseg.nets.vae import VAEBranch
 
 #: ``run_level(fn, *args) -> fn(*args)``, possibly under a memory mechanism.
 LevelRunner = Callable[..., Tensor]
+#: What a net returns: the logits, or ``(logits, vae_loss)`` while its VAE branch trains.
+NetOutput = Tensor | tuple[Tensor, Tensor]
 
 
 class UNetFrame(nn.Module):
-    """What every net of this package checks and keeps: its options, levels and VAE branch.
+    """What every net of this package checks and keeps: its options, levels, memory and VAE.
 
-    Sets ``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``, ``levels``,
+    Its constructor is the one place the arguments the nets share are written and checked (the
+    public ones of :class:`~invseg.nets.UNet3D`); a net adds its own with :func:`net_signature`.
+    It sets ``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``, ``levels``,
     ``blocks`` (one per level), ``act``, ``norm``, ``dropout``, ``input_image_size``,
     ``multiple`` (``2**(levels - 1)``, the size inputs are padded to), ``vae``,
-    ``vae_weights``, ``vae_branch`` (``None`` until :meth:`build` sets it with
-    :meth:`make_vae`) and ``vae_loss``. Each net then sets its own options and calls
-    :meth:`build`, which creates its layers (in its own order, which fixes the seeded weights).
-    The arguments and defaults are the public ones of :class:`~invseg.nets.UNet3D`.
+    ``vae_weights`` and ``vae_branch`` (``None`` until :meth:`make_layers` sets it with
+    :meth:`make_vae`). Each net then sets its own options and calls :meth:`build`, which creates
+    its layers (in its own order, which fixes the seeded weights) and applies ``memory``.
     """
 
     def __init__(
@@ -49,29 +57,47 @@ class UNetFrame(nn.Module):
         act: str | tuple = DEFAULT_ACT,
         norm: str | tuple = DEFAULT_NORM,
         dropout: float = 0.0,
+        memory: str = "store",
         vae: bool = False,
         input_image_size: Sequence[int] | None = None,
         vae_weights: tuple[float, float] = (0.1, 0.1),
     ) -> None:
         super().__init__()
         channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
-        self.spatial_dims, self.in_channels, self.out_channels = (
-            spatial_dims,
-            in_channels,
-            out_channels,
-        )
-        self.channels = channels
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.out_channels, self.channels = out_channels, channels
         self.levels = len(channels)
         self.blocks = per_level(blocks, self.levels)
         self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
+        self._memory = check_option("memory", memory, MEMORY_MODES)  # applied by build()
         self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
         self.multiple = 2 ** (self.levels - 1)
         self.vae, self.vae_weights = vae, vae_weights
         self.vae_branch: VAEBranch | None = None
-        self.vae_loss: Tensor | None = None
+
+    @property
+    def memory(self) -> str:
+        """How the net keeps activations for backward; setting it switches every layer."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        self._memory = self.switch_memory(check_option("memory", value, MEMORY_MODES))
+
+    def switch_memory(self, mode: str) -> str:
+        """Put the layers in memory mode ``mode`` (checked); return the mode the net reports."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"memory={self.memory!r}"
 
     def build(self) -> None:
-        """Create the layers (subclasses); each net calls it once at the end of ``__init__``."""
+        """Create the layers (:meth:`make_layers`) and put them in the memory mode asked for."""
+        self.make_layers()
+        self.memory = self._memory
+
+    def make_layers(self) -> None:
+        """Create the layers (subclasses); :meth:`build` calls it once."""
         raise NotImplementedError
 
     def make_blocks(self, block: type[nn.Module], channels: int, count: int) -> list[nn.Module]:
@@ -93,6 +119,48 @@ class UNetFrame(nn.Module):
             weights=self.vae_weights,
         )
 
+    def output(self, logits: Tensor, vae_loss: Tensor | None) -> NetOutput:
+        """``logits``, or ``(logits, vae_loss)`` while the VAE branch trains (MONAI style)."""
+        return logits if vae_loss is None else (logits, vae_loss)
+
+
+def net_signature(init: Callable[..., None]) -> Callable[..., None]:
+    """Give a net's ``__init__(self, *args, <its own keywords>, **options)`` its full signature.
+
+    The shared arguments are written once, on :class:`UNetFrame`; a net's ``__init__`` names
+    only its own keyword arguments and the defaults it changes (e.g. ``memory``), and passes
+    ``*args, **options`` on. The decorated ``__init__`` has the shared parameters with the
+    net's own (its defaults win; its new arguments come last) as the signature and type hints
+    that ``inspect.signature``, ``help()``, the checkpoint registry and the config checks read,
+    and an argument outside them is a ``TypeError`` naming the net, with a did-you-mean hint.
+
+    Example:
+        >>> import inspect
+        >>> from invseg.nets import PartiallyInvResUNet
+        >>> list(inspect.signature(PartiallyInvResUNet).parameters)[-2:]
+        ['vae_weights', 'anchor_every']
+        >>> inspect.signature(PartiallyInvResUNet).parameters["memory"].default
+        'invert'
+    """
+    shared = inspect.signature(UNetFrame.__init__).parameters
+    own = {n: p for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    signature = inspect.Signature([own.pop(n, p) for n, p in shared.items()] + [*own.values()])
+    hints = typing.get_type_hints(UNetFrame.__init__) | typing.get_type_hints(init)
+
+    @functools.wraps(init)
+    def wrapper(self: UNetFrame, *args: Any, **kwargs: Any) -> None:
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError as err:
+            unknown = next((k for k in kwargs if k not in signature.parameters), None)
+            hint = "" if unknown is None else did_you_mean(unknown, signature.parameters)
+            raise TypeError(f"{type(self).__name__}: {err}.{hint}") from None
+        init(self, *args, **kwargs)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {k: v for k, v in hints.items() if k in signature.parameters}
+    return wrapper
+
 
 class ResUNetBase(UNetFrame):
     """Stem conv, per-level residual stages, strided-conv down, transposed-conv up, additive skips.
@@ -104,7 +172,7 @@ class ResUNetBase(UNetFrame):
     Inputs of any size are zero-padded to a multiple of ``2**(L-1)`` and cropped back.
     """
 
-    def build(self) -> None:
+    def make_layers(self) -> None:
         channels, dims = self.channels, self.spatial_dims
         self.stem = conv(dims, self.in_channels, channels[0], 3)
         self.encoder = nn.ModuleList(
@@ -127,20 +195,21 @@ class ResUNetBase(UNetFrame):
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> NetOutput:
         return self.forward_levels(x, self.run_level)
 
     def run_level(self, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
         """Run one level, ``fn(*args)``: plainly here; UNet3D may checkpoint it."""
         return fn(*args)
 
-    def forward_levels(self, x: Tensor, run_level: LevelRunner) -> Tensor:
+    def forward_levels(self, x: Tensor, run_level: LevelRunner) -> NetOutput:
         """The forward pass with each level run as ``run_level(fn, *args)``.
 
         The levels are each encoder stage, the bottom stage and each decoder step (up-sampling,
         skip addition and stage); the stem, the strided down-sampling convs, the head and the
         VAE branch run outside them. ``forward`` passes :meth:`run_level`; a memory mechanism
-        (e.g. a checkpoint per level) is a ``run_level`` that wraps the call.
+        (e.g. a checkpoint per level) is a ``run_level`` that wraps the call. Returns what
+        ``forward`` does: the logits, or ``(logits, vae_loss)`` while the VAE branch trains.
         """
         check_input(self, x)
         use_vae = self.vae_branch is not None and self.training
@@ -152,10 +221,10 @@ class ResUNetBase(UNetFrame):
             skips.append(h)
             h = down(h)
         h = run_level(self.bottom, h)
-        self.vae_loss = self.vae_branch(h, x)[1] if use_vae else None
+        vae_loss = self.vae_branch(h, x)[1] if use_vae else None
         for stage, up, skip in zip(reversed(self.decoder), reversed(self.up), reversed(skips)):
             h = run_level(functools.partial(_decode, stage, up), h, skip)
-        return crop_to(self.head(h), size)
+        return self.output(crop_to(self.head(h), size), vae_loss)
 
 
 def _decode(stage: nn.Module, up: nn.Module, h: Tensor, skip: Tensor) -> Tensor:

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from invseg.engine import (
-    MEMORY_MODES,
     InvertibleDownsample3d,
     InvertibleSequential,
     InvertibleUpsample3d,
     OrthogonalMix,
 )
 from invseg.nets._fully_level import BottleneckTap, ChannelLift, InvertibleLevel, tap_features
-from invseg.nets._layers import (
-    DEFAULT_ACT,
-    DEFAULT_NORM,
-    check_option,
-    conv,
-    crop_to,
-    pad_to_multiple,
-)
-from invseg.nets._unet import UNetFrame, check_input
+from invseg.nets._layers import conv, crop_to, pad_to_multiple
+from invseg.nets._unet import NetOutput, UNetFrame, check_input, net_signature
 from invseg.nets.res_block import InvertibleResBlock
 
 
@@ -105,11 +98,12 @@ class FullyInvResUNet(UNetFrame):
     Attributes:
         body: the invertible body (``body(h)``, ``body.inverse(y)``).
         effective_channels: channels per level actually used.
-        vae_loss: the weighted VAE loss of the last training forward, else ``None``.
 
     Shape:
         ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` for any size (padded to a
-        multiple of ``2**(len(channels) - 1)`` inside and cropped back).
+        multiple of ``2**(len(channels) - 1)`` inside and cropped back). While the VAE branch
+        trains (``vae=True``, training mode) ``forward`` returns ``(logits, vae_loss)``, the
+        weighted VAE loss a scalar, as MONAI's ``SegResNetVAE``; else the logits alone.
 
     Raises:
         ValueError: for odd ``channels[0]``, a bad option (did-you-mean) or a wrong VAE crop.
@@ -124,41 +118,15 @@ class FullyInvResUNet(UNetFrame):
         torch.Size([1, 3, 5, 6, 7])
     """
 
+    @net_signature
     def __init__(
-        self,
-        spatial_dims: int = 3,
-        in_channels: int = 4,
-        out_channels: int = 3,
-        *,
-        channels: Sequence[int] = (16, 32, 64, 128),
-        blocks: int | Sequence[int] = 1,
-        act: str | tuple = DEFAULT_ACT,
-        norm: str | tuple = DEFAULT_NORM,
-        dropout: float = 0.0,
-        memory: str = "invert",
-        vae: bool = False,
-        input_image_size: Sequence[int] | None = None,
-        vae_weights: tuple[float, float] = (0.1, 0.1),
-        lift: bool = False,
+        self, *args: Any, memory: str = "invert", lift: bool = False, **options: Any
     ) -> None:
-        super().__init__(
-            spatial_dims,
-            in_channels,
-            out_channels,
-            channels=channels,
-            blocks=blocks,
-            act=act,
-            norm=norm,
-            dropout=dropout,
-            vae=vae,
-            input_image_size=input_image_size,
-            vae_weights=vae_weights,
-        )
+        super().__init__(*args, memory=memory, **options)
         self.lift = bool(lift)
         self.build()
-        self.memory = memory
 
-    def build(self) -> None:
+    def make_layers(self) -> None:
         """Create the stem, the invertible body and the head (memory modes: :attr:`memory`)."""
         channels, lift = self.channels, self.lift
         if lift and self.out_channels > channels[0]:
@@ -208,31 +176,27 @@ class FullyInvResUNet(UNetFrame):
         layers = self.make_blocks(InvertibleResBlock, channels, blocks)
         return InvertibleSequential(*layers, *([tap] if tap is not None else []), memory="store")
 
-    @property
-    def memory(self) -> str:
-        """Memory mode of the net; setting it switches the body and its coupling chains."""
-        return self._memory
+    def switch_memory(self, mode: str) -> str:
+        """Switch the body and its coupling chains.
 
-    @memory.setter
-    def memory(self, value: str) -> None:
-        self._memory = check_option("memory", value, MEMORY_MODES)
-        # "checkpoint": plain autograd around the coupling chains, each checkpointed per block
-        # (a checkpoint of the whole body would re-materialise all of it in backward)
-        self.body.memory = "store" if value == "checkpoint" else value
+        ``"checkpoint"``: plain autograd around the coupling chains, each checkpointed per
+        block (a checkpoint of the whole body would re-materialise all of it in backward).
+        """
+        self.body.memory = "store" if mode == "checkpoint" else mode
         for chain in self.body.modules():
             if type(chain) is InvertibleSequential and chain is not self.body:
-                chain.memory = "checkpoint" if value == "checkpoint" else "store"
+                chain.memory = "checkpoint" if mode == "checkpoint" else "store"
+        return mode
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> NetOutput:
         check_input(self, x)
         h, size = pad_to_multiple(x, self.multiple)
         y = self.body(self.stem(h))
+        vae_loss = None
         if self.vae_branch is not None and self.training:
-            self.vae_loss = self.vae_branch(tap_features(self.tap, y), x)[1]
-        else:
-            self.vae_loss = None
-            if self.tap is not None:
-                self.tap.value = None
+            vae_loss = self.vae_branch(tap_features(self.tap, y), x)[1]
+        elif self.tap is not None:
+            self.tap.value = None
         if self.head is None:
             # lift: the logits are every k-th channel of the body output (a strided view
             # spanning both coupling halves), so the loss saves nothing the engine doesn't keep
@@ -240,4 +204,4 @@ class FullyInvResUNet(UNetFrame):
             logits = y[:, ::step][:, : self.out_channels]
         else:
             logits = self.head(y)
-        return crop_to(logits, size)
+        return self.output(crop_to(logits, size), vae_loss)

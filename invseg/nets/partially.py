@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from invseg.engine import MEMORY_MODES, InvertibleSequential, set_memory
-from invseg.nets._layers import DEFAULT_ACT, DEFAULT_NORM, check_option
-from invseg.nets._unet import ResUNetBase
+from invseg.engine import InvertibleSequential, set_memory
+from invseg.nets._unet import ResUNetBase, net_signature
 from invseg.nets.res_block import InvertibleResBlock
 
 
@@ -44,11 +43,10 @@ class PartiallyInvResUNet(ResUNetBase):
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
 
-    Attributes:
-        vae_loss: the weighted VAE loss of the last training forward, else ``None``.
-
     Shape:
-        ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` for any size.
+        ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` for any size. While the VAE
+        branch trains (``vae=True``, training mode) ``forward`` returns ``(logits, vae_loss)``,
+        the weighted VAE loss a scalar, as MONAI's ``SegResNetVAE``; else the logits alone.
 
     Raises:
         ValueError: for odd channels, a bad option (did-you-mean), or a wrong VAE crop.
@@ -62,55 +60,23 @@ class PartiallyInvResUNet(ResUNetBase):
         torch.Size([1, 3, 8, 8, 8])
     """
 
+    @net_signature
     def __init__(
-        self,
-        spatial_dims: int = 3,
-        in_channels: int = 4,
-        out_channels: int = 3,
-        *,
-        channels: Sequence[int] = (16, 32, 64, 128),
-        blocks: int | Sequence[int] = 1,
-        act: str | tuple = DEFAULT_ACT,
-        norm: str | tuple = DEFAULT_NORM,
-        dropout: float = 0.0,
-        memory: str = "invert",
-        anchor_every: int | None = None,
-        vae: bool = False,
-        input_image_size: Sequence[int] | None = None,
-        vae_weights: tuple[float, float] = (0.1, 0.1),
+        self, *args: Any, memory: str = "invert", anchor_every: int | None = None, **options: Any
     ) -> None:
-        odd = [c for c in channels if not isinstance(c, int) or c % 2]
+        super().__init__(*args, memory=memory, **options)
+        odd = [c for c in self.channels if c % 2]
         if odd:
             raise ValueError(
                 f"PartiallyInvResUNet needs even channels (each coupling splits them in halves), "
-                f"got {tuple(channels)!r}."
+                f"got {self.channels!r}."
             )
-        super().__init__(
-            spatial_dims,
-            in_channels,
-            out_channels,
-            channels=channels,
-            blocks=blocks,
-            act=act,
-            norm=norm,
-            dropout=dropout,
-            vae=vae,
-            input_image_size=input_image_size,
-            vae_weights=vae_weights,
-        )
-        self.memory = memory  # checked by the setter; no stage exists yet
         self.anchor_every = anchor_every  # checked by each stage
         self.build()
 
-    @property
-    def memory(self) -> str:
-        """Memory mode of every invertible stage; setting it switches them all."""
-        return self._memory
-
-    @memory.setter
-    def memory(self, value: str) -> None:
-        self._memory = check_option("memory", value, MEMORY_MODES)
-        set_memory(self, self._memory)
+    def switch_memory(self, mode: str) -> str:
+        set_memory(self, mode)
+        return mode
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         return InvertibleSequential(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from invseg.engine import MEMORY_MODES
-from invseg.nets._layers import DEFAULT_ACT, DEFAULT_NORM, check_option
-from invseg.nets._unet import ResUNetBase
+from invseg.nets._unet import ResUNetBase, net_signature
 from invseg.nets.res_block import ResidualBlock
 
 
@@ -52,12 +51,11 @@ class UNet3D(ResUNetBase):
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
 
-    Attributes:
-        vae_loss: the weighted VAE loss of the last training forward, else ``None``.
-
     Shape:
         ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` for any ``D, H, W`` (padded
-        to a multiple of ``2**(len(channels) - 1)`` inside and cropped back).
+        to a multiple of ``2**(len(channels) - 1)`` inside and cropped back). While the VAE
+        branch trains (``vae=True``, training mode) ``forward`` returns ``(logits, vae_loss)``,
+        the weighted VAE loss a scalar, as MONAI's ``SegResNetVAE``; else the logits alone.
 
     Raises:
         ValueError: for bad channels/blocks/options (an unknown ``memory`` with a did-you-mean
@@ -72,45 +70,17 @@ class UNet3D(ResUNetBase):
         (torch.Size([1, 3, 7, 9, 8]), 'checkpoint')
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 3,
-        in_channels: int = 4,
-        out_channels: int = 3,
-        *,
-        channels: Sequence[int] = (16, 32, 64, 128),
-        blocks: int | Sequence[int] = 1,
-        act: str | tuple = DEFAULT_ACT,
-        norm: str | tuple = DEFAULT_NORM,
-        dropout: float = 0.0,
-        memory: str = "store",
-        vae: bool = False,
-        input_image_size: Sequence[int] | None = None,
-        vae_weights: tuple[float, float] = (0.1, 0.1),
-    ) -> None:
-        super().__init__(
-            spatial_dims, in_channels, out_channels, channels=channels, blocks=blocks, act=act,
-            norm=norm, dropout=dropout, vae=vae, input_image_size=input_image_size,
-            vae_weights=vae_weights,
-        )  # fmt: skip
-        self.memory = memory  # checked by the setter
+    @net_signature
+    def __init__(self, *args: Any, memory: str = "store", **options: Any) -> None:
+        super().__init__(*args, memory=memory, **options)
         self.build()
 
     #: The memory modes that differ for this net (``"invert"`` has nothing to invert here).
     memory_modes = ("store", "checkpoint")
 
-    @property
-    def memory(self) -> str:
-        """How the levels keep their activations: ``"store"`` or ``"checkpoint"``."""
-        return self._memory
-
-    @memory.setter
-    def memory(self, value: str) -> None:
-        mode = check_option("memory", value, MEMORY_MODES)
-        self._memory = "store" if mode == "invert" else mode
-
-    def extra_repr(self) -> str:
-        return f"memory={self.memory!r}"
+    def switch_memory(self, mode: str) -> str:
+        """``"store"`` or ``"checkpoint"``: how :meth:`run_level` runs the levels."""
+        return "store" if mode == "invert" else mode
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         return nn.Sequential(*self.make_blocks(ResidualBlock, channels, blocks))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,34 @@ from monai.networks.layers.utils import get_act_layer
 from torch import Tensor, nn
 
 from invseg.nets._layers import DEFAULT_ACT, DEFAULT_NORM, conv, crop_to, make_norm, norm_act_conv
+
+
+def vae_kwargs(model_cfg: Mapping[str, Any], crop: Sequence[int]) -> dict[str, Any]:
+    """A net's arguments for training on ``crop``: with ``vae`` on, the crop fixes the VAE's size.
+
+    The VAE branch's dense layers are built for one input size, so a net with ``vae`` true
+    trains on one crop: ``input_image_size`` is set to ``crop`` (replacing any value given).
+    Without ``vae`` the arguments are returned unchanged. The one home of this rule for
+    training, crop planning and the benchmarks.
+
+    Args:
+        model_cfg: a net's keyword arguments (a config's ``model`` section, ``_target_`` and
+            all).
+        crop: the training crop ``(D, H, W)``.
+
+    Returns:
+        A new dict; ``model_cfg`` is not changed.
+
+    Example:
+        >>> vae_kwargs({"vae": True, "channels": [4, 8]}, (32, 32, 16))
+        {'vae': True, 'channels': [4, 8], 'input_image_size': [32, 32, 16]}
+        >>> vae_kwargs({"channels": [4, 8]}, (32, 32, 16))
+        {'channels': [4, 8]}
+    """
+    kwargs = dict(model_cfg)
+    if kwargs.get("vae"):
+        kwargs["input_image_size"] = [int(s) for s in crop]
+    return kwargs
 
 
 class VAEBranch(nn.Module):

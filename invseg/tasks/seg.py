@@ -3,7 +3,8 @@ r"""Segmentation as a training task: data, network, loss, validation for the run
 The loss (:mod:`invseg.tasks.seg_loss`) is Dice plus per-channel binary cross-entropy for
 BraTS-like region conventions (a sigmoid per region) and Dice plus softmax cross-entropy for
 label conventions (iSeg), each weighted by ``train.loss``; :math:`w_\mathrm{vae}` times the
-network's own ``vae_loss`` is added when its VAE branch is on.
+VAE loss the network returns with its logits (``(logits, vae_loss)``) is added when its VAE
+branch is on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from invseg._choices import did_you_mean
 from invseg.engine import activation_bytes
 from invseg.nets.registry import check_plain, full_name
+from invseg.nets.vae import vae_kwargs
 from invseg.runtime.checkpoint import RunMeta
 from invseg.runtime.config import ConfigError, instantiate_model, to_plain
 from invseg.runtime.device import Amp, auto_workers
@@ -40,6 +42,7 @@ RESUME_MUTABLE = (
     "train.weight_decay",
     "train.grad_clip",
     "train.val_every",
+    "train.val_every_steps",
     "train.checkpoint_every",
     "train.num_workers",
     "train.device",
@@ -179,9 +182,8 @@ class SegTask:
         return [max(128, c) for c in self.data.crop]
 
     def _setup_model(self) -> None:
-        t, mcfg, conv = self.cfg.train, dict(self.cfg.model), self.data.convention
-        if self.cfg.data.crop == "auto" and mcfg.get("vae"):
-            mcfg["input_image_size"] = list(self.data.crop)  # the VAE is built for the crop
+        t, conv = self.cfg.train, self.data.convention
+        mcfg = vae_kwargs(self.cfg.model, self.data.crop)  # the VAE is built for the crop
         self.model = instantiate_model(mcfg).to(self.info.device)
         self.model_target = full_name(type(self.model)) or str(mcfg["_target_"])
         self.model_kwargs = checkpoint_kwargs(mcfg)
@@ -258,9 +260,9 @@ class SegTask:
         if not bool(torch.isfinite(image).all()):
             self.data.raise_non_finite(batch)
         with amp():
-            logits = model(image)
+            out = model(image)
+        logits, vae = out if isinstance(out, tuple) else (out, None)  # (logits, vae_loss)
         loss = self.loss_fn(logits.float(), target)
-        vae = getattr(self.model, "vae_loss", None)
         if vae is not None and self.cfg.train.loss.vae:
             loss = loss + self.cfg.train.loss.vae * vae.float()
         return loss

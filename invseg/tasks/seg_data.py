@@ -38,6 +38,7 @@ def plan_crop(cfg: SegConfig, info: DistInfo, modalities: int) -> list[int]:
     Raises:
         ConfigError: no budget given, or not even the smallest cube fits.
     """
+    from invseg.nets.vae import vae_kwargs
     from invseg.runtime.config import instantiate_model
     from invseg.runtime.planner import parse_bytes, plan_model
 
@@ -56,9 +57,7 @@ def plan_crop(cfg: SegConfig, info: DistInfo, modalities: int) -> list[int]:
     model = dict(cfg.model)
 
     def build(size: int) -> torch.nn.Module:
-        if model.get("vae"):
-            model["input_image_size"] = [size] * 3
-        return instantiate_model(model)
+        return instantiate_model(vae_kwargs(model, [size] * 3))
 
     amp = None if not t.amp else ("fp16" if info.device.type == "cuda" else "bf16")
     channels = modalities or int(model.get("in_channels", 1))

@@ -26,9 +26,9 @@ def _pair(**kwargs) -> tuple[UNet3D, UNet3D]:
 
 
 def _grads(net: UNet3D, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    def loss(out: torch.Tensor) -> torch.Tensor:
-        vae = net.vae_loss if net.vae_loss is not None else 0.0
-        return (out.sin() * out).sum() + vae
+    def loss(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        logits, vae = out if isinstance(out, tuple) else (out, 0.0)
+        return (logits.sin() * logits).sum() + vae
 
     torch.manual_seed(1)  # the same dropout masks and VAE noise in both modes
     return gradients(net, [x], loss)

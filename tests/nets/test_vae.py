@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from invseg.nets import VAEBranch
+from invseg.nets.vae import vae_kwargs
 
 NETS = ("unet3d", "partially", "fully")
 
@@ -53,23 +56,62 @@ def test_branch_kl_matches_the_closed_form_at_non_zero_mean_and_variance(weights
 
 
 @pytest.mark.parametrize("name", list(NETS))
-def test_vae_loss_is_positive_and_reaches_the_encoder(name: str, make_net) -> None:
+def test_vae_net_returns_logits_and_vae_loss_while_training(name: str, make_net) -> None:
     net = make_net(name, vae=True, input_image_size=(10, 12, 8)).train()
-    logits = net(torch.randn(2, 2, 10, 12, 8))
+    out = net(torch.randn(2, 2, 10, 12, 8))
+    assert isinstance(out, tuple) and len(out) == 2
+    logits, loss = out
     assert logits.shape == (2, 3, 10, 12, 8)
-    loss = net.vae_loss
-    assert loss is not None and torch.isfinite(loss) and loss > 0
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    assert not hasattr(net, "vae_loss")  # the loss is returned, not left on the net
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_vae_loss_gradients_reach_the_encoder_and_branch_only(name: str, make_net) -> None:
+    net = make_net(name, vae=True, input_image_size=(10, 12, 8)).train()
+    _, loss = net(torch.randn(2, 2, 10, 12, 8))
     loss.backward()
-    for param in (net.stem.weight, next(net.vae_branch.parameters())):
+    for param in (net.stem.weight, *net.vae_branch.parameters()):
         assert param.grad is not None and param.grad.abs().sum() > 0
+    assert net.head.weight.grad is None  # the head is after the bottleneck: not on the path
+
+
+@pytest.mark.parametrize("memory", ["invert", "store"])
+@pytest.mark.parametrize("name", ["partially", "fully"])
+def test_vae_loss_gradient_is_the_same_in_every_memory_mode(name, memory, make_net) -> None:
+    net = make_net(name, memory, vae=True, input_image_size=(8, 8, 8)).double().train()
+    twin = copy.deepcopy(net)
+    twin.memory = "checkpoint"
+    x = torch.randn(1, 2, 8, 8, 8, dtype=torch.float64)
+    grads = []
+    for model in (net, twin):
+        torch.manual_seed(3)  # the same VAE noise
+        model(x)[1].backward()
+        grads.append(model.stem.weight.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", list(NETS))
 def test_vae_is_off_in_eval_at_any_size(name: str, make_net) -> None:
     net = make_net(name, vae=True, input_image_size=(8, 8, 8)).eval()
     with torch.no_grad():
-        assert net(torch.randn(1, 2, 9, 12, 5)).shape == (1, 3, 9, 12, 5)
-    assert net.vae_loss is None
+        out = net(torch.randn(1, 2, 9, 12, 5))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 9, 12, 5)
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_net_without_vae_returns_logits_while_training(name: str, make_net) -> None:
+    out = make_net(name).train()(torch.randn(1, 2, 8, 8, 8))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 8, 8, 8)
+
+
+def test_vae_kwargs_fix_input_image_size_to_the_crop() -> None:
+    cfg = {"_target_": "invseg.nets.UNet3D", "vae": True, "input_image_size": [64, 64, 64]}
+    assert vae_kwargs(cfg, (32, 16, 8)) == cfg | {"input_image_size": [32, 16, 8]}
+    assert cfg["input_image_size"] == [64, 64, 64]  # not changed in place
+    plain = {"_target_": "invseg.nets.UNet3D", "vae": False}
+    assert vae_kwargs(plain, (32, 16, 8)) == plain
 
 
 @pytest.mark.parametrize("name", list(NETS))
