@@ -1,11 +1,18 @@
-"""Shared measurement helpers for the benchmarks: step timing, exact bytes, peak CUDA memory."""
+"""Shared measurement helpers for the benchmarks: step timing, exact bytes, peak CUDA memory,
+peak RSS of a process."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -228,3 +235,73 @@ def can_plot() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("matplotlib") is not None
+
+
+class PeakRSS:
+    """Sample this process's resident set size in a thread; ``peak`` is the maximum seen."""
+
+    def __init__(self, every: float = 0.002) -> None:
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self.start = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        """Current RSS in bytes (Linux ``/proc``; 0 elsewhere)."""
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+    def mark(self) -> None:
+        """Start counting from now: ``start`` is the current RSS, the peak so far is dropped.
+
+        Freed heap memory is returned to the system first (glibc ``malloc_trim``), so what the
+        process allocates from now on shows in its RSS instead of reusing pages it kept.
+        """
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.start = self.peak = self.rss()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class FirstWrite(io.TextIOBase):
+    """A text stream into ``log`` that calls ``on_first()`` once, before its first write.
+
+    ``invseg train`` prints its first line when the run starts (data read and cached, model and
+    optimizer built), so the bench starts its RSS count there (:meth:`PeakRSS.mark`).
+
+    Example:
+        >>> calls = []
+        >>> out = FirstWrite(io.StringIO(), lambda: calls.append("start"))
+        >>> out.write("a"), out.write("b"), calls, out.log.getvalue()
+        (1, 1, ['start'], 'ab')
+    """
+
+    def __init__(self, log: Any, on_first: Callable[[], None]) -> None:
+        super().__init__()
+        self.log, self.on_first = log, on_first
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.on_first is not None:
+            first, self.on_first = self.on_first, None
+            first()
+        return self.log.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()

@@ -6,12 +6,16 @@ All rows of one table come from this process, so they are comparable:
    default), ``invert`` with anchors from the drift budget, pure ``invert``): exact activation
    bytes, relative gradient error vs ``store`` in float32 at 10 and 30 unrolls, and the step
    time at 10 unrolls (median of interleaved repeats, as a ratio to ``store``), on weights
-   trained for a few hundred steps (fresh weights make the denoiser inverse look cheap);
+   trained for a few hundred steps by ``invseg recon train`` (fresh weights make the denoiser
+   inverse look cheap; :func:`warm_config`);
 2. quality on simulated 2D+time (cine) data (:mod:`invseg.bench.recon_quality`): zero-filled,
-   CG-SENSE (its mu tuned on the training samples) and MoDL with 1, 4 and 10 unrolls, PSNR/SSIM
-   mean ± std over validation samples and seeds;
+   CG-SENSE (its mu tuned on the training samples) and MoDL with 1, 4 and 10 unrolls, each
+   trained by ``invseg recon train``, PSNR/SSIM mean ± std over held-out samples and seeds;
 3. scale: the largest 3D slab (slices x 256 x 256, 8 coils) and cine size (frames x 256 x 256)
    that trains in 12 GB at 10 and 30 unrolls, from exact activation bytes per voxel.
+
+Every training run is ``invseg recon train`` (the one training loop) in a folder under ``runs``
+(``bench_recon/`` by default) that keeps its ``config.yaml``; the section names them.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ PRESETS: dict[str, dict] = {
     },
 }  # fmt: skip
 GIB12 = 12 * 2**30
+#: Training samples of the run that trains the speed table's weights (:func:`warm_config`).
+WARM_SAMPLES = 4
 #: Tables of the section, in order (``--parts``).
 PARTS = ("speed", "quality", "scale")
 #: Columns of the 12 GiB table: ``{column: (memory mode, drift-budget anchors?)}``.
@@ -100,19 +106,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _trained(cfg: dict, op, x, y, device: torch.device) -> MoDL:
-    """A 10-unroll MoDL after ``warm_steps`` Adam steps on the speed problem.
+def warm_config(cfg: dict, *, device: str, run_dir: Path) -> dict:
+    """The ``invseg recon train`` config that trains the speed table's weights.
+
+    A 10-unroll ``store`` MoDL with the speed problem's sizes (2D Shepp-Logan family, ``n`` x
+    ``n``, ``coils`` coils, Poisson-disc 4x) for ``warm_steps`` steps; one validation at the end.
+    """
+    n = cfg["n"]
+    return {
+        "data": {
+            "kind": "2d", "phantom": "shepp_logan", "shape": [n, n], "num_coils": cfg["coils"],
+            "acceleration": 4.0, "mask": "poisson", "calib": max(4, n // 8),
+            "noise_std": 0.0, "train_samples": WARM_SAMPLES, "val_samples": 1, "seed": 0,
+        },
+        "model": {
+            "num_unrolls": 10, "spatial_dims": 2, "channels": cfg["channels"], "layers": 5,
+            "memory": "store",
+        },
+        "train": {
+            "steps": cfg["warm_steps"], "batch_size": 1, "lr": cfg["lr"], "loss": "mse",
+            "seed": 0, "val_every_steps": cfg["warm_steps"], "checkpoint_every": None,
+            "device": device, "dtype": "float32", "progress": False,
+        },
+        "output": {"dir": str(run_dir)},
+    }  # fmt: skip
+
+
+def _trained(cfg: dict, device: torch.device, run_dir: Path) -> MoDL:
+    """A 10-unroll MoDL trained by ``invseg recon train`` on :func:`warm_config` (``run_dir``).
 
     Trained weights use the denoiser's Lipschitz budget, which is what makes its fixed-point
     inverse slow (about 4 passes on fresh weights, 15 once trained).
     """
-    m = _model(10, "store", cfg["channels"], device)
-    opt = torch.optim.Adam(m.parameters(), lr=cfg["lr"])
-    for _ in range(cfg["warm_steps"]):
-        opt.zero_grad(set_to_none=True)
-        _loss(m, y, op, x).backward()
-        opt.step()
-    return m
+    config = warm_config(cfg, device=str(device), run_dir=run_dir)
+    return recon_quality.trained_modl(config, recon_quality.train_row(config, run_dir), device)
 
 
 def _variant(n: int, mode: str, kw: dict, src: MoDL, cfg: dict, device) -> MoDL:
@@ -138,10 +165,10 @@ def _passes_per_inversion(m: MoDL, y, op, x) -> float:
     return (len(calls) - forward - kept) / max(m.num_unrolls - kept, 1)
 
 
-def _modes_table(cfg: dict, device: torch.device) -> dict[str, dict]:
+def _modes_table(cfg: dict, device: torch.device, runs: Path) -> dict[str, dict]:
     """Memory, gradient error (10, 30 unrolls) and step time (10 unrolls) per variant."""
     op, x, y = _problem_2d(cfg["n"], cfg["coils"], device)
-    src = _trained(cfg, op, x, y, device)
+    src = _trained(cfg, device, runs / "speed-warm")
     out: dict[str, dict] = {label: {} for label, _, _ in VARIANTS}
     out["store"]["lipschitz"] = src.certified_lipschitz()
     for n in (10, 30):
@@ -216,6 +243,7 @@ def run(
     output: Path = Path("docs/benchmarks.md"),
     device: str = "cpu",
     parts: Sequence[str] = PARTS,
+    runs: str | Path = "bench_recon",
 ) -> str:
     """Run the recon benchmark and write its section of ``output``.
 
@@ -226,6 +254,8 @@ def run(
         device: ``"cpu"`` or ``"cuda"``.
         parts: which tables (:data:`PARTS`): ``speed`` (memory modes), ``quality`` (cine
             training, most of the time), ``scale`` (12 GiB sizes).
+        runs: folder of the ``invseg recon train`` runs the tables train (``speed-warm/``,
+            ``quality/modl<n>-seed<seed>/``), each with its ``config.yaml``.
 
     Returns:
         The markdown section.
@@ -241,10 +271,12 @@ def run(
     cfg = PRESETS[name]
     t0 = time.perf_counter()
     lines = []
+    runs = Path(runs)
     if "speed" in parts:
-        lines += _speed_md(cfg, _modes_table(cfg, dev))
+        lines += _speed_md(cfg, _modes_table(cfg, dev, runs), runs)
     if "quality" in parts:
-        lines += recon_quality.markdown(cfg, recon_quality.measure(cfg, dev), PRESETS["full"])
+        quality = recon_quality.measure(cfg, dev, runs)
+        lines += recon_quality.markdown(cfg, quality, PRESETS["full"], runs)
     if "scale" in parts:
         lines += _scale_md(_scale(cfg))
     head = [
@@ -260,7 +292,7 @@ def run(
     return md
 
 
-def _speed_md(cfg: dict, modes: dict[str, dict]) -> list[str]:
+def _speed_md(cfg: dict, modes: dict[str, dict], runs: Path) -> list[str]:
     labels = [label for label, _, _ in VARIANTS]
     st = modes["store"]["seconds"]
     inv1, auto = labels[2], labels[3]
@@ -270,8 +302,10 @@ def _speed_md(cfg: dict, modes: dict[str, dict]) -> list[str]:
         f"2D {cfg['n']}x{cfg['n']}, {cfg['coils']} coils, Poisson-disc 4x, denoiser 5 conv x "
         f"{cfg['channels']} ch, shared weights, MoDL defaults (CG tol 1e-5, cap 30, mu floor "
         "0.05, drift budget 1e-3), float32. Weights trained first: "
-        f"{cfg['warm_steps']} Adam steps (lr {cfg['lr']:g}) in `store` mode on the same "
-        f"problem; the denoiser's certified Lipschitz bound is then "
+        f"`invseg recon train {runs.as_posix()}/speed-warm/config.yaml`, {cfg['warm_steps']} "
+        f"Adam steps (lr {cfg['lr']:g}, batch 1) in `store` mode on {WARM_SAMPLES} simulated "
+        "Shepp-Logan samples of the same size, coils and mask density (formerly on the "
+        "measured problem itself); the denoiser's certified Lipschitz bound is then "
         f"{modes['store']['lipschitz']:.2f} (setting 0.9), as in real training. *passes*: "
         "denoiser passes per rebuilt unroll input (fixed point to 1e-6, the last pass is the "
         "recomputation backward needs anyway).",
