@@ -34,8 +34,9 @@ from invseg.runtime.files import (
     output_notes,
     remove_stale_temps,
 )
-from invseg.runtime.loop import Loop, LoopSettings
+from invseg.runtime.loop import Loop
 from invseg.runtime.restore import model_for_weights
+from invseg.runtime.settings import LoopSettings
 from invseg.tasks.config import load_recon_config, load_stored_recon_config
 from invseg.tasks.recon import RESUME_MUTABLE, ReconTask, build_model, collate, simulate_dataset
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from invseg.runtime.distributed import cleanup, init_from_env
-from invseg.runtime.loop import Loop, LoopSettings, NonFiniteLossError, TrainingInterrupted
+from invseg.runtime.loop import Loop, NonFiniteLossError, TrainingInterrupted
+from invseg.runtime.settings import LoopSettings
 from invseg.tasks.config import SegConfig, load_config
 from invseg.tasks.seg import RESUME_MUTABLE, SegTask, split_cases
 

@@ -54,9 +54,9 @@ from invseg.runtime.files import (
     write_rows,
 )
 from invseg.runtime.restore import check_same_model, restore_training
+from invseg.runtime.settings import LoopSettings
 from invseg.runtime.task import (
     DivergenceGuard,
-    LoopSettings,
     NonFiniteLossError,
     Task,
     TrainingDiverged,
@@ -71,7 +71,6 @@ from invseg.runtime.task import (
 
 __all__ = [
     "Loop",
-    "LoopSettings",
     "NonFiniteLossError",
     "Task",
     "TrainingDiverged",

@@ -1,4 +1,4 @@
-"""What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task`, :class:`LoopSettings`
+"""What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task`, :class:`~invseg.runtime.settings.LoopSettings`
 (:mod:`invseg.runtime.settings`).
 
 Also the ways a run stops early (:class:`TrainingDiverged` and its :class:`NonFiniteLossError`,
@@ -27,7 +27,6 @@ from invseg.runtime.settings import LoopSettings
 
 __all__ = [
     "DivergenceGuard",
-    "LoopSettings",
     "NonFiniteLossError",
     "Task",
     "TrainingDiverged",
