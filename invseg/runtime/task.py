@@ -1,5 +1,5 @@
-"""What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task`, :class:`~invseg.runtime.settings.LoopSettings`
-(:mod:`invseg.runtime.settings`).
+"""What :class:`~invseg.runtime.loop.Loop` is given: a :class:`Task` and
+:class:`~invseg.runtime.settings.LoopSettings`.
 
 Also the ways a run stops early (:class:`TrainingDiverged` and its :class:`NonFiniteLossError`,
 decided by :class:`DivergenceGuard`; :class:`TrainingInterrupted`) and the check of what a
