@@ -23,7 +23,7 @@ from invseg.runtime.config import ConfigError
 __all__ = ["dice_loss", "loss_weights", "segmentation_loss"]
 
 #: The loss key that applies to each kind of convention, and the one that does not.
-_APPLIES = {"regions": ("bce", "ce"), "labels": ("ce", "bce")}
+_APPLIES = {"regions": ("bce", "ce"), "classes": ("ce", "bce")}
 _WHAT = {"ce": "softmax cross-entropy", "bce": "per-channel binary cross-entropy"}
 
 
@@ -74,14 +74,14 @@ def segmentation_loss(weights: dict[str, float], kind: str) -> Callable[[Tensor,
     """``loss(logits, target)`` for weights from :func:`loss_weights`.
 
     ``target``: region masks ``(B, C, ...)`` for ``kind="regions"``, class indices
-    ``(B, 1, ...)`` for ``kind="labels"``.
+    ``(B, 1, ...)`` for ``kind="classes"``.
 
     Example:
         >>> z = torch.zeros(1, 2, 2, 2, 2); y = torch.ones(1, 2, 2, 2, 2)
         >>> round(float(segmentation_loss({"dice": 0.0, "bce": 1.0}, "regions")(z, y)), 4)
         0.6931
     """
-    if kind == "labels":
+    if kind == "classes":
         from monai.losses import DiceCELoss
 
         return DiceCELoss(

@@ -15,8 +15,8 @@ from invseg.tasks.seg_loss import loss_weights, segmentation_loss
     [
         ("regions", {"dice": 1.0}, {"dice": 1.0, "bce": 1.0}),
         ("regions", {"dice": 0.5, "bce": 0.0, "ce": 0.0}, {"dice": 0.5, "bce": 0.0}),
-        ("labels", {"dice": 1.0, "ce": 2.0}, {"dice": 1.0, "ce": 2.0}),
-        ("labels", {"dice": 1.0, "bce": None}, {"dice": 1.0, "ce": 1.0}),
+        ("classes", {"dice": 1.0, "ce": 2.0}, {"dice": 1.0, "ce": 2.0}),
+        ("classes", {"dice": 1.0, "bce": None}, {"dice": 1.0, "ce": 1.0}),
     ],
 )
 def test_weights_resolve_per_convention(kind, weights, expected) -> None:
@@ -24,7 +24,7 @@ def test_weights_resolve_per_convention(kind, weights, expected) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "key", "use"), [("regions", "ce", "bce"), ("labels", "bce", "ce")]
+    ("kind", "key", "use"), [("regions", "ce", "bce"), ("classes", "bce", "ce")]
 )
 def test_a_weight_that_does_not_apply_names_key_and_convention(kind, key, use) -> None:
     with pytest.raises(ConfigError) as info:
@@ -48,7 +48,7 @@ def test_region_loss_is_dice_plus_per_channel_bce() -> None:
 def test_label_loss_weights_reach_monai(monkeypatch) -> None:
     z = torch.randn(1, 4, 4, 4, 4)
     y = torch.randint(0, 4, (1, 1, 4, 4, 4))
-    ce_only = segmentation_loss({"dice": 0.0, "ce": 1.0}, "labels")(z, y)
+    ce_only = segmentation_loss({"dice": 0.0, "ce": 1.0}, "classes")(z, y)
     expected = torch.nn.functional.cross_entropy(z, y[:, 0])
     assert torch.allclose(ce_only, expected, atol=1e-6)
 
