@@ -140,10 +140,10 @@ def _bench(a: argparse.Namespace) -> int:
 
 
 def _plan(a: argparse.Namespace) -> int:
-    from invseg.bench.plan import run
+    from invseg.commands.plan import run
 
-    print(run(a.config, budget=a.budget, amp=a.amp, as_json=a.json, models=a.models,
-              device=a.device))  # fmt: skip
+    print(run(a.config, shape=a.shape, batch=a.batch, budget=a.budget, target=a.target,
+              amp=a.amp, as_json=a.json, device=a.device, cubes=a.cubes))  # fmt: skip
     return 0
 
 
@@ -212,13 +212,19 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     )  # fmt: skip
     p.set_defaults(handler=_bench)
 
-    p = sub.add_parser("plan", help="largest crop and batch that train within a memory budget")
+    p = sub.add_parser("plan", help="peak memory of a training step; what fits a budget")
     p.add_argument("config", help="training config: YAML file or packaged name (its model)")
-    p.add_argument("--budget", default="12GB", help="GPU memory, e.g. 12GB or 24GiB")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), default=None,
+                   help="plan exactly this input: peak_bytes and its parts")  # fmt: skip
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--budget", default=None, help="memory, e.g. 12GB (default 12GB w/o --shape)")
+    p.add_argument("--target", choices=["cpu", "cuda"], default=None,
+                   help="device the plan is for (default cuda)")  # fmt: skip
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     p.add_argument("--json", action="store_true", help="print JSON per memory mode")
-    p.add_argument("--models", nargs="*", default=[], help="zoo peers to add (bench.models)")
-    p.add_argument("--device", default="cpu", help="cuda: verify the prediction on the GPU")
+    p.add_argument("--device", default="cpu", help="where to measure; cuda also verifies")
+    p.add_argument("--cubes", type=int, nargs=3, default=None, metavar="S",
+                   help="the three cubes measured (default 32 40 48 at multiple 8)")  # fmt: skip
     p.set_defaults(handler=_plan)
 
     config = sub.add_parser("config", help="list or print the packaged configs").add_subparsers(

@@ -1,84 +1,26 @@
-"""``invseg plan``: what trains on my GPU, per memory mode and against the zoo peers.
+"""``invseg bench plan``: what trains on one GPU, for every zoo model, as a docs table.
 
-For a config's model in each memory mode (``store``, ``checkpoint``, ``invert``) and for each
-zoo model asked for, the planner (:mod:`invseg.runtime.planner`) measures the exact
-saved-for-backward bytes at three small cubes (on CPU unless ``--device cuda``), extrapolates
-in voxels and adds weights, gradients, Adam state and :data:`CUDA_OVERHEAD_BYTES`: the result
-is the largest cubic crop at batch 1 and the largest batch at the full BraTS field of view
-(4 x 240 x 240 x 155, padded to the net's multiple) within the budget.
+Every zoo model is planned by :func:`invseg.runtime.plan_report.plan_row`: one real training
+step measured at three small cubes (exact bytes of every allocation, on CPU unless
+``device="cuda"``), extrapolated in voxels to the largest cube at batch 1 and the largest batch
+at the full BraTS field of view (4 x 240 x 240 x 155, padded to the net's multiple) within 12,
+24 and 80 GB on a GPU. A config's own model is planned by ``invseg plan``
+(:mod:`invseg.commands.plan`).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from invseg.bench.models import build
-from invseg.runtime.planner import (
-    CUDA_OVERHEAD_BYTES,
-    ActivationFit,
-    default_sizes,
-    fit_activations,
-    largest_cube,
-    max_batch,
-    param_bytes,
-    parse_bytes,
-)
+from invseg.runtime.plan_report import Candidate, fit_candidate, plan_row
+from invseg.runtime.planner import CUDA_OVERHEAD_BYTES
 
 BRATS_FOV = (240, 240, 155)
-MODES = ("store", "checkpoint", "invert")
 GiB = 2**30
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A model to plan: a name, its memory mode, ``build_fn(cube)`` and its size multiple."""
-
-    name: str
-    memory: str
-    build_fn: Callable[[int], nn.Module]
-    multiple: int
-    in_channels: int
-
-
-def config_candidates(path: str | Path) -> list[Candidate]:
-    """The config's model in each memory mode it supports (three for the InvRes nets).
-
-    ``path`` is a YAML file or a packaged config name; only its model section is read.
-    """
-    from invseg.runtime.config import instantiate_model, resolve_target
-    from invseg.tasks.config import load_config
-
-    cfg = dict(load_config(path).to_dict()["model"])
-    cls = resolve_target(str(cfg["_target_"]))
-    params = inspect.signature(cls).parameters
-    channels = cfg.get("channels", params["channels"].default if "channels" in params else None)
-    multiple = 2 ** (len(channels) - 1) if channels else 8
-    in_channels = int(cfg.get("in_channels", params["in_channels"].default))
-    modes = (
-        tuple(getattr(cls, "memory_modes", MODES))
-        if "memory" in params
-        else (str(cfg.get("memory", "store")),)
-    )
-    name = str(cfg["_target_"]).rsplit(".", 1)[-1]
-
-    def make(mode: str) -> Callable[[int], nn.Module]:
-        def fn(s: int) -> nn.Module:
-            c = dict(cfg) | ({"memory": mode} if "memory" in params else {})
-            if c.get("vae"):
-                c["input_image_size"] = [s, s, s]
-            return instantiate_model(c)
-
-        return fn
-
-    return [Candidate(name, m, make(m), multiple, in_channels) for m in modes]
 
 
 def zoo_candidates(
@@ -89,48 +31,12 @@ def zoo_candidates(
     for name in names:
         probe = build(name, in_channels=4, out_channels=3, crop=(arch_crop,) * 3, base=base)
 
-        def fn(s: int, name: str = name) -> nn.Module:
-            crop = arch_crop if name == "dynunet" else s
-            return build(name, in_channels=4, out_channels=3, crop=(crop,) * 3, base=base)
+        def fn(shape: tuple[int, int, int], name: str = name):
+            crop = (arch_crop,) * 3 if name == "dynunet" else shape
+            return build(name, in_channels=4, out_channels=3, crop=crop, base=base)
 
         out.append(Candidate(name, probe.memory, fn, max(probe.multiple, 8), 4))
     return out
-
-
-def _meta(build_fn: Callable[[int], nn.Module], s: int) -> int:
-    import torch
-
-    with torch.device("meta"):
-        return param_bytes(build_fn(s))
-
-
-def plan_candidate(
-    cand: Candidate, budgets: Sequence[int], *, amp: str | None = None, device: str = "cpu"
-) -> list[dict[str, Any]]:
-    """One row per budget: largest cube (batch 1), batch at the padded BraTS FOV, byte counts."""
-    mult = max(cand.multiple, 8)
-    fit: ActivationFit = fit_activations(
-        cand.build_fn, cand.in_channels, sizes=default_sizes(mult), amp=amp, device=device
-    )
-    fit = replace(fit, native=False)  # the target is a GPU
-    fov = tuple(math.ceil(s / cand.multiple) * cand.multiple for s in BRATS_FOV)
-    fov_params = _meta(cand.build_fn, max(fov))
-    rows = []
-    for budget in budgets:
-        r = largest_cube(
-            fit, lambda s: _meta(cand.build_fn, s), budget_bytes=budget, multiple=mult,
-            overhead=CUDA_OVERHEAD_BYTES,
-        )  # fmt: skip
-        batch = max_batch(fit, fov_params, fov, budget_bytes=budget, overhead=CUDA_OVERHEAD_BYTES)
-        rows.append({
-            "model": cand.name, "memory": cand.memory, "budget_bytes": budget,
-            "max_cube": r.max_cube, "activation_bytes": r.activation_bytes,
-            "total_bytes": r.total_bytes, "param_bytes": r.param_bytes // 2,
-            "fov": list(fov), "fov_batch": batch,
-            "fov_activation_bytes": fit.activations(math.prod(fov)),
-            "extrapolation_error": fit.extrapolation_error,
-        })  # fmt: skip
-    return rows
 
 
 def plan_table(
@@ -139,92 +45,39 @@ def plan_table(
     *,
     amp: str | None = None,
     device: str = "cpu",
+    sizes: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for every candidate and budget (the 12/24/80 GB table of the docs by default)."""
-    return [row for c in candidates for row in plan_candidate(c, budgets, amp=amp, device=device)]
+    """One row per candidate and budget (GPU target): largest cube, FOV batch, peak bytes."""
+    rows = []
+    for cand in candidates:
+        fit = fit_candidate(cand, amp=amp, device=device, sizes=sizes)
+        for budget in budgets:
+            row = plan_row(cand, fit, shape=BRATS_FOV, budget_bytes=budget, fov=BRATS_FOV)
+            row["param_count"] = row["param_bytes"] // 4
+            rows.append(row)
+    return rows
 
 
 def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: largest cube per budget and whether the full BraTS FOV trains at batch 1."""
+    """Markdown: per model, the full-FOV step and the largest cube / FOV batch per budget."""
     budgets = sorted({r["budget_bytes"] for r in rows})
     head = " | ".join(f"{b / 1e9:g} GB: cube / FOV batch" for b in budgets)
     lines = [
-        f"| model | memory | params M | FOV act. GiB | {head} |",
-        "|---|---|---|---|" + "---|" * len(budgets),
+        f"| model | memory | params M | FOV saved GiB | FOV peak GiB | extrap. error | {head} |",
+        "|---|---|---|---|---|---|" + "---|" * len(budgets),
     ]
     keys = list(dict.fromkeys((r["model"], r["memory"]) for r in rows))
     for key in keys:
         sel = {r["budget_bytes"]: r for r in rows if (r["model"], r["memory"]) == key}
         r0 = sel[budgets[0]]
+        device_bytes = r0["peak_bytes"] - r0["overhead_bytes"]
         cells = [f"{sel[b]['max_cube'] or '–'} / {sel[b]['fov_batch'] or 'no'}" for b in budgets]
         lines.append(
-            f"| {key[0]} | {key[1]} | {r0['param_bytes'] / 4e6:.2f} | "
-            f"{r0['fov_activation_bytes'] / GiB:.2f} | " + " | ".join(cells) + " |"
+            f"| {key[0]} | {key[1]} | {r0['param_count'] / 1e6:.2f} | "
+            f"{r0['saved_bytes'] / GiB:.2f} | {device_bytes / GiB:.2f} | "
+            f"{100 * r0['cube_extrapolation_error']:.1f}% | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
-
-
-def verify_cuda(cand: Candidate, cube: int, budget: int, *, amp: str | None = None) -> dict:
-    """Under ``set_per_process_memory_fraction(budget)``: does ``cube`` fit, ``cube + m`` not?"""
-    import torch
-
-    from invseg.runtime.planner import measure_step
-
-    dev = torch.device("cuda")
-    total = torch.cuda.get_device_properties(dev).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), dev)
-
-    def fits(s: int) -> bool:
-        try:
-            net = cand.build_fn(s).to(dev)
-            opt = torch.optim.Adam(net.parameters())
-            for _ in range(2):  # the second step holds Adam state
-                measure_step(net, cand.in_channels, s, amp=amp, device=dev)
-                out = net(torch.randn(1, cand.in_channels, s, s, s, device=dev))
-                out = out[0] if isinstance(out, tuple) else out
-                out.float().mean().backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            return True
-        except torch.OutOfMemoryError:
-            return False
-        finally:
-            torch.cuda.empty_cache()
-
-    step = max(cand.multiple, 8)
-    result = {"cube": cube, "fits": fits(cube), "above_fails": not fits(cube + step)}
-    torch.cuda.set_per_process_memory_fraction(1.0, dev)
-    return result
-
-
-def run(
-    config: str | Path,
-    *,
-    budget: str = "12GB",
-    amp: str | None = None,
-    as_json: bool = False,
-    models: Sequence[str] = (),
-    device: str = "cpu",
-) -> str:
-    """The ``invseg plan`` command: returns the text (or JSON) to print."""
-    budget_bytes = parse_bytes(budget)
-    cands = config_candidates(config) + zoo_candidates(models)
-    rows = plan_table(cands, [budget_bytes], amp=amp, device="cpu")
-    if device.startswith("cuda"):
-        import torch
-
-        for cand, row in zip(cands, rows):
-            if torch.cuda.is_available() and row["max_cube"]:
-                row["verify"] = verify_cuda(cand, row["max_cube"], budget_bytes, amp=amp)
-    if as_json:
-        keys = ("max_cube", "activation_bytes", "total_bytes", "fov_batch", "verify")
-        return json.dumps(
-            {f"{r['model']}:{r['memory']}": {k: r[k] for k in keys if k in r} for r in rows},
-            indent=2,
-        )
-    return f"Plan for {budget} ({budget_bytes / GiB:.1f} GiB), amp={amp}:\n\n" + table_markdown(
-        rows
-    )
 
 
 def docs_section(
@@ -238,9 +91,8 @@ def docs_section(
     """``invseg bench plan``: the 12/24/80 GB table of every zoo model, into ``output``.
 
     Every zoo model (or ``models``) at ``base`` channels (our nets and the MONAI peers), plus
-    ``DynUNet`` at nnU-Net's own widths (32 .. 320) when it is among them. Exact bytes, so
-    ``quick`` changes nothing; ``device`` is where the bytes are measured (the same on CPU and
-    CUDA up to cuDNN workspaces, which the overhead covers).
+    ``DynUNet`` at nnU-Net's own widths (32 .. 320) when it is among them. Measured bytes,
+    so ``quick`` changes nothing; ``device`` is where they are measured.
     """
     from invseg.bench.models import DEFAULT_MODELS
     from invseg.bench.report import update_section
@@ -257,12 +109,22 @@ def docs_section(
         "largest batch at the full BraTS field of view 4 x 240 x 240 x 155 (padded to the "
         "net's multiple) within 12, 24 and 80 GB. Every model has "
         f"{base} channels at its first level (DynUNet also at nnU-Net's 32..320). "
-        "Activation bytes are measured exactly (saved-for-backward tensors) at three small "
-        "cubes and extrapolated in voxels; weights, gradients, Adam state and a "
-        f"{CUDA_OVERHEAD_BYTES / GiB:g} GiB CUDA overhead are added. `no`: batch 1 at the full "
-        "FOV does not fit. *FOV act. GiB*: activations of one full-FOV sample. Check one "
-        "model on your GPU with `invseg plan CONFIG --budget 12GB --device cuda` (it trains "
-        "at the predicted crop and one step above under a memory cap).\n\n" + table_markdown(rows)
+        "The peak of one real training step (forward, backward, Adam step) is measured "
+        "allocation by allocation at three cubes and extrapolated in voxels (*extrap. error*: "
+        "the line through the two smaller cubes at the largest) and split into what every "
+        "device holds (saved "
+        "tensors, gradients, the graph that `invert` and `checkpoint` rebuild in backward, "
+        "weights, Adam state) and per-op temporaries, which a GPU keeps in its "
+        f"{CUDA_OVERHEAD_BYTES / GiB:g} GiB overhead (CUDA context, cuDNN workspaces). "
+        "`no`: batch 1 at the full FOV does not fit. *FOV saved*: what one full-FOV sample "
+        "keeps for backward after forward; *FOV peak*: the step's peak at batch 1 without the "
+        "overhead. "
+        "One model, any input: `invseg plan CONFIG --shape 240 240 155 --budget 12GB`; on a "
+        "GPU add `--device cuda` to train at the predicted crop and one step above under a "
+        "memory cap; on a CPU, `--target cpu` measures slabs of the input's D x H, so that "
+        "every convolution picks the kernel it picks on the input, and agrees with the peak "
+        "RSS of a real step within 15% (`tests/runtime/test_planner.py`).\n\n"
+        + table_markdown(rows)
     )
     update_section(Path(output), "plan", md)
     return md

@@ -1,61 +1,70 @@
-r"""Memory planner: the largest crop or batch that trains within a memory budget.
+r"""Memory planner: the peak of one training step at any input size, and what fits a budget.
 
-Task-agnostic: it takes a ``build_fn(size) -> nn.Module`` whose forward returns a tensor or a
-tuple of tensors (``None`` entries ignored) and knows nothing of what the model segments.
-
-Model of one training step (forward, backward, optimiser step), all in bytes:
+Task-agnostic: it takes ``build_fn(shape) -> nn.Module`` (forward returns a tensor or a tuple
+of tensors, ``None`` entries ignored). One training step (forward, backward, Adam step) on
+:math:`V` voxels (input voxels times the batch) peaks at, in bytes,
 
 .. math::
-    M(V) = \underbrace{P}_{\text{params}} + \underbrace{P}_{\text{grads}}
-    + \underbrace{2P}_{\text{Adam}} + \underbrace{a + bV}_{\text{saved activations}}
-    + \underbrace{2(c + dV)}_{\text{backward transient}}
-    + \underbrace{W}_{\text{conv columns}} + O
+    \mathrm{peak}(V) = P + S + G(V) + T(V) + O
 
-where :math:`V` is the number of input voxels times the batch. :math:`a + bV` are the exact bytes
-that autograd saves for backward (counted with :func:`torch.autograd.graph.saved_tensors_hooks`,
-each storage once), measured at two small cubes and checked at a third; :math:`c + dV` is the
-largest single saved tensor: during backward the gradient of that tensor and of its input are
-alive next to the remaining activations. :math:`W` is the largest convolution column
-buffer on PyTorch's native CPU path, beyond what is saved when it runs (see
-:data:`NATIVE_CONV_LIMIT`; 0 on GPU). :math:`O` is :data:`CUDA_OVERHEAD_BYTES` on a GPU (the
-CUDA context, cuDNN/cuBLAS workspaces and caching-allocator slack), 0 on CPU.
+* :math:`P` weights, :math:`S` optimiser state (measured: Adam's two moments);
+* :math:`G(V) = g_0 + g_1 V`, what every device holds above those: the peak of every tensor
+  the step allocates that is no operator's temporary (saved activations, gradients, the graph
+  that ``invert`` and ``checkpoint`` rebuild in backward), **measured** on real steps
+  (:func:`~invseg.runtime.step_memory.measure_step_memory`) at three sizes; the line goes
+  through the two largest, ``graph_error`` is the error at the largest of the line through
+  the two smallest;
+* :math:`T(V)`, per-op temporaries (device-specific). Target ``"cpu"``: the measured timeline,
+  scaled, with each 3D convolution's buffers for the kernel PyTorch picks at the target
+  (:func:`~invseg.runtime.step_memory.cpu_temporary`; exact on :func:`slab_shapes`);
+  ``cpu_error`` as for :math:`G`. Target ``"cuda"``: 0, cuDNN workspaces are part of :math:`O`;
+* :math:`O`: :data:`CUDA_OVERHEAD_BYTES` on a GPU target, else 0.
 
-Known gap: the graph of the block that ``invert``/``checkpoint`` recompute in backward is not
-modelled: on CPU, PartiallyInvResUNet (base 8, 40^3) peaks at 46.4 MB RSS vs 36.9 MB predicted.
+Sizes must be large enough that fixed buffers do not bend the line (:func:`default_sizes`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
-from torch.autograd.graph import saved_tensors_hooks
+from torch import nn
+
+from invseg.runtime.step_memory import (
+    StepMemory,
+    cpu_temporary,
+    measure_step_memory,
+    saved_bytes,
+)
 
 __all__ = [
     "CUDA_OVERHEAD_BYTES",
-    "ActivationFit",
+    "TARGETS",
+    "PeakFit",
     "PlanResult",
-    "fit_activations",
+    "default_sizes",
+    "fit_peak",
     "largest_cube",
     "max_batch",
     "measure_step",
+    "param_bytes",
     "parse_bytes",
     "plan_model",
+    "slab_shapes",
+    "step_bytes",
 ]
 
 #: GPU overhead: CUDA context (~0.5 GiB), cuDNN/cuBLAS workspaces, allocator fragmentation.
 CUDA_OVERHEAD_BYTES = 1 << 30
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20}
 _UNITS |= {"GIB": 2**30, "TIB": 2**40}
-_AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TARGETS = ("cpu", "cuda")
 
-BuildFn = Callable[[int], nn.Module]
-_CONVS = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+Shape = tuple[int, int, int]
+BuildFn = Callable[[Shape], nn.Module]
 
 
 def parse_bytes(text: str | int | float) -> int:
@@ -80,30 +89,6 @@ def parse_bytes(text: str | int | float) -> int:
     return int(value * _UNITS[unit])
 
 
-def _amp_context(amp: str | None, device: torch.device) -> contextlib.AbstractContextManager:
-    if amp not in _AMP:
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP[amp])
-
-
-def _loss(out: Tensor | Sequence[Tensor | None]) -> Tensor:
-    parts = [out] if isinstance(out, Tensor) else [t for t in out if t is not None]
-    return sum(t.float().mean() for t in parts)  # type: ignore[return-value]
-
-
-#: PyTorch's CPU convolution takes its native (im2col) path, with a column buffer of
-#: ``in_channels * prod(kernel) * output voxels`` elements, for fp32 batch-1 inputs whose
-#: ``N * C * D * H`` is at most this (``ConvParams::use_mkldnn`` in ATen's Convolution.cpp);
-#: larger inputs go to oneDNN, which needs no such buffer.
-NATIVE_CONV_LIMIT = 20480
-
-#: A convolution: (column bytes, saved bytes when it ran, both per input voxel; its
-#: ``C_in * D_in * H_in`` per input ``D * H``).
-Conv = tuple[float, float, float]
-
-
 def measure_step(
     model: nn.Module,
     in_channels: int,
@@ -112,148 +97,16 @@ def measure_step(
     batch: int = 1,
     amp: str | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[int, int, tuple[Conv, ...]]:
-    """Bytes saved for backward by one training forward, the largest one, and the convolutions.
-
-    Train mode, random input ``(batch, in_channels, *size)``, loss = mean of every output;
-    parameters are not counted. Convolutions: see :data:`Conv` and :data:`NATIVE_CONV_LIMIT`.
+) -> tuple[int, int]:
+    """Bytes saved for backward by one training forward, and the largest saved tensor.
 
     Example:
         >>> net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU())
-        >>> measure_step(net, 1, 8)  # conv input 2 KiB, ReLU output 4 KiB; 27 x 4 B columns
-        (6144, 4096, ((108.0, 4.0, 1.0),))
+        >>> measure_step(net, 1, 8)  # conv input 2 KiB, ReLU output 4 KiB
+        (6144, 4096)
     """
-    device = torch.device(device)
-    shape = (int(batch), int(in_channels), *((int(size),) * 3 if isinstance(size, int) else size))
-    storages: dict[int, int] = {}
-    convs: set[Conv] = set()
-    voxels = math.prod(shape[2:]) * shape[0]
-
-    def conv_hook(mod: nn.Module, args: tuple, out: Tensor) -> None:
-        if not isinstance(out, Tensor) or math.prod(mod.kernel_size) == 1 or mod.groups > 1:
-            return
-        inp = args[0]
-        src = inp if mod.transposed else out
-        chans = mod.out_channels if mod.transposed else mod.in_channels
-        elems = chans * math.prod(mod.kernel_size) * src[0, 0].numel() * src.shape[0]
-        plane = inp.shape[1] * inp.shape[2] * inp.shape[3] / (shape[2] * shape[3])
-        before = sum(storages.values()) / voxels
-        convs.add((elems * out.element_size() / voxels, before, plane))
-
-    def pack(t: Tensor) -> Tensor:
-        if not (isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad)):
-            s = t.untyped_storage()
-            storages.setdefault(s.data_ptr(), s.nbytes())
-        return t
-
-    model.to(device).train()
-    x = torch.randn(shape, device=device)
-    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, _CONVS)]
-    try:
-        with saved_tensors_hooks(pack, lambda t: t), _amp_context(amp, device):
-            loss = _loss(model(x))
-    finally:
-        for h in handles:
-            h.remove()
-    del loss
-    return sum(storages.values()), max(storages.values(), default=0), tuple(sorted(convs))
-
-
-@dataclass(frozen=True)
-class ActivationFit:
-    """Lines in voxels for the saved bytes and the largest saved tensor; the convolutions."""
-
-    intercept: float
-    slope: float
-    big0: float
-    big1: float
-    convs: tuple[Conv, ...]
-    native: bool
-    sizes: tuple[int, ...]
-    measured: tuple[int, ...]
-    extrapolation_error: float
-
-    def activations(self, voxels: float) -> int:
-        """Saved-for-backward bytes at ``voxels`` (input voxels times batch)."""
-        return int(self.intercept + self.slope * voxels)
-
-    def transient(self, voxels: float) -> int:
-        """Backward transient: two buffers the size of the largest saved tensor."""
-        return int(2 * (self.big0 + self.big1 * voxels))
-
-    def workspace(self, shape: Sequence[int], batch: int = 1) -> int:
-        """Peak beyond the saved activations from a CPU column buffer (0 on GPU, AMP, batch > 1).
-
-        A convolution's column buffer coexists with what was saved up to it (in forward, and
-        again in backward, where the activations are freed in reverse order).
-        """
-        if not self.native or batch != 1:
-            return 0
-        d, h, w = (int(v) for v in shape)
-        peaks = [c + b for c, b, plane in self.convs if plane * d * h <= NATIVE_CONV_LIMIT]
-        voxels = d * h * w
-        return int(max(max(peaks, default=0.0) * voxels - self.activations(voxels), 0))
-
-
-def _line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    slope = (y[1] - y[0]) / (x[1] - x[0])
-    return y[0] - slope * x[0], slope
-
-
-def fit_activations(
-    build_fn: BuildFn,
-    in_channels: int,
-    *,
-    sizes: Sequence[int],
-    batch: int = 1,
-    amp: str | None = None,
-    device: str | torch.device = "cpu",
-) -> ActivationFit:
-    """Measure at three cubes, fit a line in voxels through the two smallest, check the third.
-
-    ``extrapolation_error``: relative error of that line at the third size; the returned line
-    goes through the two largest sizes (closest to what is extrapolated).
-
-    Example:
-        >>> fit = fit_activations(lambda s: nn.Conv3d(1, 1, 1), 1, sizes=(8, 12, 16))
-        >>> fit.slope, fit.extrapolation_error  # saves its 4-byte input per voxel
-        (4.0, 0.0)
-    """
-    if len(sizes) != 3 or sorted(set(sizes)) != list(sizes):
-        raise ValueError(f"sizes must be 3 increasing cube sizes, got {tuple(sizes)}")
-    totals, bigs = [], []
-    for s in sizes:
-        total, big, convs = measure_step(
-            build_fn(s), in_channels, s, batch=batch, amp=amp, device=device
-        )
-        totals.append(total)
-        bigs.append(big)
-    vox = [batch * s**3 for s in sizes]
-    a, b = _line(vox[:2], totals[:2])
-    predicted = a + b * vox[2]
-    error = abs(predicted - totals[2]) / max(totals[2], 1)
-    a, b = _line(vox[1:], totals[1:])
-    c, d = _line(vox[1:], bigs[1:])
-    native = torch.device(device).type == "cpu" and amp is None
-    return ActivationFit(a, b, c, d, convs, native, tuple(sizes), tuple(totals), error)
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """Largest cube within a budget (``None`` if none fits) and the byte counts there."""
-
-    max_cube: int | None
-    batch: int
-    budget_bytes: int
-    activation_bytes: int
-    transient_bytes: int
-    workspace_bytes: int
-    param_bytes: int
-    optimizer_bytes: int
-    overhead_bytes: int
-    total_bytes: int
-    multiple: int
-    fit: ActivationFit
+    model.to(device)
+    return saved_bytes(model, in_channels, _shape(size), batch=batch, amp=amp)
 
 
 def param_bytes(model: nn.Module) -> int:
@@ -261,47 +114,242 @@ def param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _shape(size: int | Sequence[int]) -> Shape:
+    shape = (int(size),) * 3 if isinstance(size, int) else tuple(int(v) for v in size)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be 3 positive sizes (D, H, W), got {size!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    return y[0] - (y[1] - y[0]) / (x[1] - x[0]) * x[0], (y[1] - y[0]) / (x[1] - x[0])
+
+
+@dataclass(frozen=True)
+class PeakFit:
+    """Measured steps at three sizes and the lines in voxels through the two largest.
+
+    ``graph``, ``forward`` and ``saved`` are ``(intercept, slope)`` lines for
+    :attr:`StepMemory.graph_bytes`, :attr:`StepMemory.forward_bytes` and
+    :attr:`StepMemory.saved_bytes`; ``graph_error`` and ``cpu_error``: relative error at the
+    largest size of the prediction from the two smallest (graph; CPU peak with temporaries).
+    """
+
+    shapes: tuple[Shape, ...]
+    steps: tuple[StepMemory, ...]
+    graph: tuple[float, float]
+    forward: tuple[float, float]
+    saved: tuple[float, float]
+    graph_error: float = 0.0
+    cpu_error: float = 0.0
+
+    def graph_bytes(self, voxels: float) -> int:
+        """What every device holds above weights and optimiser state at ``voxels``."""
+        return int(self.graph[0] + self.graph[1] * voxels)
+
+    def cpu_bytes(self, shape: Sequence[int], batch: int = 1) -> int:
+        """The CPU peak above weights and optimiser state, temporaries included."""
+        shape3 = _shape(shape)
+        graph = self.graph_bytes(batch * math.prod(shape3))
+        step = self.steps[-1]
+        scale = graph / max(step.graph_bytes, 1)
+        heights = (m.graph * scale + cpu_temporary(m, step, shape3, batch) for m in step.moments)
+        return int(max(graph, *heights))
+
+    def error(self, target: str) -> float:
+        """Extrapolation error at the largest measured size for ``target``."""
+        return self.cpu_error if target == "cpu" else self.graph_error
+
+
+def _fit(steps: Sequence[StepMemory]) -> PeakFit:
+    vox = [s.batch * math.prod(s.shape) for s in steps]
+    lines = [
+        _line(vox, [getattr(s, key) for s in steps])
+        for key in ("graph_bytes", "forward_bytes", "saved_bytes")
+    ]
+    return PeakFit(tuple(s.shape for s in steps), tuple(steps), *lines)
+
+
+def fit_peak(
+    build_fn: BuildFn,
+    in_channels: int,
+    *,
+    sizes: Sequence[int | Sequence[int]],
+    batch: int = 1,
+    amp: str | None = None,
+    device: str | torch.device = "cpu",
+) -> PeakFit:
+    """Measure one training step at three increasing sizes and fit the lines in voxels.
+
+    Args:
+        build_fn: ``(D, H, W) -> model`` for that input shape.
+        in_channels: input channels.
+        sizes: three cube sides or ``(D, H, W)`` shapes, increasing in voxels
+            (:func:`default_sizes`, or :func:`slab_shapes` for an exact CPU plan).
+        batch: batch size of every measured step.
+        amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast.
+        device: where to measure.
+
+    Example:
+        >>> fit = fit_peak(lambda s: nn.Conv3d(1, 1, 1), 1, sizes=(8, 12, 16))
+        >>> fit.saved[1], fit.graph_error  # saves its 4-byte input per voxel
+        (4.0, 0.0)
+    """
+    shapes = [_shape(s) for s in sizes]
+    vox = [math.prod(s) for s in shapes]
+    if len(shapes) != 3 or sorted(set(vox)) != vox:
+        raise ValueError(f"sizes must be 3 sizes increasing in voxels, got {list(sizes)}")
+    steps = [
+        measure_step_memory(build_fn(s), in_channels, s, batch=batch, amp=amp, device=device)
+        for s in shapes
+    ]
+    check, last = _fit(steps[:2]), steps[2]
+    graph_error = abs(check.graph_bytes(batch * vox[2]) - last.graph_bytes)
+    cpu_error = abs(check.cpu_bytes(last.shape, batch) - last.peak_bytes)
+    fit = _fit(steps[1:])
+    return PeakFit(
+        tuple(shapes), tuple(steps), fit.graph, fit.forward, fit.saved,
+        graph_error / max(last.graph_bytes, 1), cpu_error / max(last.peak_bytes, 1),
+    )  # fmt: skip
+
+
+def default_sizes(multiple: int) -> tuple[int, int, int]:
+    """Three measurement cubes: consecutive multiples of ``multiple``, the first at least 32.
+
+    Example:
+        >>> default_sizes(8), default_sizes(16), default_sizes(32)
+        ((32, 40, 48), (32, 48, 64), (64, 96, 128))
+    """
+    k = max(2, math.ceil(32 / multiple))
+    return (k * multiple, (k + 1) * multiple, (k + 2) * multiple)
+
+
+def slab_shapes(shape: Sequence[int], multiple: int) -> tuple[Shape, Shape, Shape]:
+    """Three measurement slabs for an exact CPU plan at ``shape``: its D x H, thin in W.
+
+    PyTorch picks a CPU convolution's kernel from ``N * C * D * H`` (see
+    :data:`~invseg.runtime.step_memory.NATIVE_CONV_LIMIT`), never from W: on slabs of the
+    target's D x H every convolution runs the kernel it will run at the target, and every
+    tensor is proportional to W, so the line in voxels holds up to the target.
+
+    Example:
+        >>> slab_shapes((240, 240, 155), 8)
+        ((240, 240, 8), (240, 240, 16), (240, 240, 24))
+    """
+    d, h, _ = _shape(shape)
+    return tuple((d, h, k * multiple) for k in (1, 2, 3))  # type: ignore[return-value]
+
+
 def step_bytes(
-    fit: ActivationFit,
+    fit: PeakFit,
     params: int,
     shape: int | Sequence[int],
     *,
     batch: int = 1,
-    overhead: int = 0,
+    target: str = "cuda",
+    overhead: int | None = None,
 ) -> dict[str, int]:
-    """Byte counts of one training step on ``batch`` inputs of spatial ``shape``."""
-    shape3 = (int(shape),) * 3 if isinstance(shape, int) else tuple(int(v) for v in shape)
+    """``peak_bytes`` of one training step and its parts (each in bytes).
+
+    ``param_bytes`` (weights) + ``optimizer_bytes`` + ``graph_bytes`` (every device: of it,
+    ``forward_bytes`` were allocated by forward and ``backward_bytes`` by backward) +
+    ``temporary_bytes`` (per-op, this target) + ``overhead_bytes`` = ``peak_bytes``.
+    ``saved_bytes`` (what forward keeps for backward) is for reference. ``params`` are the weight
+    bytes of the net built for ``shape``; ``overhead`` defaults to the target's.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    shape3, step = _shape(shape), fit.steps[-1]
     voxels = batch * math.prod(shape3)
+    graph = fit.graph_bytes(voxels)
+    forward = min(int(fit.forward[0] + fit.forward[1] * voxels), graph)
+    default_overhead = CUDA_OVERHEAD_BYTES if target == "cuda" else 0
     parts = {
-        "activation_bytes": fit.activations(voxels),
-        "transient_bytes": fit.transient(voxels),
-        "workspace_bytes": fit.workspace(shape3, batch),
-        "param_bytes": 2 * params,  # weights + gradients
-        "optimizer_bytes": 2 * params,  # Adam's two moments
-        "overhead_bytes": overhead,
+        "param_bytes": int(params),
+        "optimizer_bytes": int(step.state_bytes * params / max(step.param_bytes, 1)),
+        "graph_bytes": graph,
+        "temporary_bytes": fit.cpu_bytes(shape3, batch) - graph if target == "cpu" else 0,
+        "overhead_bytes": default_overhead if overhead is None else int(overhead),
     }
-    parts["total_bytes"] = sum(parts.values())
+    parts["peak_bytes"] = sum(parts.values())
+    parts |= {"forward_bytes": forward, "backward_bytes": graph - forward}
+    parts["saved_bytes"] = int(fit.saved[0] + fit.saved[1] * voxels)
     return parts
 
 
-def _meta_params(build_fn: BuildFn, size: int) -> int:
-    with torch.device("meta"):
-        return param_bytes(build_fn(size))
+@dataclass(frozen=True)
+class PlanResult:
+    """Largest cube within a budget (``None`` if none fits) and the step's bytes there."""
+
+    max_cube: int | None
+    batch: int
+    budget_bytes: int
+    multiple: int
+    target: str
+    fit: PeakFit
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        """``peak_bytes`` at ``max_cube`` (at the smallest cube when none fits)."""
+        return self.parts["peak_bytes"]
 
 
-def default_sizes(multiple: int) -> tuple[int, int, int]:
-    """Three measurement cubes: multiples of ``multiple``, at least 16 and ``2 * multiple``.
+def largest_cube(
+    fit: PeakFit,
+    params_fn: Callable[[int], int],
+    *,
+    budget_bytes: int,
+    batch: int = 1,
+    multiple: int = 8,
+    target: str = "cuda",
+    overhead: int | None = None,
+    limit: int = 1024,
+) -> PlanResult:
+    """The largest cube (a multiple of ``multiple``) whose step fits, from an existing fit.
 
-    Example:
-        >>> default_sizes(8), default_sizes(32)
-        ((16, 24, 32), (64, 96, 128))
+    ``params_fn(cube)`` gives the weight bytes of the net built for that cube.
     """
-    k = max(2 if multiple >= 16 else 1, math.ceil(16 / multiple))
-    return (k * multiple, (k + 1) * multiple, (k + 2) * multiple)
+
+    def parts(cube: int) -> dict[str, int]:
+        return step_bytes(fit, params_fn(cube), cube, batch=batch, target=target, overhead=overhead)
+
+    lo, hi = 0, limit // multiple  # in multiples; peak grows with the cube
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if parts(mid * multiple)["peak_bytes"] <= budget_bytes else (lo, mid - 1)
+    cube = lo * multiple or None
+    at = parts(cube or multiple)
+    return PlanResult(cube, batch, budget_bytes, multiple, target, fit, at)
+
+
+def max_batch(
+    fit: PeakFit,
+    params: int,
+    shape: Sequence[int],
+    *,
+    budget_bytes: int,
+    target: str = "cuda",
+    overhead: int | None = None,
+) -> int:
+    """Largest batch of volumes of ``shape`` (padded as the net needs) within the budget.
+
+    Returns 0 when even batch 1 does not fit.
+    """
+
+    def peak(b: int) -> int:
+        return step_bytes(fit, params, shape, batch=b, target=target, overhead=overhead)[
+            "peak_bytes"
+        ]
+
+    batch = 0
+    while batch < 4096 and peak(batch + 1) <= budget_bytes:
+        batch += 1
+    return batch
 
 
 def plan_model(
-    build_fn: BuildFn,
+    build_fn: Callable[[int], nn.Module],
     in_channels: int,
     *,
     budget_bytes: int,
@@ -317,84 +365,36 @@ def plan_model(
     """The largest cube (a multiple of ``multiple``) whose training step fits ``budget_bytes``.
 
     Args:
-        build_fn: ``size -> model`` for a training cube of that size (VAE nets fix their
+        build_fn: ``cube -> model`` for a training cube of that size (VAE nets fix their
             input size at construction; other nets ignore it).
         in_channels: input channels.
         budget_bytes: the memory budget.
         batch: batch size.
         amp: ``None``, ``"bf16"`` or ``"fp16"`` autocast while measuring.
-        device: where to measure (CPU gives exact bytes too).
+        device: where to measure.
         multiple: granularity of the cube (the net's down-sampling factor, at least 8).
-        overhead_bytes: fixed overhead; default :data:`CUDA_OVERHEAD_BYTES` on CUDA, else 0.
+        overhead_bytes: fixed overhead; default :data:`CUDA_OVERHEAD_BYTES` for a CUDA target.
         sizes: the three measurement cubes (default :func:`default_sizes`).
         limit: largest cube considered.
-        target: device type the plan is for (default ``device``): CPU column buffers count
-            only for a CPU target.
+        target: device type the plan is for (default ``device``'s).
 
     Example:
-        >>> r = plan_model(lambda s: nn.Conv3d(1, 1, 1), 1, budget_bytes=4 * 32**3 + 100)
-        >>> r.max_cube, r.activation_bytes
-        (16, 16384)
+        >>> r = plan_model(lambda s: nn.Conv3d(1, 1, 1), 1, budget_bytes=8 * 32**3 + 100)
+        >>> r.max_cube, r.parts["graph_bytes"]  # input and output: 8 bytes a voxel
+        (32, 262160)
     """
-    device = torch.device(device)
     multiple = max(int(multiple), 8)
-    if overhead_bytes is None:
-        overhead_bytes = CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0
-    fit = fit_activations(
-        build_fn, in_channels, sizes=sizes or default_sizes(multiple), batch=batch, amp=amp,
-        device=device,
+    target = target or torch.device(device).type
+    fit = fit_peak(
+        lambda shape: build_fn(shape[0]), in_channels, sizes=sizes or default_sizes(multiple),
+        batch=batch, amp=amp, device=device,
     )  # fmt: skip
-    if target is not None:
-        fit = replace(fit, native=target == "cpu" and amp is None)
+
+    def params(cube: int) -> int:
+        with torch.device("meta"):
+            return param_bytes(build_fn(cube))
+
     return largest_cube(
-        fit, lambda s: _meta_params(build_fn, s), budget_bytes=budget_bytes, batch=batch,
-        multiple=multiple, overhead=overhead_bytes, limit=limit,
+        fit, params, budget_bytes=budget_bytes, batch=batch, multiple=multiple, target=target,
+        overhead=overhead_bytes, limit=limit,
     )  # fmt: skip
-
-
-def largest_cube(
-    fit: ActivationFit,
-    params_fn: Callable[[int], int],
-    *,
-    budget_bytes: int,
-    batch: int = 1,
-    multiple: int = 8,
-    overhead: int = 0,
-    limit: int = 1024,
-) -> PlanResult:
-    """The largest cube (multiple of ``multiple``) that fits, from an existing fit.
-
-    ``params_fn(cube)`` gives the parameter bytes of the net built for that cube.
-    """
-    per_vox = fit.slope + 2 * fit.big1
-    free = budget_bytes - overhead - 4 * params_fn(fit.sizes[-1])
-    cube = int((max(free, 0) / max(per_vox, 1e-9) / batch) ** (1 / 3)) // multiple * multiple
-    cube = min(cube + multiple, limit // multiple * multiple)
-    while cube >= multiple:
-        parts = step_bytes(fit, params_fn(cube), cube, batch=batch, overhead=overhead)
-        if parts["total_bytes"] <= budget_bytes:
-            return PlanResult(cube, batch, budget_bytes, multiple=multiple, fit=fit, **parts)
-        cube -= multiple
-    parts = step_bytes(fit, params_fn(multiple), multiple, batch=batch, overhead=overhead)
-    return PlanResult(None, batch, budget_bytes, multiple=multiple, fit=fit, **parts)
-
-
-def max_batch(
-    fit: ActivationFit, params: int, shape: Sequence[int], *, budget_bytes: int, overhead: int = 0
-) -> int:
-    """Largest batch of volumes of ``shape`` (padded as the net needs) within the budget.
-
-    ``fit`` must come from measurements at batch 1. Returns 0 when even batch 1 does not fit.
-
-    Example:
-        >>> fit = ActivationFit(0.0, 4.0, 0.0, 0.0, (), False, (8, 12, 16), (0, 0, 0), 0.0)
-        >>> max_batch(fit, 0, (10, 10, 10), budget_bytes=8000)
-        2
-    """
-    batch = 0
-    while batch < 4096 and (
-        step_bytes(fit, params, shape, batch=batch + 1, overhead=overhead)["total_bytes"]
-        <= budget_bytes
-    ):
-        batch += 1
-    return batch
