@@ -84,17 +84,9 @@ def _evaluate(a: argparse.Namespace) -> int:
 def _synth(a: argparse.Namespace) -> int:
     from invseg.data.synth import held_out_folder, synthesize
 
-    info = synthesize(
-        a.kind,
-        a.output,
-        cases=a.cases,
-        shape="native" if a.native else a.shape,
-        seed=a.seed,
-        layout=a.layout,
-        unlabeled=a.unlabeled,
-        preset=a.preset,
-        test_cases=a.test_cases,
-    )
+    shape = "native" if a.native else a.shape
+    info = synthesize(a.kind, a.output, cases=a.cases, shape=shape, seed=a.seed, layout=a.layout,
+                      unlabeled=a.unlabeled, preset=a.preset, test_cases=a.test_cases)  # fmt: skip
     held = f"; {a.test_cases} held-out cases to {held_out_folder(a.output)}" if a.test_cases else ""
     print(f"wrote {len(info.cases)} {a.preset} {info.layout} cases to {info.root}{held}")
     return 0
@@ -345,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", default=None, help="brats2020 (default), brats2021, brats2023, msd or nnunet"
     )
     p.add_argument("--unlabeled", type=int, default=0, help="extra prediction-only cases")
-    held = "also write N labelled held-out cases in the same layout into OUTPUT_test/ (drawn "
-    held += "independently of the training cases): for invseg predict / evaluate on unseen cases"
+    held = "also write N independent labelled cases into OUTPUT_test/ (same layout), to predict on"
     p.add_argument("--test-cases", type=int, default=0, metavar="N", help=held)
     p.set_defaults(handler=_synth)
 
@@ -368,12 +359,10 @@ USER_ERRORS = (ValueError, TypeError, LookupError, OSError, RuntimeError)
 
 
 def _report(line: str, err: BaseException) -> None:
-    """Print one line on stderr; a torchrun rank other than 0 prints only an error of its own
-    (rank 0 reports what every rank meets alike: a signal, a config error, a diverged run)."""
+    """One line on stderr; ranks > 0 print only their own errors, not what every rank meets."""
     rank = os.environ.get("RANK", "0")
     if rank in ("", "0"):
-        print(line, file=sys.stderr)
-        return
+        return print(line, file=sys.stderr)
     task, coerce = (sys.modules.get(f"invseg.runtime.{m}") for m in ("task", "coerce"))
     alike = (KeyboardInterrupt, _interrupted(), getattr(task, "TrainingDiverged", _Never),
              getattr(coerce, "ConfigError", _Never))  # fmt: skip

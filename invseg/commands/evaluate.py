@@ -123,6 +123,16 @@ def _table(rows: list[dict[str, Any]]) -> Any:
     return pd.concat([df, pd.DataFrame([{"case_id": "mean", **mean.to_dict()}])], ignore_index=True)
 
 
+def _warn_missing(missing: list[str], scoring: str, pred_dir: Path) -> None:
+    if missing:
+        how = "scored as empty (BraTS)" if scoring == "brats" else "left out (scoring 'none')"
+        print(
+            f"warning: {len(missing)} reference case(s) have no prediction in {pred_dir}, "
+            f"{how}: {shown(missing)}",
+            file=sys.stderr,
+        )
+
+
 def evaluate(
     pred_dir: str | Path,
     ref_dir: str | Path,
@@ -188,13 +198,7 @@ def evaluate(
     preds, refs, convention = find_pairs(pred_dir, ref_dir, labels)
     scoring = _scoring(scoring, convention)
     missing = sorted(set(refs) - set(preds))
-    if missing:
-        how = "scored as empty (BraTS)" if scoring == "brats" else "left out (scoring 'none')"
-        print(
-            f"warning: {len(missing)} reference case(s) have no prediction in {pred_dir}, "
-            f"{how}: {shown(missing)}",
-            file=sys.stderr,
-        )
+    _warn_missing(missing, scoring, pred_dir)
     ids = sorted(set(preds) | (set(missing) if scoring == "brats" else set()))
     rows = _score(ids, preds, refs, convention)
     failed = {r["case_id"]: r["error"] for r in rows if "error" in r}
