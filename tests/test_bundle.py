@@ -125,7 +125,7 @@ def test_bundle_training_runs_and_its_weights_load_into_invseg(brats_tiny, tmp_p
         BUNDLE, tmp_path / "best.pt", weights=weights, overrides={"channels": [4, 8]}
     )
     model, meta = load_model(ckpt)
-    assert meta["convention"] == "brats" and meta["kwargs"]["channels"] == [4, 8]
+    assert meta.convention == "brats" and meta.kwargs["channels"] == [4, 8]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0)
     out = tmp_path / "pred"

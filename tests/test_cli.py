@@ -26,6 +26,23 @@ def test_every_subcommand_has_help() -> None:
         assert exit_info.value.code == 0
 
 
+def test_importing_the_cli_loads_no_plotting_or_table_package() -> None:
+    code = "import invseg.cli, sys; print('matplotlib' in sys.modules, 'tabulate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["bench", "--help"]])
+def test_help_loads_no_optional_package(argv: list[str]) -> None:
+    code = (
+        "import sys\nimport invseg\nfrom invseg.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('matplotlib', 'tabulate', 'nnunetv2') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
 def test_predict_input_may_be_repeated_and_take_several_paths() -> None:
     args = build_parser().parse_args(
         ["predict", "-m", "m.pt", "-i", "a", "b", "-i", "c", "-o", "o"]

@@ -1,10 +1,12 @@
 """The model zoo of the quality and plan benchmarks: our nets and the MONAI peers a user would pick.
 
-Every entry is built by :func:`build` with one signature and wrapped in :class:`ZooNet`, whose
-``forward`` returns ``(logits, vae_loss)`` (``vae_loss`` is ``None`` without a VAE branch or in
-eval mode), so one training loop serves every row: a net with a VAE branch returns that pair
-itself while it trains (ours and MONAI's ``SegResNetVAE``), the others their logits. The peers
-are MONAI's own classes, configured here, not copied:
+Every entry is one ``model`` section (:func:`model_section`): a network of the registry
+(:func:`invseg.nets.list_models`) and plain arguments, exactly what a config gives
+``invseg train``. :func:`build` instantiates that section the way ``invseg train`` does and
+wraps the net in :class:`ZooNet`, whose ``forward`` returns ``(logits, vae_loss)``
+(``vae_loss`` is ``None`` without a VAE branch or in eval mode): a net with a VAE branch returns
+that pair itself while it trains (ours and MONAI's ``SegResNetVAE``), the others their logits.
+The peers are MONAI's own classes, configured here, not copied:
 
 ========================  =================================================================
 name                      network (``base`` = width of the first level)
@@ -26,7 +28,7 @@ dynunet                   MONAI ``DynUNet`` configured like nnU-Net for the crop
                           most 5 pools), filters ``base * 2**i`` capped at ``10 * base``
 monai_unet                MONAI ``UNet``, channels ``base * (1,2,4,8)``, strides 2,
                           ``num_res_units=2``
-monai_checkpoint_unet     ``monai.networks.nets.unet.CheckpointUNet``, same arguments
+monai_checkpoint_unet     MONAI ``CheckpointUNet`` (``monai.networks.nets.unet``), same arguments
 ========================  =================================================================
 """
 
@@ -35,12 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
 from invseg._choices import check_option
 
-__all__ = ["DEFAULT_MODELS", "ZOO", "ZooNet", "build", "dynunet_layout"]
+__all__ = ["DEFAULT_MODELS", "ZOO", "Entry", "ZooNet", "build", "dynunet_layout", "model_section"]
 
 
 class ZooNet(nn.Module):
@@ -72,50 +75,48 @@ class ZooNet(nn.Module):
         return self(x)[0]
 
 
-@dataclass(frozen=True)
-class Spec:
-    """How to build one zoo entry: ``make(in_channels, out_channels, crop, base) -> net``."""
+ModelSection = dict[str, Any]
 
-    make: Callable[[int, int, tuple[int, int, int], int], nn.Module]
+
+@dataclass(frozen=True)
+class Entry:
+    """One zoo row: ``section(io, crop, base)`` gives its ``model`` section, the other fields
+    say how the row keeps activations and which input sizes it takes."""
+
+    section: Callable[[dict[str, int], list[int], int], ModelSection]
     memory: str
     multiple: Callable[[tuple[int, int, int]], int]
     vae_scale: float = 1.0
 
 
-def _widths(base: int) -> tuple[int, ...]:
-    return (base, 2 * base, 4 * base, 8 * base)
+def _widths(base: int) -> list[int]:
+    return [base, 2 * base, 4 * base, 8 * base]
 
 
-def _unet3d(memory: str) -> Callable[..., nn.Module]:
-    def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
-        from invseg.nets import UNet3D
+def _unet3d(memory: str) -> Callable[..., ModelSection]:
+    def section(io: dict[str, int], crop: list[int], base: int) -> ModelSection:
+        return {"_target_": "UNet3D", **io, "channels": _widths(base), "memory": memory}
 
-        return UNet3D(3, i, o, channels=_widths(base), memory=memory)
-
-    return make
+    return section
 
 
-def _inv(kind: str, vae: bool, blocks: int = 1, **extra: object) -> Callable[..., nn.Module]:
-    def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
-        from invseg.nets import FullyInvResUNet, PartiallyInvResUNet
-        from invseg.nets.vae import vae_kwargs
+def _inv(target: str, *, vae: bool = False, **extra: Any) -> Callable[..., ModelSection]:
+    def section(io: dict[str, int], crop: list[int], base: int) -> ModelSection:
+        from invseg.nets.vae import vae_kwargs  # the one rule: the crop sizes the VAE
 
-        cls = PartiallyInvResUNet if kind == "partially" else FullyInvResUNet
-        kw = {"channels": _widths(base), "blocks": blocks, "memory": "invert", "vae": vae}
-        return cls(3, i, o, **vae_kwargs(kw | extra, crop))
+        out = {"_target_": target, **io, "channels": _widths(base), "memory": "invert"}
+        return vae_kwargs(out | ({"vae": True} if vae else {}) | extra, crop)
 
-    return make
+    return section
 
 
-def _segresnet(vae: bool) -> Callable[..., nn.Module]:
-    def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
-        from monai.networks.nets import SegResNet, SegResNetVAE
+def _segresnet(vae: bool) -> Callable[..., ModelSection]:
+    def section(io: dict[str, int], crop: list[int], base: int) -> ModelSection:
+        out = {"_target_": "SegResNetVAE" if vae else "SegResNet", **io}
+        out["init_filters"] = max(base // 2, 8)
+        return out | ({"input_image_size": crop} if vae else {})
 
-        kw = {"spatial_dims": 3, "in_channels": i, "out_channels": o}
-        kw["init_filters"] = max(base // 2, 8)
-        return SegResNetVAE(input_image_size=crop, **kw) if vae else SegResNet(**kw)
-
-    return make
+    return section
 
 
 def dynunet_layout(crop: Sequence[int], base: int) -> dict[str, list]:
@@ -138,49 +139,93 @@ def dynunet_layout(crop: Sequence[int], base: int) -> dict[str, list]:
     }
 
 
-def _dynunet(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
-    from monai.networks.nets import DynUNet
-
-    return DynUNet(3, i, o, **dynunet_layout(crop, base), res_block=False)
+def _dynunet(io: dict[str, int], crop: list[int], base: int) -> ModelSection:
+    return {"_target_": "DynUNet", **io, **dynunet_layout(crop, base), "res_block": False}
 
 
-def _monai_unet(ckpt: bool) -> Callable[..., nn.Module]:
-    def make(i: int, o: int, crop: tuple[int, int, int], base: int) -> nn.Module:
-        from monai.networks.nets.unet import CheckpointUNet, UNet
+def _monai_unet(target: str) -> Callable[..., ModelSection]:
+    def section(io: dict[str, int], crop: list[int], base: int) -> ModelSection:
+        return {
+            "_target_": target, **io, "channels": _widths(base), "strides": [2, 2, 2],
+            "num_res_units": 2,
+        }  # fmt: skip
 
-        cls = CheckpointUNet if ckpt else UNet
-        return cls(3, i, o, channels=_widths(base), strides=(2, 2, 2), num_res_units=2)
-
-    return make
+    return section
 
 
 def _const(m: int) -> Callable[[tuple[int, int, int]], int]:
     return lambda crop: m
 
 
-ZOO: dict[str, Spec] = {
-    "unet3d": Spec(_unet3d("store"), "store", _const(1)),
-    "unet3d_ckpt": Spec(_unet3d("checkpoint"), "checkpoint", _const(1)),
-    "partially": Spec(_inv("partially", False), "invert", _const(1)),
-    "partially_vae": Spec(_inv("partially", True), "invert", _const(1)),
-    "fully": Spec(_inv("fully", False), "invert", _const(1)),
-    "fully_vae": Spec(_inv("fully", True), "invert", _const(1)),
-    "partially_deep": Spec(_inv("partially", False, blocks=4), "invert", _const(1)),
-    "fully_deep": Spec(_inv("fully", False, blocks=4), "invert", _const(1)),
-    "fully_lift": Spec(_inv("fully", False, lift=True), "invert", _const(1)),
-    "segresnet": Spec(_segresnet(False), "store", _const(8)),
-    "segresnetvae": Spec(_segresnet(True), "store", _const(16), vae_scale=0.1),
-    "dynunet": Spec(
+ZOO: dict[str, Entry] = {
+    "unet3d": Entry(_unet3d("store"), "store", _const(1)),
+    "unet3d_ckpt": Entry(_unet3d("checkpoint"), "checkpoint", _const(1)),
+    "partially": Entry(_inv("PartiallyInvResUNet"), "invert", _const(1)),
+    "partially_vae": Entry(_inv("PartiallyInvResUNet", vae=True), "invert", _const(1)),
+    "fully": Entry(_inv("FullyInvResUNet"), "invert", _const(1)),
+    "fully_vae": Entry(_inv("FullyInvResUNet", vae=True), "invert", _const(1)),
+    "partially_deep": Entry(_inv("PartiallyInvResUNet", blocks=4), "invert", _const(1)),
+    "fully_deep": Entry(_inv("FullyInvResUNet", blocks=4), "invert", _const(1)),
+    "fully_lift": Entry(_inv("FullyInvResUNet", lift=True), "invert", _const(1)),
+    "segresnet": Entry(_segresnet(False), "store", _const(8)),
+    "segresnetvae": Entry(_segresnet(True), "store", _const(16), vae_scale=0.1),
+    "dynunet": Entry(
         _dynunet, "store", lambda crop: 2 ** (len(dynunet_layout(crop, 1)["strides"]) - 1)
     ),
-    "monai_unet": Spec(_monai_unet(False), "store", _const(8)),
-    "monai_checkpoint_unet": Spec(_monai_unet(True), "checkpoint", _const(8)),
+    "monai_unet": Entry(_monai_unet("UNet"), "store", _const(8)),
+    "monai_checkpoint_unet": Entry(_monai_unet("CheckpointUNet"), "checkpoint", _const(8)),
 }
 
 #: Rows a quality or plan run leaves out unless named with ``--models``.
 OPT_IN = ("partially_deep", "fully_deep", "fully_lift")
 #: The rows of a default quality or plan run.
 DEFAULT_MODELS = tuple(name for name in ZOO if name not in OPT_IN)
+
+
+def model_section(
+    name: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    crop: Sequence[int],
+    base: int = 16,
+    memory: str | None = None,
+) -> ModelSection:
+    """The ``model`` section of zoo entry ``name``: a registered network and plain arguments.
+
+    What :func:`build` instantiates and what a ``bench quality`` row's ``config.yaml`` holds:
+    ``invseg train`` builds the same network from it (:func:`invseg.nets.create`).
+
+    Args:
+        name: a key of :data:`ZOO`.
+        in_channels: image channels.
+        out_channels: logit channels.
+        crop: training crop ``(D, H, W)``: fixes the VAE input size and the DynUNet depth.
+        base: channels of the first level.
+        memory: for our nets, override the memory mode (``store``, ``checkpoint``, ``invert``;
+            UNet3D reads ``invert`` as ``store``); must be ``None`` for the others.
+
+    Raises:
+        ValueError: unknown name (did-you-mean), bad crop or base, a memory mode for a peer.
+
+    Example:
+        >>> model_section("unet3d", in_channels=4, out_channels=3, crop=(32, 32, 32), base=8)
+        {'_target_': 'UNet3D', 'spatial_dims': 3, 'in_channels': 4, 'out_channels': 3, \
+'channels': [8, 16, 32, 64], 'memory': 'store'}
+    """
+    entry = ZOO[check_option("zoo model", name, tuple(ZOO))]
+    crop3 = [int(c) for c in crop]
+    if len(crop3) != 3 or min(crop3) < 8:
+        raise ValueError(f"crop must be 3 sizes of at least 8 voxels, got {tuple(crop)}")
+    if int(base) < 2 or int(base) % 2:
+        raise ValueError(f"base must be an even number of channels >= 2, got {base}")
+    io = {"spatial_dims": 3, "in_channels": int(in_channels), "out_channels": int(out_channels)}
+    section = entry.section(io, crop3, int(base))
+    if memory is not None:
+        if "memory" not in section:
+            raise ValueError(f"zoo model {name!r} has no memory modes; pass memory=None")
+        section["memory"] = memory
+    return section
 
 
 def build(
@@ -192,22 +237,18 @@ def build(
     base: int = 16,
     memory: str | None = None,
 ) -> ZooNet:
-    """Build zoo model ``name`` for a training crop.
+    """Build zoo model ``name`` for a training crop: its :func:`model_section`, instantiated
+    through the registry like a config's ``model`` section
+    (:func:`invseg.runtime.config.instantiate_model`).
 
-    Args:
-        name: a key of :data:`ZOO`.
-        in_channels: image channels.
-        out_channels: logit channels.
-        crop: training crop ``(D, H, W)``: fixes the VAE input size and the DynUNet depth.
-        base: channels of the first level.
-        memory: for our nets, override the memory mode (``store``, ``checkpoint``, ``invert``;
-            UNet3D reads ``invert`` as ``store``); must be ``None`` for the others.
+    Args: as :func:`model_section`.
 
     Returns:
         A :class:`ZooNet` whose ``forward`` returns ``(logits, vae_loss or None)``.
 
     Raises:
-        ValueError: unknown name (did-you-mean), bad crop or base, a memory mode for a peer.
+        ValueError: unknown name (did-you-mean), bad crop or base, a memory mode for a peer or
+            one the net does not know.
 
     Example:
         >>> import torch
@@ -216,19 +257,16 @@ def build(
         >>> tuple(logits.shape), vae is None, net.memory
         ((1, 3, 16, 16, 16), True, 'store')
     """
-    spec = ZOO[check_option("zoo model", name, tuple(ZOO))]
-    crop3 = tuple(int(c) for c in crop)
-    if len(crop3) != 3 or min(crop3) < 8:
-        raise ValueError(f"crop must be 3 sizes of at least 8 voxels, got {tuple(crop)}")
-    if int(base) < 2 or int(base) % 2:
-        raise ValueError(f"base must be an even number of channels >= 2, got {base}")
-    net = spec.make(int(in_channels), int(out_channels), crop3, int(base))
-    mode = spec.memory
-    if memory is not None:
-        if not hasattr(net, "memory"):
-            raise ValueError(f"zoo model {name!r} has no memory modes; pass memory=None")
-        net.memory = memory
-        mode = net.memory
+    from invseg.runtime.config import instantiate_model
+
+    key = check_option("zoo model", name, tuple(ZOO))
+    section = model_section(
+        key, in_channels=in_channels, out_channels=out_channels, crop=crop, base=base,
+        memory=memory,
+    )  # fmt: skip
+    net, entry = instantiate_model(section), ZOO[key]
+    mode = entry.memory if memory is None else net.memory
+    crop3 = (int(crop[0]), int(crop[1]), int(crop[2]))
     return ZooNet(
-        net, name=name, memory=mode, multiple=spec.multiple(crop3), vae_scale=spec.vae_scale
+        net, name=key, memory=mode, multiple=entry.multiple(crop3), vae_scale=entry.vae_scale
     )

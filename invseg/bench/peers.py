@@ -30,6 +30,7 @@ from torch.autograd.graph import save_on_cpu, saved_tensors_hooks
 from torch.utils.checkpoint import checkpoint
 
 from invseg._choices import check_option
+from invseg.engine.memory import is_activation
 
 __all__ = [
     "POLICIES",
@@ -150,7 +151,7 @@ class _CountingOffload(saved_tensors_hooks):
 
         def pack(t: Tensor):
             packed = inner.pack_hook(t)
-            if not (isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad)):
+            if is_activation(t):  # what activation_bytes counts, split by where it stays
                 same = packed[1].untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
                 storage = t.untyped_storage()
                 (self.kept if same else self.moved)[storage.data_ptr()] = storage.nbytes()

@@ -294,7 +294,7 @@ def run(
     import pandas as pd
 
     from invseg.bench.quality_report import per_run, quality_markdown, quality_plot
-    from invseg.runtime.files import atomic_write_text
+    from invseg.files import atomic_write_text
     from invseg.runtime.planner import parse_bytes
 
     if steps is not None and int(steps) < 1:

@@ -3,102 +3,17 @@
 Every row of :mod:`invseg.bench.quality` is trained by :func:`invseg.commands.train.train` on the
 mapping that :func:`row_config` builds (the :class:`~invseg.tasks.config.SegConfig` schema), and
 the run folder keeps it as ``config.yaml``: ``invseg train <run>/config.yaml -o DIR`` repeats the
-row. :func:`model_section` gives each zoo entry as a ``model`` section (``_target_`` and plain
-arguments) that builds the same network as :func:`invseg.bench.models.build` (a test compares
-them entry by entry).
-
-Example:
-    >>> model_section("unet3d", in_channels=4, out_channels=3, crop=(32, 32, 32), base=8)
-    {'_target_': 'invseg.nets.UNet3D', 'spatial_dims': 3, 'in_channels': 4, 'out_channels': 3, \
-'channels': [8, 16, 32, 64], 'memory': 'store'}
+row. Its ``model`` section is the zoo entry itself (:func:`invseg.bench.models.model_section`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from invseg._choices import check_option
-from invseg.bench.models import ZOO, dynunet_layout
+from invseg.bench.models import ZOO, model_section
 
-__all__ = ["model_section", "row_config"]
-
-_NETS, _MONAI = "invseg.nets.", "monai.networks.nets."
-
-
-def _widths(base: int) -> list[int]:
-    return [base, 2 * base, 4 * base, 8 * base]
-
-
-def _unet3d(memory: str) -> Callable[..., dict[str, Any]]:
-    def make(io: dict[str, int], crop: list[int], base: int) -> dict[str, Any]:
-        return {"_target_": _NETS + "UNet3D", **io, "channels": _widths(base), "memory": memory}
-
-    return make
-
-
-def _inv(cls: str, *, vae: bool = False, **extra: Any) -> Callable[..., dict[str, Any]]:
-    def make(io: dict[str, int], crop: list[int], base: int) -> dict[str, Any]:
-        out = {"_target_": _NETS + cls, **io, "channels": _widths(base), "memory": "invert"}
-        return out | ({"vae": True, "input_image_size": crop} if vae else {}) | extra
-
-    return make
-
-
-def _segresnet(vae: bool) -> Callable[..., dict[str, Any]]:
-    def make(io: dict[str, int], crop: list[int], base: int) -> dict[str, Any]:
-        out = {"_target_": _MONAI + ("SegResNetVAE" if vae else "SegResNet"), **io}
-        out["init_filters"] = max(base // 2, 8)
-        return out | ({"input_image_size": crop} if vae else {})
-
-    return make
-
-
-def _dynunet(io: dict[str, int], crop: list[int], base: int) -> dict[str, Any]:
-    return {"_target_": _MONAI + "DynUNet", **io, **dynunet_layout(crop, base), "res_block": False}
-
-
-def _monai_unet(target: str) -> Callable[..., dict[str, Any]]:
-    def make(io: dict[str, int], crop: list[int], base: int) -> dict[str, Any]:
-        return {
-            "_target_": target, **io, "channels": _widths(base), "strides": [2, 2, 2],
-            "num_res_units": 2,
-        }  # fmt: skip
-
-    return make
-
-
-#: One ``model`` section maker per zoo entry (:data:`invseg.bench.models.ZOO`).
-SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
-    "unet3d": _unet3d("store"),
-    "unet3d_ckpt": _unet3d("checkpoint"),
-    "partially": _inv("PartiallyInvResUNet"),
-    "partially_vae": _inv("PartiallyInvResUNet", vae=True),
-    "fully": _inv("FullyInvResUNet"),
-    "fully_vae": _inv("FullyInvResUNet", vae=True),
-    "partially_deep": _inv("PartiallyInvResUNet", blocks=4),
-    "fully_deep": _inv("FullyInvResUNet", blocks=4),
-    "fully_lift": _inv("FullyInvResUNet", lift=True),
-    "segresnet": _segresnet(False),
-    "segresnetvae": _segresnet(True),
-    "dynunet": _dynunet,
-    "monai_unet": _monai_unet(_MONAI + "UNet"),
-    "monai_checkpoint_unet": _monai_unet(_MONAI + "unet.CheckpointUNet"),
-}
-
-
-def model_section(
-    name: str, *, in_channels: int, out_channels: int, crop: Sequence[int], base: int
-) -> dict[str, Any]:
-    """The ``model`` section (``_target_`` + plain arguments) of zoo entry ``name``.
-
-    Raises:
-        ValueError: an unknown zoo name (with a did-you-mean hint).
-    """
-    name = check_option("zoo model", name, tuple(ZOO))
-    io = {"spatial_dims": 3, "in_channels": int(in_channels), "out_channels": int(out_channels)}
-    return SECTIONS[name](io, [int(c) for c in crop], int(base))
+__all__ = ["row_config"]
 
 
 def row_config(

@@ -23,6 +23,7 @@ import torch
 from invseg.recon.baselines import cg_sense, zero_filled
 from invseg.recon.metrics import psnr, ssim
 from invseg.recon.modl import MoDL
+from invseg.tasks.config import ReconData
 from invseg.tasks.recon import collate, simulate_dataset
 
 __all__ = ["HELD_OUT_SEED", "markdown", "measure", "row_config", "train_row", "trained_modl"]
@@ -119,7 +120,7 @@ def measure(cfg: dict, device: torch.device, runs: Path) -> dict[str, np.ndarray
         device: where to train and reconstruct.
         runs: the bench's run folder; MoDL rows train in ``runs/quality/modl<n>-seed<seed>``.
     """
-    data = cine_data(cfg, 0)
+    data = ReconData.build(cine_data(cfg, 0), "data")
     val = simulate_dataset(data, cfg["val"], HELD_OUT_SEED)
     mu = _tune_cg_sense(simulate_dataset(data, cfg["train"], 0), device)
     res = {

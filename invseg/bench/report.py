@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invseg.runtime.files import atomic_write_text
+from invseg.files import atomic_write_text
 
 HEADER = (
     "# Benchmarks\n\n"

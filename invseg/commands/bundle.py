@@ -230,7 +230,7 @@ def export_to_bundle(checkpoint: str | Path, bundle_dir: str | Path) -> dict[str
     model_for_weights(lambda: meta.build_model(), ckpt["model"], source=checkpoint)
     out = Path(bundle_dir) / "models" / "model.pt"
     save_checkpoint(ckpt["model"], out)
-    kwargs = dict(meta.get("kwargs", {}))
+    kwargs = dict(meta.kwargs)
     overrides: dict[str, Any] = {"network_def#_target_": full_name(model_class(meta.target))}
     for key, value in kwargs.items():
         if key in _NET_IDS:
@@ -238,8 +238,7 @@ def export_to_bundle(checkpoint: str | Path, bundle_dir: str | Path) -> dict[str
         elif key != "_target_":
             overrides[f"network_def#{key}"] = value
     for key in ("convention", "spacing", "roi_size", "sw_batch_size", "overlap"):
-        if key in meta:
-            overrides[key] = meta[key]
+        overrides[key] = getattr(meta, key)
     return overrides
 
 
@@ -282,7 +281,7 @@ def import_from_bundle(
         ...            tmp / "models/model.pt")
         >>> ckpt = import_from_bundle(tmp, tmp / "best.pt", overrides={"channels": [4, 8]})
         >>> model, meta = load_model(ckpt)
-        >>> meta["target"], meta["convention"]
+        >>> meta.target, meta.convention
         ('invseg.nets.PartiallyInvResUNet', 'brats')
     """
     from monai.bundle import ConfigParser

@@ -190,7 +190,7 @@ def evaluate(
         >>> df[["dice_CSF", "dice_GM", "dice_WM"]].iloc[0].tolist(), float(df["hd95_WM"].iloc[0])
         ([1.0, 1.0, 1.0], 0.0)
     """
-    from invseg.runtime.files import atomic_write_text, remove_stale_temps
+    from invseg.files import atomic_write_text, remove_stale_temps
 
     pred_dir, ref_dir = Path(pred_dir).expanduser(), Path(ref_dir).expanduser()
     csv = Path(output_csv).expanduser() if output_csv is not None else None
@@ -261,7 +261,7 @@ def format_summary(df: Any) -> str:
 
 def _notes(attrs: dict[str, Any]) -> list[str]:
     """The summary's lines on missing and failed cases and on the CSV written."""
-    from invseg.runtime.files import output_notes
+    from invseg.files import output_notes
     from invseg.tasks.seg_metrics import EMPTY_DISTANCE
 
     lines, missing = [], list(attrs.get("missing") or [])

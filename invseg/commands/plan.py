@@ -39,11 +39,14 @@ def config_candidates(path: str | Path) -> list[Candidate]:
 
     ``path`` is a YAML file or a packaged config name; only its model section is read.
     """
-    from invseg.runtime.config import instantiate_model, resolve_target
+    from invseg.nets.registry import model_class
+    from invseg.nets.vae import vae_kwargs
+    from invseg.runtime.config import instantiate_model, model_arguments
     from invseg.tasks.config import load_config
 
-    cfg = dict(load_config(path).to_dict()["model"])
-    cls = resolve_target(str(cfg["_target_"]))
+    cfg = dict(load_config(path).model)
+    name, _ = model_arguments(cfg)
+    cls = model_class(name)
     params = inspect.signature(cls).parameters
     channels = cfg.get("channels", params["channels"].default if "channels" in params else None)
     multiple = 2 ** (len(channels) - 1) if channels else 8
@@ -53,14 +56,11 @@ def config_candidates(path: str | Path) -> list[Candidate]:
         if "memory" in params
         else (str(cfg.get("memory", "store")),)
     )
-    name = str(cfg["_target_"]).rsplit(".", 1)[-1]
 
     def make(mode: str) -> Callable[[tuple[int, int, int]], nn.Module]:
         def fn(shape: tuple[int, int, int]) -> nn.Module:
-            c = dict(cfg) | ({"memory": mode} if "memory" in params else {})
-            if c.get("vae"):
-                c["input_image_size"] = list(shape)
-            return instantiate_model(c)
+            c = cfg | ({"memory": mode} if "memory" in params else {})
+            return instantiate_model(vae_kwargs(c, shape))  # the VAE is built for the input
 
         return fn
 

@@ -30,6 +30,7 @@ from invseg.commands.predict_inputs import (
     summary,
     writer_for,
 )
+from invseg.runtime.checkpoint import RunMeta
 from invseg.runtime.distributed import resolve_device
 from invseg.runtime.restore import load_model
 
@@ -110,7 +111,7 @@ class _CasePredictor:
     def __init__(
         self,
         model: torch.nn.Module,
-        meta: dict[str, Any],
+        meta: RunMeta,
         device: torch.device,
         *,
         tta: bool,
@@ -120,8 +121,8 @@ class _CasePredictor:
 
         self.model, self.meta, self.device = model, meta, device
         self.tta, self.overlap = tta, overlap
-        self.convention = get_convention(meta["convention"])
-        self.transforms = inference_transforms(spacing=meta["spacing"])
+        self.convention = get_convention(meta.convention)
+        self.transforms = inference_transforms(spacing=meta.spacing)
 
     def __call__(self, case: Any) -> np.ndarray:
         """Probabilities ``(C, X, Y, Z)`` in the input geometry."""
@@ -135,13 +136,13 @@ class _CasePredictor:
         data = self.transforms(item)
         image = data["image"]
         x = torch.as_tensor(image)[None].float().to(self.device)
-        amp = self.device.type == "cuda" and self.meta.get("amp", False)
+        amp = self.device.type == "cuda" and self.meta.amp
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=amp):
             probs = predict_probabilities(
                 self.model,
                 x,
-                roi_size=self.meta["roi_size"],
-                sw_batch_size=self.meta["sw_batch_size"],
+                roi_size=self.meta.roi_size,
+                sw_batch_size=self.meta.sw_batch_size,
                 overlap=self.overlap,
                 activation=self.convention.activation,
                 tta=self.tta,
@@ -245,7 +246,7 @@ def predict(
         raise ValueError(f"overlap={overlap} must be in [0, 1).")
     infos, cases, errors, out_dir, removed = plan(inputs, output)
     model, meta = load_model(checkpoint, device=dev, model_class=model_class)
-    conv = output_convention(labels, infos, meta["convention"])
+    conv = output_convention(labels, infos, meta.convention)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     total = len(cases) + len(errors)
@@ -254,10 +255,10 @@ def predict(
     if skip_existing:
         cases = [c for c in cases if c.case_id not in existing]
     predictor = _CasePredictor(
-        model, meta, dev, tta=tta, overlap=float(meta["overlap"] if overlap is None else overlap)
+        model, meta, dev, tta=tta, overlap=float(meta.overlap if overlap is None else overlap)
     )
     kw = {
-        "in_channels": int(meta["kwargs"].get("in_channels") or len(meta["modalities"])),
+        "in_channels": int(meta.kwargs.get("in_channels") or len(meta.modalities)),
         "save_probabilities": save_probabilities,
         "writer": writer,
         "input_files": {Path(f).resolve() for c in cases for f in (*c.images, c.label) if f},

@@ -149,12 +149,12 @@ def plan(inputs: Sequence[str | Path], output: str | Path) -> tuple[list, list, 
 
     Temporary files that a killed earlier run left in the output folder and its
     ``probabilities/`` (only the atomic writers' own names, see
-    :func:`invseg.runtime.files.remove_stale_temps`) are deleted; ``removed`` counts them.
+    :func:`invseg.files.remove_stale_temps`) are deleted; ``removed`` counts them.
 
     Raises:
         ValueError: no inputs or cases; an output folder that holds inputs or is not writable.
     """
-    from invseg.runtime.files import remove_stale_temps
+    from invseg.files import remove_stale_temps
 
     in_paths = [Path(p) for p in inputs]
     if not in_paths:
@@ -189,7 +189,7 @@ def summary(
         >>> summary(3, 4, Path("out"), failed=1, replaced=2, skipped=0)
         'predict: wrote 3 of 4 cases to out (1 failed; replaced 2 earlier results)'
     """
-    from invseg.runtime.files import output_notes
+    from invseg.files import output_notes
 
     notes = [f"{failed} failed"] if failed else []
     notes += output_notes(replaced=replaced)

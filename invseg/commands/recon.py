@@ -25,15 +25,15 @@ import torch
 from torch import Tensor
 
 from invseg._choices import did_you_mean
-from invseg.recon.operators import SenseOperator
-from invseg.runtime.checkpoint import load_checkpoint
-from invseg.runtime.distributed import DistInfo, resolve_device
-from invseg.runtime.files import (
+from invseg.files import (
     atomic_path,
     atomic_save_numpy,
     output_notes,
     remove_stale_temps,
 )
+from invseg.recon.operators import SenseOperator
+from invseg.runtime.checkpoint import load_checkpoint
+from invseg.runtime.distributed import DistInfo, resolve_device
 from invseg.runtime.loop import Loop
 from invseg.runtime.restore import model_for_weights
 from invseg.runtime.settings import LoopSettings
@@ -163,7 +163,7 @@ def predict_recon(
         raise ValueError(f"{checkpoint}: config: {err}") from None
     model = model_for_weights(lambda: build_model(cfg), state["model"], source=checkpoint)
     model.eval()
-    kind = cfg["data"]["kind"]
+    kind = cfg.data.kind
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temps(output)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from invseg.data.naming import split_ext
-from invseg.runtime.files import atomic_write_text
+from invseg.files import atomic_write_text
 
 
 def save_image(img: Any, path: Path) -> None:

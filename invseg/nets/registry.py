@@ -10,7 +10,8 @@ in a checkpoint and is refused.
 Names are the invseg networks (``UNet3D``, ``PartiallyInvResUNet``, ``FullyInvResUNet``) and a
 fixed list of MONAI segmentation networks (``SegResNet``, ``DynUNet``, ...); the full public
 paths (``invseg.nets.FullyInvResUNet``, ``monai.networks.nets.SegResNet``), which checkpoints
-store, name the same classes.
+store, name the same classes. A config's ``model._target_`` is one of these names too
+(:func:`invseg.runtime.config.instantiate_model`), and so is every entry of the benchmark zoo.
 
 Example:
     >>> net = create("PartiallyInvResUNet", in_channels=4, out_channels=3, channels=[4, 8])
@@ -52,16 +53,20 @@ __all__ = [
 MONAI_NETWORKS = (
     "AttentionUnet",
     "BasicUNet",
+    "CheckpointUNet",
     "DynUNet",
     "HighResNet",
     "SegResNet",
     "SegResNetDS",
+    "SegResNetVAE",
     "SwinUNETR",
     "UNETR",
     "UNet",
     "VNet",
 )
 _INVSEG_PREFIX, _MONAI_PREFIX = "invseg.nets.", "monai.networks.nets."
+#: MONAI networks defined in a module but not exported by ``monai.networks.nets``.
+_MONAI_MODULES = {"CheckpointUNet": "unet"}
 _MAX_ITEMS, _MAX_DEPTH, _MAX_TEXT = 4096, 8, 4096
 
 
@@ -83,15 +88,26 @@ def list_models() -> list[str]:
     return [*sorted(_invseg_classes()), *MONAI_NETWORKS]
 
 
+def _path(short: str) -> str:
+    """The full public path of a registered name (``monai.networks.nets.unet.CheckpointUNet``)."""
+    if short in _invseg_classes():
+        return _INVSEG_PREFIX + short
+    module = _MONAI_MODULES.get(short)
+    return _MONAI_PREFIX + (f"{module}." if module else "") + short
+
+
 def canonical_name(name: str) -> str | None:
-    """The registry name for ``name`` (short or full public path), or ``None`` if unknown."""
+    """The registry name for ``name`` (short or full public path), or ``None`` if unknown.
+
+    Example:
+        >>> canonical_name("monai.networks.nets.SegResNet"), canonical_name("os.system")
+        ('SegResNet', None)
+    """
     name = str(name)
-    for prefix in (_INVSEG_PREFIX, _MONAI_PREFIX):
-        if name.startswith(prefix):
-            short = name[len(prefix) :]
-            group = _invseg_classes() if prefix == _INVSEG_PREFIX else MONAI_NETWORKS
-            return short if short in group else None
-    return name if name in list_models() else None
+    names = list_models()
+    if name in names:
+        return name
+    return next((short for short in names if _path(short) == name), None)
 
 
 def full_name(cls: type) -> str | None:
@@ -104,8 +120,7 @@ def full_name(cls: type) -> str | None:
     """
     for name in list_models():
         if model_class(name) is cls:
-            prefix = _INVSEG_PREFIX if name in _invseg_classes() else _MONAI_PREFIX
-            return prefix + name
+            return _path(name)
     return None
 
 
@@ -125,7 +140,8 @@ def model_class(name: str) -> type[nn.Module]:
         return invseg_classes[short]
     import monai.networks.nets as monai_nets
 
-    return getattr(monai_nets, short)
+    module = _MONAI_MODULES.get(short)
+    return getattr(getattr(monai_nets, module) if module else monai_nets, short)
 
 
 def create(name: str, **kwargs: Any) -> nn.Module:

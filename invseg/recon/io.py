@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from invseg.files import atomic_path
 from invseg.recon.fft import ifftc
-from invseg.runtime.files import atomic_path
 
 __all__ = ["estimate_coil_maps", "read_fastmri_h5", "write_fastmri_h5"]
 

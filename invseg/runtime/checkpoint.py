@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from invseg.files import atomic_save_torch
 from invseg.nets.registry import check_plain
 from invseg.runtime.config import Section
-from invseg.runtime.files import atomic_save_torch
 
 __all__ = [
     "RunMeta",

@@ -11,14 +11,13 @@ is allowed::
     unknown config key 'train.lrr'. Did you mean 'lr'?
 
 Tasks declare their schemas (:mod:`invseg.tasks.config`); this module knows no task. Sections
-read like dicts too (``cfg["train"]["lr"] == cfg.train.lr``) so older code keeps working.
+are read by attribute (``cfg.train.lr``); :meth:`Section.to_dict` gives plain data.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import re
 import typing
 from collections.abc import Mapping, Sequence
@@ -39,8 +38,8 @@ __all__ = [
     "key_hint",
     "list_configs",
     "load",
+    "model_arguments",
     "parse_overrides",
-    "resolve_target",
     "yaml_dump",
     "yaml_load",
 ]
@@ -120,28 +119,29 @@ def yaml_dump(obj: Any) -> str:
 
 
 class Section:
-    """Base of config sections: dataclasses that also read like dicts (``s["lr"]``)."""
+    """Base of config sections: dataclasses read by attribute (``cfg.train.lr``).
 
-    def __getitem__(self, key: str) -> Any:
-        if key in self.keys():
-            return getattr(self, key)
-        raise KeyError(key)
+    A section is not a mapping: ``cfg["train"]`` raises :class:`TypeError` saying so.
+    :meth:`to_dict` is the one way to plain data (YAML, checkpoints, ``--set`` merging).
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key not in self.keys():
-            raise KeyError(key)
-        setattr(self, key, value)
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Train(Section):
+        ...     lr: float = 0.1
+        >>> Train().lr, Train().to_dict()
+        (0.1, {'lr': 0.1})
+        >>> Train()["lr"]
+        Traceback (most recent call last):
+        ...
+        TypeError: Train is read by attribute: write .lr, not ['lr']
+    """
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """``getattr`` with a default, like :meth:`dict.get`."""
-        return getattr(self, key) if key in self.keys() else default
-
-    def keys(self) -> list[str]:
-        """The field names, in declaration order."""
-        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+    def __getitem__(self, key: object) -> Any:
+        name = type(self).__name__
+        if isinstance(key, str):
+            raise TypeError(f"{name} is read by attribute: write .{key}, not [{key!r}]")
+        raise TypeError(f"{name} is read by attribute, not by index; to_dict() gives a dict")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts/lists/scalars (what YAML and ``torch.save`` store)."""
@@ -326,55 +326,67 @@ def find_config(name: str | Path) -> Path:
     )
 
 
-def resolve_target(target: str) -> Any:
-    """Import the object named by a full dotted path such as ``invseg.nets.UNet3D``.
+def model_arguments(model: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(registered name, arguments)`` of a ``model`` section, checked as plain data.
+
+    ``_target_`` names a network of the registry (:func:`invseg.nets.list_models`): a short name
+    (``UNet3D``) or its full public path (``invseg.nets.UNet3D``,
+    ``monai.networks.nets.SegResNet``). Every other key is an argument of that class and holds
+    plain data (:func:`invseg.nets.registry.check_arguments`): nothing named in a config is
+    imported, no ``$`` expression is evaluated.
 
     Raises:
-        ConfigError: the module or attribute does not exist.
+        ConfigError: ``_target_`` missing or unknown (with a did-you-mean hint), or an argument
+            that the class does not take or that does not fit it (``model.<key>: ...``).
 
     Example:
-        >>> resolve_target("torch.nn.Identity").__name__
-        'Identity'
+        >>> model_arguments({"_target_": "invseg.nets.UNet3D", "channels": [4, 8]})
+        ('UNet3D', {'channels': [4, 8]})
+        >>> model_arguments({"_target_": "UNet3D", "chanels": [4, 8]})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        invseg.runtime.coerce.ConfigError: model.chanels: not an argument of UNet3D. Did you ...
     """
-    module_name, _, attr = str(target).rpartition(".")
-    if not module_name:
+    from invseg.nets import registry
+
+    target = model.get("_target_")
+    if target is None:
         raise ConfigError(
-            f"model._target_ '{target}' must be a full dotted path, e.g. "
-            "'invseg.nets.PartiallyInvResUNet'."
+            "model._target_ is missing: name the network, e.g. 'invseg.nets.PartiallyInvResUNet' "
+            f"(one of {', '.join(registry.list_models())})."
         )
+    name = registry.canonical_name(str(target))
+    if name is None:
+        names = registry.list_models()
+        hint = did_you_mean(str(target).rsplit(".", 1)[-1], names) or f" Known: {', '.join(names)}."
+        raise ConfigError(f"model._target_: '{target}' is not a network invseg knows.{hint}")
+    kwargs = {k: v for k, v in model.items() if k != "_target_"}
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"model._target_ '{target}': cannot import '{module_name}' ({err})."
-        ) from err
-    if not hasattr(module, attr):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise ConfigError(
-            f"model._target_ '{target}': '{module_name}' has no '{attr}'." + key_hint(attr, names)
-        )
-    return getattr(module, attr)
+        registry.check_arguments(name, kwargs, "model")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return name, kwargs
 
 
-def instantiate_model(model_cfg: Mapping[str, Any]) -> Any:
-    """Build the network of a ``model`` section with :class:`monai.bundle.ConfigParser`.
+def instantiate_model(model: Mapping[str, Any]) -> Any:
+    """Build the network of a ``model`` section: :func:`invseg.nets.create` on the name and
+    arguments of :func:`model_arguments` (checked as plain data first).
 
     Raises:
-        ConfigError: the class cannot be found or rejects the arguments.
+        ConfigError: an unknown network or argument, or the class rejects the arguments
+            (``cannot build model <_target_>: <its own message>``).
 
     Example:
-        >>> instantiate_model({"_target_": "torch.nn.Conv3d", "in_channels": 1,
-        ...                    "out_channels": 2, "kernel_size": 1}).out_channels
-        2
+        >>> net = instantiate_model({"_target_": "invseg.nets.UNet3D", "in_channels": 1,
+        ...                          "out_channels": 2, "channels": [4, 8]})
+        >>> type(net).__name__, net.channels
+        ('UNet3D', (4, 8))
     """
-    from monai.bundle import ConfigParser
+    from invseg.nets import registry
 
-    target = model_cfg.get("_target_")
-    resolve_target(str(target))
+    name, kwargs = model_arguments(model)
     try:
-        return ConfigParser({"model": copy.deepcopy(dict(model_cfg))}).get_parsed_content("model")
+        return registry.create(name, **copy.deepcopy(kwargs))
     except (TypeError, ValueError, RuntimeError) as err:
-        cause = err  # MONAI wraps the class's own error: report that one
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ConfigError(f"cannot build model {target}: {' '.join(str(cause).split())}") from err
+        why = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(f"cannot build model {model['_target_']}: {why}") from err

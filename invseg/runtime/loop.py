@@ -42,17 +42,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from invseg.runtime.checkpoint import capture_rng, load_checkpoint, save_checkpoint
-from invseg.runtime.config import yaml_dump
-from invseg.runtime.device import Amp
-from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier
-from invseg.runtime.files import (
+from invseg.files import (
     atomic_write,
     atomic_write_text,
     read_rows,
     remove_stale_temps,
     write_rows,
 )
+from invseg.runtime.checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from invseg.runtime.config import yaml_dump
+from invseg.runtime.device import Amp
+from invseg.runtime.distributed import DistInfo, all_reduce_mean, barrier
 from invseg.runtime.restore import check_same_model, restore_training
 from invseg.runtime.settings import LoopSettings
 from invseg.runtime.task import (

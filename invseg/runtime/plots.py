@@ -13,7 +13,7 @@ def save_figure(fig, path: str | Path, *, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG atomically (umask honoured) and close it."""
     import matplotlib.pyplot as plt
 
-    from invseg.runtime.files import atomic_path
+    from invseg.files import atomic_path
 
     path = Path(path)
     with atomic_path(path, keep_suffix=True) as tmp:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,50 @@ from torch import nn
 
 from invseg.nets.registry import check_plain
 from invseg.runtime.checkpoint import RunMeta, load_checkpoint, restore_rng
-from invseg.runtime.config import ConfigError, resolve_target
+from invseg.runtime.config import ConfigError, key_hint
 
 __all__ = [
     "build_model",
     "check_same_model",
     "check_weights",
+    "import_class",
     "load_model",
     "load_weights",
     "model_for_weights",
     "restore_training",
 ]
+
+
+def import_class(path: str) -> Any:
+    """The class a *user* names by its full dotted path (``--model-class``), imported.
+
+    The one place invseg imports code by a name; the name never comes from a checkpoint or a
+    config (those name registered networks, :mod:`invseg.nets.registry`).
+
+    Raises:
+        ConfigError: not a dotted path, or the module or attribute does not exist.
+
+    Example:
+        >>> import_class("torch.nn.Identity").__name__
+        'Identity'
+    """
+    module_name, _, attr = str(path).rpartition(".")
+    if not module_name:
+        raise ConfigError(
+            f"--model-class '{path}' must be a full dotted path, e.g. 'mypackage.nets.MyNet'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"--model-class '{path}': cannot import '{module_name}' ({err})."
+        ) from err
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(
+            f"--model-class '{path}': '{module_name}' has no '{attr}'." + key_hint(attr, names)
+        )
+    return getattr(module, attr)
 
 
 def build_model(
@@ -60,7 +94,7 @@ def build_model(
         registry.check_arguments(target, kwargs, f"{path}.kwargs")
         cls = registry.model_class(target)
     else:
-        cls = resolve_target(model_class)
+        cls = import_class(model_class)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError) as err:

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import saved_tensors_hooks
+
+from invseg.engine.memory import saved_storages
 
 __all__ = [
     "NATIVE_CONV_LIMIT",
@@ -129,22 +130,15 @@ def saved_bytes(
 ) -> tuple[int, int]:
     """Bytes autograd saves for backward in one training forward, and the largest saved tensor.
 
-    Parameters are not counted; each storage counts once.
+    Counted by :func:`invseg.engine.memory.saved_storages`: parameters are not counted; each
+    storage counts once.
     """
-    storages: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        if not (isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad)):
-            s = t.untyped_storage()
-            storages.setdefault(s.data_ptr(), s.nbytes())
-        return t
-
     model.train()
     x = _input(model, in_channels, shape, batch)
-    with saved_tensors_hooks(pack, lambda t: t), amp_context(amp, x.device):
+    with saved_storages() as saved, amp_context(amp, x.device):
         loss = _loss(model(x))
     del loss
-    return sum(storages.values()), max(storages.values(), default=0)
+    return sum(saved.values()), max(saved.values(), default=0)
 
 
 def measure_step_memory(

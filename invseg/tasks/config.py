@@ -4,8 +4,8 @@ Both load through :func:`invseg.runtime.config.load`, so both get the same coerc
 floats, did-you-mean hints and error messages.
 
 Example:
-    >>> cfg = load_config({"model": {"_target_": "torch.nn.Identity"}}, ["train.lr=3e-4"])
-    >>> cfg.train.lr, cfg["infer"]["overlap"]
+    >>> cfg = load_config({"model": {"_target_": "UNet3D"}}, ["train.lr=3e-4"])
+    >>> cfg.train.lr, cfg.infer.overlap
     (0.0003, 0.5)
     >>> load_recon_config({}, ["train.steps=3"]).train.steps
     3
@@ -13,21 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from invseg.runtime.config import (
-    ConfigError,
-    Section,
-    field,
-    key_hint,
-    load,
-    resolve_target,
-    to_plain,
-)
+from invseg.runtime.config import ConfigError, Section, field, load, model_arguments, to_plain
 
 __all__ = [
     "ReconConfig",
@@ -169,34 +160,9 @@ class SegConfig(Section):
     output: Output = field(Output())
 
     def check(self, path: str) -> None:
-        """The model keys must be arguments of ``model._target_``."""
-        check_model_keys(self.model)
-
-
-def check_model_keys(model: Mapping[str, Any]) -> None:
-    """Every key of a ``model`` section is an argument of its ``_target_`` class.
-
-    Raises:
-        ConfigError: missing ``_target_`` or unknown key (with a did-you-mean hint).
-    """
-    target = model.get("_target_")
-    if target is None:
-        raise ConfigError(
-            "model._target_ is missing: name the network class by its full dotted "
-            "path, e.g. 'invseg.nets.PartiallyInvResUNet'."
-        )
-    try:
-        params = inspect.signature(resolve_target(target)).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    keys = ["_target_", *params]
-    for key in model:
-        if key not in keys:
-            raise ConfigError(
-                f"unknown config key 'model.{key}' for {target}." + key_hint(key, keys)
-            )
+        """``model._target_`` is a registered network and every other model key one of its
+        arguments, as plain data (:func:`invseg.runtime.config.model_arguments`)."""
+        model_arguments(self.model)
 
 
 def load_config(source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> SegConfig:

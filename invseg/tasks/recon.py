@@ -10,7 +10,7 @@ an order drawn from ``(train.seed, epoch)``, ``train.batch_size`` samples per st
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from invseg.recon.simulate import beating_phantom, mni152_slice, shepp_logan
 from invseg.recon.transforms import SimulateKSpace
 from invseg.runtime.device import Amp
 from invseg.runtime.distributed import DistInfo
-from invseg.tasks.config import ReconConfig
+from invseg.tasks.config import ReconConfig, ReconData
 
 __all__ = ["RESUME_MUTABLE", "ReconTask", "build_model", "collate", "simulate_dataset"]
 
@@ -50,15 +50,14 @@ RESUME_MUTABLE = (
 )
 
 
-def build_model(cfg: ReconConfig | Mapping[str, Any]) -> MoDL:
+def build_model(cfg: ReconConfig) -> MoDL:
     """A :class:`MoDL` from the ``model`` section of a resolved config."""
-    model = cfg["model"]
-    return MoDL(**(model.to_dict() if hasattr(model, "to_dict") else dict(model)))
+    return MoDL(**cfg.model.to_dict())
 
 
-def _image(d: Mapping[str, Any], rng: np.random.Generator) -> Tensor:
-    shape = tuple(d["shape"])
-    if d["kind"] == "cine":
+def _image(d: ReconData, rng: np.random.Generator) -> Tensor:
+    shape = tuple(d.shape)
+    if d.kind == "cine":
         img = beating_phantom(
             shape[0],
             shape[1:],
@@ -66,9 +65,9 @@ def _image(d: Mapping[str, Any], rng: np.random.Generator) -> Tensor:
             amplitude=float(rng.uniform(0.15, 0.3)),
         )
         img = torch.roll(img, int(rng.integers(-shape[0], shape[0])), dims=0)
-    elif d["kind"] == "3d":
+    elif d.kind == "3d":
         img = shepp_logan(shape, ndim=3)
-    elif d["phantom"] == "mni152":
+    elif d.phantom == "mni152":
         img = mni152_slice(shape, index=float(rng.uniform(0.35, 0.65)))
     else:
         img = shepp_logan(shape)
@@ -81,19 +80,19 @@ def _image(d: Mapping[str, Any], rng: np.random.Generator) -> Tensor:
     return img.to(torch.complex64) * complex(math.cos(phase), math.sin(phase))
 
 
-def simulate_dataset(d: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Tensor]]:
+def simulate_dataset(d: ReconData, n: int, seed: int) -> list[dict[str, Tensor]]:
     """``n`` normalised samples ``{"target", "kspace", "mask", "coil_maps"}`` for a data section."""
     rng = np.random.default_rng(seed)
     sim = SimulateKSpace(
-        d["num_coils"],
-        d["acceleration"],
-        mask_type=d["mask"],
-        calib=d["calib"],
-        noise_std=d["noise_std"],
+        d.num_coils,
+        d.acceleration,
+        mask_type=d.mask,
+        calib=d.calib,
+        noise_std=d.noise_std,
         seed=int(rng.integers(2**31 - 1)),
     )
     out = []
-    fft_ndim = 3 if d["kind"] == "3d" else 2
+    fft_ndim = 3 if d.kind == "3d" else 2
     for _ in range(n):
         x = _image(d, rng)
         k, m, S = sim(x[None])

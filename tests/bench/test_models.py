@@ -5,8 +5,32 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invseg.bench.models import ZOO, build, dynunet_layout
+from invseg.bench.models import ZOO, build, dynunet_layout, model_section
 from invseg.engine.memory import activation_bytes
+from invseg.nets.registry import check_plain, full_name, model_class
+
+#: Parameters of every zoo entry at base 4 (4 -> 3 channels, crop 16^3); a change to an entry's
+#: section, or to the net it names, shows here.
+PARAMS = {
+    "unet3d": 116167, "unet3d_ckpt": 116167, "partially": 47215, "partially_vae": 77491,
+    "fully": 26299, "fully_vae": 56575, "partially_deep": 116695, "fully_deep": 95779,
+    "fully_lift": 25864, "segresnet": 1176843, "segresnetvae": 1218687, "dynunet": 21759,
+    "monai_unet": 75930, "monai_checkpoint_unet": 75930,
+}  # fmt: skip
+
+
+def test_every_zoo_entry_has_a_parameter_count() -> None:
+    assert set(PARAMS) == set(ZOO)
+
+
+@pytest.mark.parametrize(("name", "params"), PARAMS.items())
+def test_zoo_entry_is_a_registered_net_with_plain_arguments(name: str, params: int) -> None:
+    section = model_section(name, in_channels=4, out_channels=3, crop=(16,) * 3, base=4)
+    kwargs = {k: v for k, v in section.items() if k != "_target_"}
+    check_plain(kwargs, "model")  # what a config (and a checkpoint) may hold
+    net = build(name, in_channels=4, out_channels=3, crop=(16,) * 3, base=4).net
+    assert type(net) is model_class(section["_target_"]) and full_name(type(net)) is not None
+    assert sum(p.numel() for p in net.parameters()) == params
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -75,6 +99,8 @@ def test_bad_names_and_options_are_rejected() -> None:
         build("monai_unet", in_channels=4, out_channels=3, crop=(16,) * 3, memory="invert")
     with pytest.raises(ValueError, match="crop"):
         build("unet3d", in_channels=4, out_channels=3, crop=(4, 4))
+    with pytest.raises(ValueError, match="Did you mean 'unet3d'"):
+        model_section("unet3", in_channels=4, out_channels=3, crop=(16,) * 3, base=4)
 
 
 def test_deep_rows_have_the_twins_parameters_at_one_blocks_memory() -> None:

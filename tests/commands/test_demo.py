@@ -33,7 +33,7 @@ def test_packaged_recon_configs_load_by_name() -> None:
 )
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
-    assert cfg["model"]["_target_"].startswith("invseg.nets.")
+    assert cfg.model["_target_"].startswith("invseg.nets.")
 
 
 @pytest.mark.slow

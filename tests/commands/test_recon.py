@@ -29,7 +29,7 @@ TINY = [
 @pytest.mark.parametrize("name", ["recon_2d", "recon_3d_slab", "recon_cine"])
 def test_shipped_configs_load(name):
     cfg = load_recon_config(f"configs/{name}.yaml")
-    assert cfg["model"]["num_unrolls"] == 10
+    assert cfg.model.num_unrolls == 10
 
 
 def test_train_and_predict_end_to_end(tmp_path):

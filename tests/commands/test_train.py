@@ -137,12 +137,12 @@ def test_set_overrides_parse_yaml_values(tmp_path: Path) -> None:
             "train.loss.vae=0.5",
         ],
     )
-    assert cfg["train"]["lr"] == pytest.approx(3e-4)
-    assert cfg["data"]["crop"] == [16, 16, 16]
-    assert cfg["model"]["channels"] == [8, 16]
-    assert cfg["train"]["amp"] is True
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.data.crop == [16, 16, 16]
+    assert cfg.model["channels"] == [8, 16]  # the model section: a network's plain arguments
+    assert cfg.train.amp is True
     assert cfg.train.loss.to_dict() == {"dice": 1.0, "ce": None, "bce": None, "vae": 0.5}
-    assert cfg["infer"]["overlap"] == 0.25  # from the file; untouched defaults filled in
+    assert cfg.infer.overlap == 0.25  # from the file; untouched defaults filled in
 
 
 @pytest.mark.parametrize(

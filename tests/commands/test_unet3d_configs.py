@@ -24,7 +24,7 @@ def test_unet3d_config_is_the_partially_config_with_the_twin_in_store_mode(name,
     cfg, ref = load_config(name), load_config(partially)
     assert cfg.model == {**ref.model, "_target_": "invseg.nets.UNet3D", "memory": "store"}
     for section in ("data", "train", "infer"):
-        assert cfg[section] == ref[section], section
+        assert getattr(cfg, section) == getattr(ref, section), section
     assert cfg.output.dir == f"runs/{name}"
     assert list_configs()[name].startswith("UNet3D (residual, non-invertible) on ")
     net = instantiate_model(cfg.model)

@@ -32,6 +32,15 @@ def test_monai_networks_by_name() -> None:
     assert isinstance(net, SegResNet)
 
 
+def test_a_monai_network_outside_monai_networks_nets_keeps_its_importable_path() -> None:
+    from monai.networks.nets.unet import CheckpointUNet
+
+    path = "monai.networks.nets.unet.CheckpointUNet"  # not exported by monai.networks.nets
+    assert model_class("CheckpointUNet") is model_class(path) is CheckpointUNet
+    assert full_name(CheckpointUNet) == path and canonical_name(path) == "CheckpointUNet"
+    assert canonical_name("monai.networks.nets.CheckpointUNet") is None
+
+
 @pytest.mark.parametrize(
     "name", ["os.system", "invseg.nets.registry.create", "monai.networks.nets.DenseNet121",
              "builtins.eval", "torch.nn.Conv3d", "invseg.nets.UNet3D.__init__"],

@@ -54,7 +54,7 @@ def test_run_meta_round_trip_and_load_model(tmp_path) -> None:
     with pytest.raises(ValueError, match="meta.target: 'torch.nn.Conv3d' is not a network"):
         load_model(tmp_path / "m.pt")  # the file cannot name a class to import ...
     model, back = load_model(tmp_path / "m.pt", model_class="torch.nn.Conv3d")  # ... the user can
-    assert back == meta and back["modalities"] == ["t1", "t2"]
+    assert back == meta and back.modalities == ["t1", "t2"]
     assert torch.equal(model.weight, net.weight) and not model.training
 
 

@@ -53,7 +53,20 @@ def test_values_are_coerced_once_at_load(seg) -> None:
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.steps == 100 and isinstance(cfg.train.steps, int)
     assert cfg.data.val_cases == ["1", "2"]
-    assert cfg["train"]["lr"] == cfg.train.lr  # sections read like dicts too
+
+
+def test_sections_are_read_by_attribute_only(seg) -> None:
+    cfg = load_config(seg, ["train.lr=3e-4"])
+    assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.loss.dice == 1.0
+    assert cfg.to_dict()["train"]["lr"] == cfg.train.lr  # the one way to plain data
+    with pytest.raises(TypeError, match=r"^SegConfig is read by attribute: write \.train, not "):
+        cfg["train"]
+    with pytest.raises(TypeError, match=r"SegTrain is read by attribute: write \.lr"):
+        cfg.train["lr"]
+    for gone in ("get", "keys", "items"):
+        assert not hasattr(cfg.train, gone), gone
+    with pytest.raises(TypeError, match="is read by attribute"):
+        "lr" in cfg.train  # noqa: B015
 
 
 def test_yaml_files_read_floats_without_a_dot_as_yaml_1_2(tmp_path: Path, seg) -> None:
@@ -105,6 +118,31 @@ def test_a_model_argument_the_class_rejects_is_named_in_one_line() -> None:
     message = str(info.value)
     assert message.startswith("cannot build model invseg.nets.PartiallyInvResUNet: anchor_every")
     assert "got 0" in message and "\n" not in message and "Failed to instantiate" not in message
+
+
+@pytest.mark.parametrize("target", ["UNet3D", "invseg.nets.UNet3D"])
+def test_a_config_names_a_registered_network_short_or_full(seg, target: str) -> None:
+    seg["model"] = {"_target_": target, "in_channels": 4, "out_channels": 3, "channels": [4, 8]}
+    net = instantiate_model(load_config(seg).model)
+    assert type(net).__name__ == "UNet3D" and net.channels == (4, 8)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"_target_": "torch.nn.Conv3d"}, "model._target_: 'torch.nn.Conv3d' is not a network"),
+        ({"_target_": "os.system", "command": "x"}, "model._target_: 'os.system' is not a "),
+        ({"_target_": "UNet3d"}, "Did you mean 'UNet3D'?"),
+        ({"_target_": "UNet3D", "channels": "$[4, 8]"}, "model.channels: '$[4, 8]' is an "),
+        ({"_target_": "UNet3D", "channels": "four"}, "model.channels: 'four' does not fit"),
+        ({"channels": [4, 8]}, "model._target_ is missing"),
+    ],
+)
+def test_a_model_section_is_resolved_through_the_registry_only(seg, model, message) -> None:
+    seg["model"] = model
+    with pytest.raises(ConfigError) as info:
+        load_config(seg)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 FINITE = "must be a finite number (.inf and .nan are not allowed)"

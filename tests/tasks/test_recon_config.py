@@ -19,15 +19,15 @@ SMALL = ["model.channels=4", "model.layers=2", "model.num_unrolls=3"]
 
 def test_typed_model_section_mirrors_modl_arguments_and_defaults() -> None:
     params = inspect.signature(MoDL).parameters
-    section = ReconModel()
-    assert section.keys() == list(params)
+    section = ReconModel().to_dict()
+    assert list(section) == list(params)
     for name, p in params.items():
         assert section[name] == p.default, name
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_packaged_recon_config_states_every_model_key(name: str) -> None:
-    assert sorted(read_yaml(name)["model"]) == sorted(ReconModel().keys())
+    assert sorted(read_yaml(name)["model"]) == sorted(ReconModel().to_dict())
     model = load_recon_config(name).model
     assert (model.cg_iters, model.cg_tol, model.mu_init, model.mu_min) == (30, 1e-5, 0.1, 0.05)
     assert (model.anchor_every, model.drift_tol, model.drift_every) == (1, 1e-3, None)

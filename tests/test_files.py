@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from invseg.runtime.files import (
+from invseg.files import (
     atomic_path,
     atomic_save_numpy,
     atomic_save_torch,
