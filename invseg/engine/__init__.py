@@ -8,7 +8,13 @@ them and trains them without storing activations (``memory="invert"``), with
 
 from __future__ import annotations
 
-from invseg.engine._engine import forward_block, reverse_block
+from invseg.engine._engine import (
+    forward_block,
+    forward_owned,
+    reverse_block,
+    reverse_owned,
+    shares_storage,
+)
 from invseg.engine._memcnn import import_memcnn
 from invseg.engine._protocol import MEMORY_MODES, is_invertible
 from invseg.engine._tape import Tape
@@ -43,10 +49,13 @@ __all__ = [
     "Tape",
     "activation_bytes",
     "forward_block",
+    "forward_owned",
     "import_memcnn",
     "is_invertible",
     "reverse_block",
+    "reverse_owned",
     "set_memory",
+    "shares_storage",
     "squeeze3d",
     "unsqueeze3d",
 ]

@@ -36,21 +36,77 @@ def forward_block(block: nn.Module, x: Tensor, context: tuple) -> Tensor:
     return block(x, *context)
 
 
+def forward_owned(
+    block: nn.Module, x: Tensor, context: tuple, *, owned: bool
+) -> tuple[Tensor, bool]:
+    """:func:`forward_block` that tracks whether the engine owns the tensor it hands on.
+
+    Without a graph (``memory="invert"`` forwards, inference) a block whose class sets
+    ``forwards_in_place = True`` computes :meth:`forward_in_place`, overwriting ``x``, when
+    ``owned`` says nobody else reads ``x``. Returns ``(y, owned)``: ``y`` is owned when it is
+    fresh or ``x``'s owned storage, unless the block keeps its output (``retains_output``).
+    """
+    if owned and not torch.is_grad_enabled() and getattr(block, "forwards_in_place", False):
+        y = block.forward_in_place(x, *context)
+    else:
+        y = forward_block(block, x, context)
+    kept = getattr(block, "retains_output", False)
+    return y, not kept and (owned or not shares_storage(y, x))
+
+
 def reverse_block(
-    block: nn.Module, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool = True
+    block: nn.Module,
+    y: Tensor,
+    grad_y: Tensor,
+    tape: Tape,
+    *,
+    need_input: bool = True,
+    in_place: bool = False,
 ) -> tuple[Tensor | None, Tensor]:
     """Rebuild the input of ``block`` from its output and back-propagate ``grad_y``.
 
     Returns ``(x, grad_x)``; gradients of parameters and context go to ``tape``. With
     ``need_input=False`` (nobody reads ``x`` again, e.g. the first block of a chain) a block
     with a ``reverse_gradient(y, grad_y, tape)`` hook may skip work that only ``x`` needs;
-    ``x`` is then ``None``.
+    ``x`` is then ``None``. With ``in_place=True`` (the engine owns ``y`` and ``grad_y``: nobody
+    reads them afterwards) a block whose class sets ``reverses_in_place = True`` receives
+    ``in_place=True`` and may return ``x`` and ``grad_x`` in their storage.
     """
+    kw = {"in_place": True} if in_place and getattr(block, "reverses_in_place", False) else {}
     if not need_input and callable(getattr(block, "reverse_gradient", None)):
-        return None, block.reverse_gradient(y, grad_y, tape)
+        return None, block.reverse_gradient(y, grad_y, tape, **kw)
     if has_fused_reverse(block):
-        return block.reverse(y, grad_y, tape)
+        return block.reverse(y, grad_y, tape, **kw)
     return _generic_reverse(block, y, grad_y, tape)
+
+
+def reverse_owned(
+    block: nn.Module,
+    y: Tensor,
+    grad_y: Tensor,
+    tape: Tape,
+    *,
+    owned: bool,
+    need_input: bool = True,
+) -> tuple[Tensor | None, Tensor, bool]:
+    """:func:`reverse_block` that tracks whether the engine owns the tensors it hands on.
+
+    ``owned``: whether ``y`` and ``grad_y`` are the engine's own buffers (nobody else reads
+    them), so the block may overwrite them. Returns ``(x, grad_x, owned)``: results that share
+    no storage with non-owned inputs are fresh, hence owned.
+    """
+    x, grad_x = reverse_block(
+        block, y, grad_y, tape, need_input=need_input, in_place=owned
+    )
+    fresh = not (shares_storage(x, y) or shares_storage(grad_x, grad_y))
+    return x, grad_x, owned or fresh
+
+
+def shares_storage(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether ``a`` and ``b`` are views of one storage (``None`` shares nothing)."""
+    if a is None or b is None:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _generic_reverse(
@@ -100,6 +156,7 @@ class ChainRun:
     rng: dict[int, list[_rng.RNGState]] = field(default_factory=dict)
     autocast: tuple[str, bool, torch.dtype] | None = None
     measure_drift: bool = False
+    consume_output: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
         device_type = x.device.type
@@ -108,12 +165,14 @@ class ChainRun:
             torch.is_autocast_enabled(device_type),
             torch.get_autocast_dtype(device_type),
         )
+        owned = False  # the caller's input; later inputs are the blocks' own outputs
         for i, block in enumerate(self.blocks):
             if i in self.anchor_indices:
                 self.anchors[i] = x
+                owned = False
             states = [] if _rng.is_stochastic(block) else None
             with _rng.recording(states):
-                x = forward_block(block, x, self.context)
+                x, owned = forward_owned(block, x, self.context, owned=owned)
             if states:
                 self.rng[i] = states
         return x
@@ -123,13 +182,17 @@ class ChainRun:
         device_type, enabled, dtype = self.autocast
         errors: dict[int, float] = {}
         exact = True  # y is the chain output, or the kept input of the block after
+        # the chain's output and incoming gradient are ours to overwrite only if it says so
+        owned = self.consume_output and y.is_contiguous() and grad_y.is_contiguous()
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i in reversed(range(len(self.blocks))):
                 block, kept = self.blocks[i], self.anchors.get(i)
                 tape.rng = self.rng.get(i, [])
                 with frozen_buffers(block):
                     if kept is None:
-                        y, grad_y = reverse_block(block, y, grad_y, tape, need_input=i > 0)
+                        y, grad_y, owned = reverse_owned(
+                            block, y, grad_y, tape, owned=owned, need_input=i > 0
+                        )
                         exact = False
                         continue
                     # An anchored block is differentiated at its kept input, exactly as in
@@ -144,7 +207,7 @@ class ChainRun:
                         grad_y = block.reverse_known(kept.detach(), y, grad_y, tape)
                     else:
                         grad_y = _recompute(block, kept.detach(), grad_y, tape)
-                    y, exact = kept.detach(), True
+                    y, exact, owned = kept.detach(), True, False
         self.chain._after_backward(errors)
         return grad_y, tape.grads
 

@@ -52,6 +52,25 @@ class _Coupling(nn.Module):
         y2 = self._combine(x2, self.g(y1, *context))
         return torch.cat([y1, y2], dim=self.split_dim)
 
+    #: without a graph, :meth:`forward_in_place` may overwrite its input
+    forwards_in_place = True
+
+    def forward_in_place(self, x: Tensor, *context: object) -> Tensor:
+        """:meth:`forward` without a graph, computed in ``x``'s storage (returns ``x``).
+
+        Each half is overwritten once its residual function has read it; the numbers are those
+        of :meth:`forward`.
+        """
+        x1, x2 = self._split(x)
+        _rng.mark(x.device)
+        self._combine_into(x1, self.f(x2, *context))
+        _rng.mark(x.device)
+        self._combine_into(x2, self.g(x1, *context))
+        return x
+
+    def _combine_into(self, x: Tensor, h: Tensor) -> None:
+        x.copy_(self._combine(x, h))
+
     def inverse(self, y: Tensor, *context: object) -> Tensor:
         y1, y2 = self._split(y)
         x2 = self._separate(y2, self.g(y1, *context))
@@ -126,16 +145,28 @@ class AdditiveCoupling(_Coupling):
     def _separate(self, y: Tensor, h: Tensor) -> Tensor:
         return y - h
 
-    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
+    def _combine_into(self, x: Tensor, h: Tensor) -> None:
+        x.add_(h)
+
+    #: the engine may let :meth:`reverse` overwrite ``y`` and ``grad_y`` (``in_place=True``)
+    reverses_in_place = True
+
+    def reverse(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, in_place: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """The fused RevNet pass, writing both halves of ``x`` and its gradient in place.
 
         Same maths as the generic coupling's :meth:`reverse`; the halves go straight into
         preallocated outputs (no concatenation copies) and the additions' identity Jacobians
-        are applied directly.
+        are applied directly. With ``in_place=True`` the outputs are ``y``'s and ``grad_y``'s
+        own storage (each half is overwritten once nothing reads it any more), so a chain's
+        backward allocates no new feature map per block.
         """
-        return self._reverse(y, grad_y, tape, need_input=True)
+        return self._reverse(y, grad_y, tape, need_input=True, in_place=in_place)
 
-    def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+    def reverse_gradient(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, in_place: bool = False
+    ) -> Tensor:
         """:meth:`reverse` for a block whose rebuilt input nobody reads (a chain's first block).
 
         :math:`x_1 = y_1 - F(x_2)` is not formed, so F's output is not needed: when F is an
@@ -143,7 +174,7 @@ class AdditiveCoupling(_Coupling):
         input alone and never evaluated (the early stop of torch's non-reentrant checkpoint).
         Returns the gradient of the input.
         """
-        return self._reverse(y, grad_y, tape, need_input=False)[1]
+        return self._reverse(y, grad_y, tape, need_input=False, in_place=in_place)[1]
 
     def reverse_exact(self, x: Tensor, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
         """Engine hook for a block whose input and output are both held exactly (anchors).
@@ -163,27 +194,29 @@ class AdditiveCoupling(_Coupling):
         return grad_x
 
     def _reverse(
-        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool, in_place: bool
     ) -> tuple[Tensor | None, Tensor]:
         y1, y2 = self._split(y)
         dy1, dy2 = self._split(grad_y)
-        grad_x = torch.empty_like(grad_y)
+        grad_x = grad_y if in_place else torch.empty_like(grad_y)
         dx1, dx2 = torch.chunk(grad_x, 2, dim=self.split_dim)
-        # without a wanted input only x2 (F's input) is formed
-        x = torch.empty_like(y) if need_input else None
-        x1, x2 = (
-            torch.chunk(x, 2, dim=self.split_dim) if need_input else (None, torch.empty_like(y2))
-        )
-        state_g, state_f = tape.pop_rng(), tape.pop_rng()
-        h_g, dy1_from_g = self._graded(self.g, y1, dy2, state_g, tape)
-        torch.sub(y2, h_g, out=x2)
-        torch.add(dy1, dy1_from_g, out=dx1)  # dx1 = dy1 + G'(y1)^T dy2
         if need_input:
-            h_f, dx2_from_f = self._graded(self.f, x2, dx1, state_f, tape)
-            torch.sub(y1, h_f, out=x1)
+            x = y if in_place else torch.empty_like(y)
+            x1, x2 = torch.chunk(x, 2, dim=self.split_dim)
+        else:  # only x2 (F's input) is formed
+            x, x1, x2 = None, None, y2 if in_place else torch.empty_like(y2)
+        state_g, state_f = tape.pop_rng(), tape.pop_rng()
+        h, grad_cond = self._graded(self.g, y1, dy2, state_g, tape)
+        torch.sub(y2, h, out=x2)
+        torch.add(dy1, grad_cond, out=dx1)  # dx1 = dy1 + G'(y1)^T dy2
+        del h, grad_cond  # free each intermediate as soon as it is consumed
+        if need_input:
+            h, grad_cond = self._graded(self.f, x2, dx1, state_f, tape)
+            torch.sub(y1, h, out=x1)
+            del h
         else:
-            dx2_from_f = self._graded_unseen(self.f, x2, dx1, state_f, tape)
-        torch.add(dy2, dx2_from_f, out=dx2)
+            grad_cond = self._graded_unseen(self.f, x2, dx1, state_f, tape)
+        torch.add(dy2, grad_cond, out=dx2)
         return x, grad_x
 
     def _graded(

@@ -9,7 +9,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from invseg._choices import check_option
-from invseg.engine._engine import ChainRun, InvertFunction, forward_block, reverse_block
+from invseg.engine._engine import (
+    ChainRun,
+    InvertFunction,
+    forward_block,
+    forward_owned,
+    reverse_owned,
+)
 from invseg.engine._protocol import MEMORY_MODES, check_block
 from invseg.engine._tape import Tape
 
@@ -54,6 +60,12 @@ class InvertibleSequential(nn.Module):
         drift_every: measure on every ``n``-th backward only (the first one included).
         on_drift: ``"warn"``, or ``"checkpoint"`` to also switch this chain to
             ``memory="checkpoint"`` after a drift is detected.
+        consume_output: in ``"invert"`` mode let backward overwrite the chain's output and the
+            gradient it receives, rebuilding each block's input in their storage: two feature
+            maps fewer at the backward peak. Only for a chain whose output is private to its
+            network: read by one operation whose backward hands over a fresh gradient (a
+            convolution, the sum of several branches; not an addition that passes the same
+            gradient on to two inputs) and by nobody after backward (no user-visible views).
 
     Attributes:
         inverse_errors: ``{block_index: relative error}`` measured in the last backward.
@@ -85,8 +97,10 @@ class InvertibleSequential(nn.Module):
         drift_tol: float | None = None,
         on_drift: str = "warn",
         drift_every: int = 1,
+        consume_output: bool = False,
     ) -> None:
         super().__init__()
+        self.consume_output = bool(consume_output)
         self.blocks = nn.ModuleList([check_block(b, i) for i, b in enumerate(blocks)])
         self.memory = memory
         if anchor_every is not None and (
@@ -124,6 +138,8 @@ class InvertibleSequential(nn.Module):
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
         _check_context(x, context)
+        if not torch.is_grad_enabled():  # no graph: each block may reuse the one before's output
+            return self._forward_owned(x, context, owned=False)
         if self.memory == "store" or not _needs_graph(self, x, context):
             for block in self.blocks:
                 x = forward_block(block, x, context)
@@ -134,6 +150,18 @@ class InvertibleSequential(nn.Module):
             return x
         return self._invert(x, context)
 
+    #: without a graph, :meth:`forward_in_place` may overwrite its input
+    forwards_in_place = True
+
+    def forward_in_place(self, x: Tensor, *context: object) -> Tensor:
+        """Forward without a graph, free to overwrite ``x`` (nested in an ``"invert"`` chain)."""
+        return self._forward_owned(x, context, owned=True)
+
+    def _forward_owned(self, x: Tensor, context: tuple, *, owned: bool) -> Tensor:
+        for block in self.blocks:
+            x, owned = forward_owned(block, x, context, owned=owned)
+        return x
+
     @torch.compiler.disable
     def _invert(self, x: Tensor, context: tuple) -> Tensor:
         # torch.compile graph-breaks here: the engine's backward drives autograd itself,
@@ -142,7 +170,10 @@ class InvertibleSequential(nn.Module):
         measure = self.drift_tol is not None and self._backwards % self.drift_every == 0
         self._backwards += 1
         anchors = self._anchor_indices(measure)
-        run = ChainRun(self, self.blocks, context, sources, anchors, measure_drift=measure)
+        run = ChainRun(
+            self, self.blocks, context, sources, anchors, measure_drift=measure,
+            consume_output=self.consume_output,
+        )  # fmt: skip
         return InvertFunction.apply(run, x, *sources)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
@@ -152,21 +183,28 @@ class InvertibleSequential(nn.Module):
             y = block.inverse(y, *context)
         return y
 
-    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
-        """Engine hook: a chain nested in another chain reverses its blocks in turn."""
-        return self._reverse(y, grad_y, tape, need_input=True)
+    #: nested in another chain, :meth:`reverse` may overwrite its arguments (``in_place``)
+    reverses_in_place = True
 
-    def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+    def reverse(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, in_place: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Engine hook: a chain nested in another chain reverses its blocks in turn."""
+        return self._reverse(y, grad_y, tape, need_input=True, owned=in_place)
+
+    def reverse_gradient(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, in_place: bool = False
+    ) -> Tensor:
         """Engine hook: :meth:`reverse` when nobody reads the rebuilt input (see
         :func:`~invseg.engine.reverse_block`); the first block is told so too."""
-        return self._reverse(y, grad_y, tape, need_input=False)[1]
+        return self._reverse(y, grad_y, tape, need_input=False, owned=in_place)[1]
 
     def _reverse(
-        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool, owned: bool
     ) -> tuple[Tensor | None, Tensor]:
         for i in reversed(range(len(self.blocks))):
-            y, grad_y = reverse_block(
-                self.blocks[i], y, grad_y, tape, need_input=need_input or i > 0
+            y, grad_y, owned = reverse_owned(
+                self.blocks[i], y, grad_y, tape, owned=owned, need_input=need_input or i > 0
             )
         return y, grad_y
 

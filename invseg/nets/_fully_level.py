@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from invseg.engine import Tape, forward_block, reverse_block
+from invseg.engine import (
+    Tape,
+    forward_block,
+    forward_owned,
+    reverse_block,
+    reverse_owned,
+    shares_storage,
+)
 
 
 class InvertibleLevel(nn.Module):
@@ -56,11 +63,31 @@ class InvertibleLevel(nn.Module):
         return (self.down, self.inner, self.up)
 
     def forward(self, x: Tensor, *context: object) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_owned(x, context, owned=False)
         h = forward_block(self.encoder, x, context)
         skip, deep = h[:, : self.skip_channels], h[:, self.skip_channels :]
         for block in self._deep_path():
             deep = forward_block(block, deep, context)
         return forward_block(self.decoder, torch.cat([skip, deep], dim=1), context)
+
+    #: without a graph, :meth:`forward_in_place` may overwrite its input
+    forwards_in_place = True
+
+    def forward_in_place(self, x: Tensor, *context: object) -> Tensor:
+        """:meth:`forward` without a graph, free to overwrite ``x``."""
+        return self._forward_owned(x, context, owned=True)
+
+    def _forward_owned(self, x: Tensor, context: tuple, *, owned: bool) -> Tensor:
+        h, owned = forward_owned(self.encoder, x, context, owned=owned)
+        s = self.skip_channels
+        deep, deep_owned = h[:, s:], owned
+        for block in self._deep_path():
+            deep, deep_owned = forward_owned(block, deep, context, owned=deep_owned)
+        # the deep half goes back into h when h is ours: no concatenation of skip and deep
+        h = _into(h, s, deep) if owned else torch.cat([h[:, :s], deep], dim=1)
+        del deep
+        return forward_owned(self.decoder, h, context, owned=True)[0]
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
         h = self.decoder.inverse(y, *context)
@@ -69,25 +96,47 @@ class InvertibleLevel(nn.Module):
             deep = block.inverse(deep, *context)
         return self.encoder.inverse(torch.cat([skip, deep], dim=1), *context)
 
-    def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
-        """Engine hook: rebuild the input and back-propagate ``grad_y``, one sub-block at a time."""
-        return self._reverse(y, grad_y, tape, need_input=True)
+    #: the engine may let :meth:`reverse` overwrite ``y`` and ``grad_y`` (``in_place=True``)
+    reverses_in_place = True
 
-    def reverse_gradient(self, y: Tensor, grad_y: Tensor, tape: Tape) -> Tensor:
+    def reverse(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, in_place: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Engine hook: rebuild the input and back-propagate ``grad_y``, one sub-block at a time."""
+        return self._reverse(y, grad_y, tape, need_input=True, in_place=in_place)
+
+    def reverse_gradient(
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, in_place: bool = False
+    ) -> Tensor:
         """Engine hook: :meth:`reverse` when nobody reads the rebuilt input."""
-        return self._reverse(y, grad_y, tape, need_input=False)[1]
+        return self._reverse(y, grad_y, tape, need_input=False, in_place=in_place)[1]
 
     def _reverse(
-        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool
+        self, y: Tensor, grad_y: Tensor, tape: Tape, *, need_input: bool, in_place: bool
     ) -> tuple[Tensor | None, Tensor]:
-        h, grad_h = reverse_block(self.decoder, y, grad_y, tape)
+        h, grad_h, owned = reverse_owned(self.decoder, y, grad_y, tape, owned=in_place)
         s = self.skip_channels
-        skip, deep, grad_skip, grad_deep = h[:, :s], h[:, s:], grad_h[:, :s], grad_h[:, s:]
+        deep, grad_deep, deep_owned = h[:, s:], grad_h[:, s:], owned
         for block in reversed(self._deep_path()):
-            deep, grad_deep = reverse_block(block, deep, grad_deep, tape)
-        x = torch.cat([skip, deep], dim=1)
-        grad_x = torch.cat([grad_skip, grad_deep], dim=1)
-        return reverse_block(self.encoder, x, grad_x, tape, need_input=need_input)
+            deep, grad_deep, deep_owned = reverse_owned(
+                block, deep, grad_deep, tape, owned=deep_owned
+            )
+        if owned:  # the deep half goes back into h: no concatenation of skip and deep
+            x, grad_x = _into(h, s, deep), _into(grad_h, s, grad_deep)
+        else:
+            x = torch.cat([h[:, :s], deep], dim=1)
+            grad_x = torch.cat([grad_h[:, :s], grad_deep], dim=1)
+        del h, grad_h, deep, grad_deep
+        return reverse_block(self.encoder, x, grad_x, tape, need_input=need_input, in_place=True)
+
+
+def _into(whole: Tensor, start: int, part: Tensor) -> Tensor:
+    """``whole`` with channels ``start:`` replaced by ``part`` (copied in place)."""
+    if part.data_ptr() != whole[:, start:].data_ptr() or part.stride() != whole[:, start:].stride():
+        if shares_storage(part, whole):
+            part = part.clone()  # an overlapping copy would read what it has overwritten
+        whole[:, start:].copy_(part)
+    return whole
 
 
 class BottleneckTap(nn.Module):
@@ -99,6 +148,9 @@ class BottleneckTap(nn.Module):
     engine walks back through the tap, so the VAE loss reaches the encoder without storing
     anything but the (small) bottleneck.
     """
+
+    #: the engine must not overwrite the output it hands on: the tap keeps it in ``value``
+    retains_output = True
 
     def __init__(self) -> None:
         super().__init__()

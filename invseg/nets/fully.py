@@ -149,7 +149,9 @@ class FullyInvResUNet(UNetFrame):
         inner = self._levels()
         # lift: a learnable invertible 1x1 mixing chooses what the logit channels hold
         mix = [OrthogonalMix(channels[0])] if lift else []
-        self.body = InvertibleSequential(*inner, *mix)
+        # the body output reaches the user only through the head (a conv), unless lift makes
+        # the logits a view of it: backward may then rebuild the body in its storage
+        self.body = InvertibleSequential(*inner, *mix, consume_output=not lift)
         self.head = None if lift else conv(self.spatial_dims, channels[0], self.out_channels, 1)
         if self.vae:
             self.vae_branch = self.make_vae(self.effective_channels)

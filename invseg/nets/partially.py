@@ -83,4 +83,5 @@ class PartiallyInvResUNet(ResUNetBase):
             *self.make_blocks(InvertibleResBlock, channels, blocks),
             memory=self._memory,
             anchor_every=self.anchor_every,
+            consume_output=True,  # read by a conv (and an added skip): backward may reuse it
         )
