@@ -34,6 +34,7 @@ from invseg.engine.sequential import (
     InvertibleSequential,
     set_memory,
 )
+from invseg.engine.stride import channel_factor, check_stride
 
 __all__ = [
     "MEMORY_MODES",
@@ -48,6 +49,8 @@ __all__ = [
     "Squeeze3d",
     "Tape",
     "activation_bytes",
+    "channel_factor",
+    "check_stride",
     "forward_block",
     "forward_owned",
     "import_memcnn",

@@ -95,9 +95,7 @@ def reverse_owned(
     them), so the block may overwrite them. Returns ``(x, grad_x, owned)``: results that share
     no storage with non-owned inputs are fresh, hence owned.
     """
-    x, grad_x = reverse_block(
-        block, y, grad_y, tape, need_input=need_input, in_place=owned
-    )
+    x, grad_x = reverse_block(block, y, grad_y, tape, need_input=need_input, in_place=owned)
     fresh = not (shares_storage(x, y) or shares_storage(grad_x, grad_y))
     return x, grad_x, owned or fresh
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from invseg.engine import _rng
 from invseg.engine._tape import Tape
+from invseg.engine._unit import unit_vjp
 
 
 class _Coupling(nn.Module):
@@ -189,8 +190,8 @@ class AdditiveCoupling(_Coupling):
         grad_x = torch.empty_like(grad_y)
         dx1, dx2 = torch.chunk(grad_x, 2, dim=self.split_dim)
         state_g, state_f = tape.pop_rng(), tape.pop_rng()
-        torch.add(dy1, self._graded_unseen(self.g, y1, dy2, state_g, tape), out=dx1)
-        torch.add(dy2, self._graded_unseen(self.f, x2, dx1, state_f, tape), out=dx2)
+        torch.add(dy1, unit_vjp(self, self.g, y1, dy2, state_g, tape), out=dx1)
+        torch.add(dy2, unit_vjp(self, self.f, x2, dx1, state_f, tape), out=dx2)
         return grad_x
 
     def _reverse(
@@ -206,90 +207,15 @@ class AdditiveCoupling(_Coupling):
         else:  # only x2 (F's input) is formed
             x, x1, x2 = None, None, y2 if in_place else torch.empty_like(y2)
         state_g, state_f = tape.pop_rng(), tape.pop_rng()
-        h, grad_cond = self._graded(self.g, y1, dy2, state_g, tape)
-        torch.sub(y2, h, out=x2)
+        # each residual's output h is consumed (x2 = y2 - h) before its gradient is formed
+        rebuild = lambda h: torch.sub(y2, h, out=x2)  # noqa: E731
+        grad_cond = unit_vjp(self, self.g, y1, dy2, state_g, tape, rebuild)
         torch.add(dy1, grad_cond, out=dx1)  # dx1 = dy1 + G'(y1)^T dy2
-        del h, grad_cond  # free each intermediate as soon as it is consumed
-        if need_input:
-            h, grad_cond = self._graded(self.f, x2, dx1, state_f, tape)
-            torch.sub(y1, h, out=x1)
-            del h
-        else:
-            grad_cond = self._graded_unseen(self.f, x2, dx1, state_f, tape)
+        del grad_cond
+        rebuild = (lambda h: torch.sub(y1, h, out=x1)) if need_input else None
+        grad_cond = unit_vjp(self, self.f, x2, dx1, state_f, tape, rebuild)
         torch.add(dy2, grad_cond, out=dx2)
         return x, grad_x
-
-    def _graded(
-        self, fn: nn.Module, cond: Tensor, grad_h: Tensor, state: _rng.RNGState | None, tape: Tape
-    ) -> tuple[Tensor, Tensor]:
-        """``h = fn(cond)`` and ``fn'(cond)^T grad_h`` (parameter gradients to the tape)."""
-        cond_leaf = cond.detach().requires_grad_()
-        with torch.enable_grad(), _rng.replay(state):
-            h = fn(cond_leaf, *tape.context)
-        (grad_cond,) = tape.vjp(self, [h], [grad_h], [cond_leaf])
-        return h.detach(), grad_cond
-
-    def _graded_unseen(
-        self, fn: nn.Module, cond: Tensor, grad_h: Tensor, state: _rng.RNGState | None, tape: Tape
-    ) -> Tensor:
-        """``fn'(cond)^T grad_h`` without evaluating ``fn``'s last layer when it is a conv."""
-        last = _last_conv(fn)
-        if last is None or tape.context:
-            return self._graded(fn, cond, grad_h, state, tape)[1]
-        cond_leaf = cond.detach().requires_grad_()
-        with torch.enable_grad(), _rng.replay(state):
-            a = cond_leaf
-            for layer in list(fn)[:-1]:
-                a = layer(a)
-        (grad_cond,) = tape.vjp(self, [a], [_conv_vjp(last, a.detach(), grad_h, tape)], [cond_leaf])
-        return grad_cond
-
-
-_CONV_GRADS = {
-    nn.Conv1d: (torch.nn.grad.conv1d_input, torch.nn.grad.conv1d_weight),
-    nn.Conv2d: (torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight),
-    nn.Conv3d: (torch.nn.grad.conv3d_input, torch.nn.grad.conv3d_weight),
-}
-
-
-def _last_conv(fn: nn.Module) -> nn.Conv1d | nn.Conv2d | nn.Conv3d | None:
-    """``fn``'s last layer if ``fn`` is a plain ``nn.Sequential`` ending in a plain conv.
-
-    Exact types only: a subclass or a parametrised conv may compute its weight in forward.
-    """
-    if type(fn) is not nn.Sequential or len(fn) < 2:
-        return None
-    last = fn[-1]
-    plain = (
-        type(last) in _CONV_GRADS
-        and last.padding_mode == "zeros"
-        and not isinstance(last.padding, str)
-        and isinstance(last.weight, nn.Parameter)
-    )
-    return last if plain else None
-
-
-def _conv_vjp(
-    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, a: Tensor, grad_out: Tensor, tape: Tape
-) -> Tensor:
-    """Back-propagate ``grad_out`` through ``conv`` applied to ``a`` without evaluating it.
-
-    Weight and bias gradients go to ``tape``; returns the gradient of ``a``. Under autocast the
-    conv is differentiated in the autocast dtype, as autograd would.
-    """
-    device = a.device.type
-    autocast = torch.is_autocast_enabled(device) and a.dtype != torch.float64  # as autocast
-    dtype = torch.get_autocast_dtype(device) if autocast else a.dtype
-    a_low, w, g = a.to(dtype), conv.weight.detach().to(dtype), grad_out.to(dtype)
-    grad_input, grad_weight = _CONV_GRADS[type(conv)]
-    kw = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
-    kw["groups"] = conv.groups
-    if conv.weight.requires_grad:
-        tape.accumulate(conv.weight, grad_weight(a_low, w.shape, g, **kw).to(conv.weight.dtype))
-    if conv.bias is not None and conv.bias.requires_grad:
-        dims = (0, *range(2, g.ndim))
-        tape.accumulate(conv.bias, g.sum(dims, dtype=conv.bias.dtype))
-    return grad_input(a_low.shape, w, g, **kw).to(a.dtype)
 
 
 class AffineCoupling(_Coupling):

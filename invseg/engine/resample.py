@@ -1,6 +1,14 @@
-"""Invertible 3D resampling: squeeze (3D pixel unshuffle) and learnable orthogonal mixing."""
+"""Invertible 3D resampling: squeeze (3D pixel unshuffle) and learnable orthogonal mixing.
+
+Every resampling takes a ``stride``: ``2`` (fold a 2×2×2 block into 8 channels) or a per-axis
+``(D, H, W)`` tuple of 1s and 2s such as nnU-Net's ``(1, 2, 2)`` for thick slices, which folds
+only the strided axes (channel factor ``prod(stride)``: 4 here; :mod:`invseg.engine.stride`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -9,88 +17,118 @@ from torch import Tensor, nn
 from invseg._choices import check_option
 from invseg.engine._tape import Tape
 from invseg.engine.sequential import Inverted, InvertibleSequential
+from invseg.engine.stride import channel_factor, check_stride
 
 INITS = ("identity", "haar")
 
 
-def squeeze3d(x: Tensor) -> Tensor:
-    r"""3D pixel unshuffle by 2: ``(B, C, D, H, W) -> (B, 8C, D/2, H/2, W/2)``.
+def squeeze3d(x: Tensor, stride: int | Sequence[int] = 2) -> Tensor:
+    r"""3D pixel unshuffle by ``stride``: ``(B, C, D, H, W) -> (B, fC, D/s_d, H/s_h, W/s_w)``.
 
-    Output channel ``8c + 4i + 2j + k`` holds voxel ``(2d + i, 2h + j, 2w + k)`` of input
-    channel ``c`` (the order of ``monai.networks.utils.pixelunshuffle`` and of
+    ``f = s_d s_h s_w`` is the channel factor (8 for ``stride=2``).
+
+    Output channel ``f c + (i s_h + j) s_w + k`` holds voxel
+    ``(s_d d + i, s_h h + j, s_w w + k)`` of input channel ``c``; for ``stride=2`` that is
+    ``8c + 4i + 2j + k`` (the order of ``monai.networks.utils.pixelunshuffle`` and of
     ``F.pixel_unshuffle`` in 2D; note ``F.pixel_unshuffle`` itself only acts on the last two
     dims of a 5-D tensor).
 
+    Args:
+        x: a ``(B, C, D, H, W)`` tensor.
+        stride: ``2`` or a per-axis tuple of 1s and 2s (:func:`~invseg.engine.stride.check_stride`).
+
     Raises:
-        ValueError: if a spatial size is odd.
+        ValueError: for a bad ``stride`` or a spatial size not divisible by its stride.
 
     Example:
         >>> x = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
         >>> squeeze3d(x).flatten().tolist()
         [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+        >>> squeeze3d(x, (1, 2, 2)).shape
+        torch.Size([1, 4, 2, 1, 1])
     """
+    sd, sh, sw = check_stride(stride)
     if x.ndim != 5:
         raise ValueError(f"squeeze3d expects a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}.")
     b, c, d, h, w = x.shape
-    if d % 2 or h % 2 or w % 2:
+    if d % sd or h % sh or w % sw:
         raise ValueError(
-            f"squeeze3d needs even spatial sizes, got {(d, h, w)}; pad the input to a multiple "
-            "of 2 per down-sampling level."
+            f"squeeze3d needs spatial sizes divisible by stride={(sd, sh, sw)}, got {(d, h, w)}; "
+            "pad the input to a multiple of the stride per down-sampling level."
         )
-    x = x.reshape(b, c, d // 2, 2, h // 2, 2, w // 2, 2)
-    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * 8, d // 2, h // 2, w // 2)
+    x = x.reshape(b, c, d // sd, sd, h // sh, sh, w // sw, sw)
+    return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, c * sd * sh * sw, d // sd, h // sh, w // sw)
 
 
-def unsqueeze3d(x: Tensor) -> Tensor:
-    """Inverse of :func:`squeeze3d`: ``(B, 8C, D, H, W) -> (B, C, 2D, 2H, 2W)``.
+def unsqueeze3d(x: Tensor, stride: int | Sequence[int] = 2) -> Tensor:
+    """Inverse of :func:`squeeze3d`: ``(B, fC, D, H, W) -> (B, C, s_d D, s_h H, s_w W)``.
+
+    Raises:
+        ValueError: for a bad ``stride`` or channels not divisible by ``f = prod(stride)``.
 
     Example:
         >>> x = torch.randn(2, 3, 4, 6, 8)
         >>> torch.equal(unsqueeze3d(squeeze3d(x)), x)
         True
     """
-    if x.ndim != 5 or x.shape[1] % 8:
+    sd, sh, sw = check_stride(stride)
+    f = sd * sh * sw
+    if x.ndim != 5 or x.shape[1] % f:
         raise ValueError(
-            "unsqueeze3d expects (B, 8C, D, H, W) with channels divisible by 8, "
-            f"got {tuple(x.shape)}."
+            f"unsqueeze3d expects (B, {f}C, D, H, W) with channels divisible by {f} for "
+            f"stride={(sd, sh, sw)}, got {tuple(x.shape)}."
         )
-    b, c8, d, h, w = x.shape
-    x = x.reshape(b, c8 // 8, 2, 2, 2, d, h, w)
-    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, c8 // 8, d * 2, h * 2, w * 2)
+    b, cf, d, h, w = x.shape
+    x = x.reshape(b, cf // f, sd, sh, sw, d, h, w)
+    return x.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, cf // f, d * sd, h * sh, w * sw)
 
 
 class Squeeze3d(nn.Module):
     """Invertible block for :func:`squeeze3d` (inverse: :func:`unsqueeze3d`).
+
+    Args:
+        stride: ``2`` or a per-axis tuple of 1s and 2s (:func:`~invseg.engine.stride.check_stride`).
 
     Example:
         >>> block = Squeeze3d()
         >>> x = torch.randn(1, 2, 4, 4, 4)
         >>> block(x).shape, torch.equal(block.inverse(block(x)), x)
         (torch.Size([1, 16, 2, 2, 2]), True)
+        >>> Squeeze3d((1, 2, 2))(x).shape
+        torch.Size([1, 8, 4, 2, 2])
     """
 
+    def __init__(self, stride: int | Sequence[int] = 2) -> None:
+        super().__init__()
+        self.stride = check_stride(stride)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
     def forward(self, x: Tensor, *context: object) -> Tensor:
-        return squeeze3d(x)
+        return squeeze3d(x, self.stride)
 
     def inverse(self, y: Tensor, *context: object) -> Tensor:
-        return unsqueeze3d(y)
+        return unsqueeze3d(y, self.stride)
 
     def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         """Engine hook: a permutation, so input and gradient are both unsqueezed."""
-        return unsqueeze3d(y), unsqueeze3d(grad_y)
+        return unsqueeze3d(y, self.stride), unsqueeze3d(grad_y, self.stride)
 
     def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         """:meth:`reverse` of :meth:`inverse`: both are squeezed back."""
-        return squeeze3d(x), squeeze3d(grad_x)
+        return squeeze3d(x, self.stride), squeeze3d(grad_x, self.stride)
 
 
-def haar_matrix3d(dtype: torch.dtype | None = None) -> Tensor:
-    """The orthonormal 8×8 3D Haar transform in :func:`squeeze3d`'s channel order.
+def haar_matrix3d(dtype: torch.dtype | None = None, *, stride: int | Sequence[int] = 2) -> Tensor:
+    """The orthonormal 3D Haar transform in :func:`squeeze3d`'s channel order.
 
-    Row 0 is the low-pass (average) filter; the other rows are the 7 detail filters.
+    ``f × f`` with ``f = prod(stride)``: the Kronecker product of the 2-tap Haar filter over the
+    strided axes (8×8 for ``stride=2``). Row 0 is the low-pass (average) filter; the other rows
+    are the ``f - 1`` detail filters.
     """
     h = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=dtype) / torch.tensor(2.0, dtype=dtype).sqrt()
-    return torch.kron(torch.kron(h, h), h)
+    return reduce(torch.kron, [h for s in check_stride(stride) if s == 2])
 
 
 class OrthogonalMix(nn.Module):
@@ -99,13 +137,15 @@ class OrthogonalMix(nn.Module):
     :math:`W = \mathrm{Cayley}(A)\,W_0` with :math:`A = P - P^\top` skew-symmetric and
     :math:`\mathrm{Cayley}(A) = (I + A)^{-1}(I - A)`, so :math:`W` is orthogonal for every
     :math:`P` and the inverse is the transpose. :math:`P` starts at zero, so
-    :math:`W = W_0` at initialisation: the identity, or (``init="haar"``) a 3D Haar transform
-    on each group of 8 channels, which after :class:`Squeeze3d` is a wavelet down-sampling
-    (the iUNets initialisation).
+    :math:`W = W_0` at initialisation: the identity, or (``init="haar"``) a Haar transform
+    (:func:`haar_matrix3d`) on each group of ``prod(stride)`` channels, which after
+    :class:`Squeeze3d` with the same ``stride`` is a wavelet down-sampling (the iUNets
+    initialisation).
 
     Args:
-        channels: number of channels (a multiple of 8 for ``init="haar"``).
+        channels: number of channels (a multiple of ``prod(stride)`` for ``init="haar"``).
         init: ``"identity"`` or ``"haar"``.
+        stride: the squeeze stride before the mix; sets the Haar groups (8 channels for ``2``).
 
     Shape:
         ``(B, channels, *spatial)`` in and out.
@@ -117,13 +157,20 @@ class OrthogonalMix(nn.Module):
         True
     """
 
-    def __init__(self, channels: int, *, init: str = "identity") -> None:
+    def __init__(
+        self, channels: int, *, init: str = "identity", stride: int | Sequence[int] = 2
+    ) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be positive, got {channels}.")
         self.init = check_option("init", init, INITS)
-        if init == "haar" and channels % 8:
-            raise ValueError(f"init='haar' needs channels divisible by 8, got {channels}.")
+        self.stride = check_stride(stride)
+        f = channel_factor(self.stride)
+        if init == "haar" and channels % f:
+            raise ValueError(
+                f"init='haar' needs channels divisible by {f} (the channel factor of "
+                f"stride={self.stride}), got {channels}."
+            )
         self.skew = nn.Parameter(torch.zeros(channels, channels))
         self._cached: tuple[tuple, Tensor, Tensor] | None = None  # (key, W, Cayley(A))
         self._w0: dict[tuple, Tensor] = {}  # W0 per (dtype, device), built once
@@ -172,8 +219,8 @@ class OrthogonalMix(nn.Module):
             return None
         key = (like.dtype, like.device)
         if key not in self._w0:
-            haar = haar_matrix3d(like.dtype).to(like.device)
-            self._w0[key] = torch.block_diag(*[haar] * (like.shape[0] // 8))
+            haar = haar_matrix3d(like.dtype, stride=self.stride).to(like.device)
+            self._w0[key] = torch.block_diag(*[haar] * (like.shape[0] // haar.shape[0]))
         return self._w0[key]
 
     def _accumulate_weight_grad(self, grad_w: Tensor, tape: Tape) -> None:
@@ -243,24 +290,42 @@ def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
 class InvertibleDownsample3d(InvertibleSequential):
     """Learnable invertible down-sampling: :class:`Squeeze3d` then :class:`OrthogonalMix`.
 
-    ``(B, C, D, H, W) -> (B, 8C, D/2, H/2, W/2)``; initialised as a 3D Haar wavelet transform.
-    Runs inside an outer chain like any block (its own ``memory`` only matters when it is
-    used alone).
+    ``(B, C, D, H, W) -> (B, fC, D/s_d, H/s_h, W/s_w)`` with ``f = prod(stride)`` (``8C`` at
+    half size for ``stride=2``); initialised as a Haar wavelet transform along the strided
+    axes. Runs inside an outer chain like any block (its own ``memory`` only matters when it
+    is used alone).
 
     Args:
         in_channels: channels ``C`` of the input.
         init: ``"haar"`` (default) or ``"identity"``.
+        stride: ``2`` or a per-axis tuple of 1s and 2s such as ``(1, 2, 2)``
+            (:func:`~invseg.engine.stride.check_stride`).
+
+    Raises:
+        ValueError: for a bad ``stride``; in forward, a spatial size not divisible by it.
 
     Example:
         >>> down = InvertibleDownsample3d(2)
         >>> x = torch.randn(1, 2, 4, 4, 4)
         >>> down(x).shape, torch.allclose(down.inverse(down(x)), x, atol=1e-5)
         (torch.Size([1, 16, 2, 2, 2]), True)
+        >>> InvertibleDownsample3d(2, stride=(1, 2, 2))(x).shape
+        torch.Size([1, 8, 4, 2, 2])
     """
 
-    def __init__(self, in_channels: int, *, init: str = "haar", memory: str = "invert") -> None:
-        super().__init__(Squeeze3d(), OrthogonalMix(8 * in_channels, init=init), memory=memory)
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        init: str = "haar",
+        memory: str = "invert",
+        stride: int | Sequence[int] = 2,
+    ) -> None:
+        stride = check_stride(stride)
+        mix = OrthogonalMix(channel_factor(stride) * in_channels, init=init, stride=stride)
+        super().__init__(Squeeze3d(stride), mix, memory=memory)
         self.in_channels = in_channels
+        self.stride = stride
 
     def reverse_inverse(self, x: Tensor, grad_x: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         """Engine hook of the up-sampling: undo :meth:`inverse` (mix back, squeeze) and
@@ -273,25 +338,38 @@ class InvertibleDownsample3d(InvertibleSequential):
 class InvertibleUpsample3d(Inverted):
     """Learnable invertible up-sampling, the structural inverse of :class:`InvertibleDownsample3d`.
 
-    ``(B, C, D, H, W) -> (B, C/8, 2D, 2H, 2W)``: orthogonal mixing, then unsqueeze.
+    ``(B, C, D, H, W) -> (B, C/f, s_d D, s_h H, s_w W)`` with ``f = prod(stride)``:
+    orthogonal mixing, then unsqueeze.
 
     Args:
-        in_channels: channels ``C`` of the input (divisible by 8).
+        in_channels: channels ``C`` of the input (divisible by ``f``: 8 for ``stride=2``).
         init: ``"haar"`` (default) or ``"identity"``.
+        stride: ``2`` or a per-axis tuple of 1s and 2s, as for the matching down-sampling.
+
+    Raises:
+        ValueError: for a bad ``stride`` or ``in_channels`` not divisible by ``f``.
 
     Example:
         >>> up = InvertibleUpsample3d(16)
         >>> up(torch.randn(1, 16, 2, 2, 2)).shape
         torch.Size([1, 2, 4, 4, 4])
+        >>> InvertibleUpsample3d(16, stride=(1, 2, 2))(torch.randn(1, 16, 2, 2, 2)).shape
+        torch.Size([1, 4, 2, 4, 4])
     """
 
-    def __init__(self, in_channels: int, *, init: str = "haar") -> None:
-        if in_channels % 8:
+    def __init__(
+        self, in_channels: int, *, init: str = "haar", stride: int | Sequence[int] = 2
+    ) -> None:
+        stride = check_stride(stride)
+        f = channel_factor(stride)
+        if in_channels % f:
             raise ValueError(
-                f"InvertibleUpsample3d needs in_channels divisible by 8, got {in_channels}."
+                f"InvertibleUpsample3d needs in_channels divisible by {f} (the channel factor "
+                f"of stride={stride}), got {in_channels}."
             )
-        super().__init__(InvertibleDownsample3d(in_channels // 8, init=init))
+        super().__init__(InvertibleDownsample3d(in_channels // f, init=init, stride=stride))
         self.in_channels = in_channels
+        self.stride = stride
 
     def reverse(self, y: Tensor, grad_y: Tensor, tape: Tape) -> tuple[Tensor, Tensor]:
         """Engine hook: the down-sampling's :meth:`~InvertibleDownsample3d.reverse_inverse`."""
