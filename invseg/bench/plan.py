@@ -10,6 +10,8 @@ at the full BraTS field of view (4 x 240 x 240 x 155, padded to the net's multip
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +22,8 @@ from invseg.runtime.plan_report import Candidate, fit_candidate, plan_row
 from invseg.runtime.planner import CUDA_OVERHEAD_BYTES
 
 BRATS_FOV = (240, 240, 155)
+#: the models whose full-FOV step ``invseg bench plan`` also measures on CPU
+FOV_CHECKED = ("partially", "fully")
 GiB = 2**30
 
 
@@ -46,16 +50,81 @@ def plan_table(
     amp: str | None = None,
     device: str = "cpu",
     sizes: Sequence[int] | None = None,
+    fits: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per candidate and budget (GPU target): largest cube, FOV batch, peak bytes."""
+    """One row per candidate and budget (GPU target): largest cube, FOV batch, peak bytes.
+
+    ``fits``: filled with each candidate's measured fit, by name.
+    """
     rows = []
     for cand in candidates:
         fit = fit_candidate(cand, amp=amp, device=device, sizes=sizes)
+        if fits is not None:
+            fits[cand.name] = fit
         for budget in budgets:
             row = plan_row(cand, fit, shape=BRATS_FOV, budget_bytes=budget, fov=BRATS_FOV)
             row["param_count"] = row["param_bytes"] // 4
             rows.append(row)
     return rows
+
+
+def fov_steps(
+    candidates: Sequence[Candidate], fits: dict[str, Any], names: Sequence[str] = FOV_CHECKED
+) -> list[dict[str, Any]]:
+    """One real training step at the full BraTS field of view on CPU per model in ``names``.
+
+    Measured like the plan's small cubes (:func:`~invseg.runtime.step_memory.measure_step_memory`)
+    and compared with the plan's device-independent bytes at that shape (``graph``: what any
+    device holds besides weights, gradients' final values and Adam state).
+    """
+    from invseg.runtime.step_memory import measure_step_memory
+
+    rows = []
+    for cand in candidates:
+        if cand.name not in names:
+            continue
+        shape = tuple(-(-s // cand.multiple) * cand.multiple for s in BRATS_FOV)
+        start = time.perf_counter()
+        step = measure_step_memory(cand.build_fn(shape), cand.in_channels, shape)
+        planned = fits[cand.name].graph_bytes(math.prod(shape))
+        rows.append(
+            {
+                "model": cand.name,
+                "memory": cand.memory,
+                "shape": shape,
+                "graph_bytes": step.graph_bytes,
+                "planned_graph_bytes": planned,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+    return rows
+
+
+def fov_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The measured full-FOV graph peaks against the plan's."""
+    lines = [
+        "| model | memory | input | measured graph peak GiB | planned GiB | plan error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        err = r["planned_graph_bytes"] / r["graph_bytes"] - 1
+        lines.append(
+            f"| {r['model']} | {r['memory']} | 4 x {' x '.join(map(str, r['shape']))} | "
+            f"{r['graph_bytes'] / GiB:.2f} | {r['planned_graph_bytes'] / GiB:.2f} | "
+            f"{100 * err:+.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _fov_text(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    return (
+        "\nOne real training step at the full field of view, measured on CPU (batch 1, float32, "
+        "Adam; *graph peak*: what every device holds above weights and Adam state, CPU "
+        "temporaries excluded) against the plan's line from the small cubes:\n\n"
+        + fov_markdown(rows)
+    )
 
 
 def table_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -102,7 +171,9 @@ def docs_section(
     if "dynunet" in names:
         nnunet = zoo_candidates(["dynunet"], base=32)[0]
         cands.append(replace(nnunet, name="dynunet (nnU-Net widths 32..320)"))
-    rows = plan_table(cands, device=device)
+    fits: dict[str, Any] = {}
+    rows = plan_table(cands, device=device, fits=fits)
+    fov = [] if quick else fov_steps(cands, fits)
     md = (
         "## What trains on one GPU (`invseg plan`, `invseg bench plan`)\n\n"
         "Largest cubic crop at batch 1 (4 input channels, 3 outputs, float32, Adam) and the "
@@ -125,6 +196,7 @@ def docs_section(
         "every convolution picks the kernel it picks on the input, and agrees with the peak "
         "RSS of a real step within 15% (`tests/runtime/test_planner.py`).\n\n"
         + table_markdown(rows)
+        + _fov_text(fov)
     )
     update_section(Path(output), "plan", md)
     return md

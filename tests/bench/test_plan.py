@@ -38,3 +38,19 @@ def test_bench_plan_writes_the_budget_section(tmp_path: Path) -> None:
     assert "<!-- bench:plan -->" in text and md.strip() in text
     assert "| monai_unet | store |" in md and "80 GB: cube / FOV batch" in md
     assert "4 channels at its first level" in md and "--shape 240 240 155" in md
+
+
+def test_full_fov_step_is_measured_and_set_against_the_plan(monkeypatch) -> None:
+    """The FOV check measures a real step at the (here small) field of view, padded."""
+    monkeypatch.setattr(plan, "BRATS_FOV", (40, 40, 38))
+    cands = plan.zoo_candidates(["monai_unet", "fully"], base=4, arch_crop=32)
+    fits: dict = {}
+    plan.plan_table(cands, [4 * GB], sizes=(16, 24, 32), fits=fits)
+    assert set(fits) == {"monai_unet", "fully"}
+    rows = plan.fov_steps(cands, fits, names=("fully",))
+    assert [(r["model"], r["shape"]) for r in rows] == [("fully", (40, 40, 40))]
+    r = rows[0]
+    assert r["graph_bytes"] > 0
+    assert abs(r["planned_graph_bytes"] / r["graph_bytes"] - 1) < 0.15
+    md = plan.fov_markdown(rows)
+    assert "| fully | invert | 4 x 40 x 40 x 40 |" in md and "%" in md
