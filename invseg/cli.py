@@ -231,7 +231,7 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
 
 def _add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="write NIfTI label maps for cases, folders or files")
-    p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (last.pt or best.pt)")
+    p.add_argument("-m", "--model", type=Path, required=True, help="checkpoint (last.pt)")
     p.add_argument(
         "--model-class",
         default=None,

@@ -3,7 +3,7 @@
 :func:`unit_vjp` differentiates ``F`` at a rebuilt input. When ``F`` is a plain
 ``nn.Sequential`` ending in a convolution (the ``norm -> act -> conv`` units of the InvRes
 nets), the convolution is evaluated without a graph only if its output is wanted, and is
-differentiated from its input (``torch.nn.grad``); a ReLU or LeakyReLU before it is
+differentiated from its input (``aten::convolution_backward``); a ReLU or LeakyReLU before it is
 differentiated in place from the sign of its output. So the output of ``F``, the activation
 and their gradients never coexist: a coupling's backward holds about three half-width maps
 at its peak, where autograd over the whole unit holds four or more. Other functions go
@@ -20,11 +20,7 @@ from torch import Tensor, nn
 from invseg.engine import _rng
 from invseg.engine._tape import Tape
 
-_CONV_GRADS = {
-    nn.Conv1d: (torch.nn.grad.conv1d_input, torch.nn.grad.conv1d_weight),
-    nn.Conv2d: (torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight),
-    nn.Conv3d: (torch.nn.grad.conv3d_input, torch.nn.grad.conv3d_weight),
-}
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def unit_vjp(
@@ -102,7 +98,7 @@ def _parts(fn: nn.Module) -> tuple[list[nn.Module], nn.Module | None, nn.Conv3d]
         return None
     *prefix, last = list(fn)
     plain = (
-        type(last) in _CONV_GRADS
+        type(last) in _CONVS
         and last.padding_mode == "zeros"
         and not isinstance(last.padding, str)
         and isinstance(last.weight, nn.Parameter)
@@ -126,19 +122,23 @@ def _conv_vjp(
 ) -> Tensor:
     """Back-propagate ``grad_out`` through ``conv`` applied to ``a`` without evaluating it.
 
-    Weight and bias gradients go to ``tape``; returns the gradient of ``a``. Under autocast the
-    conv is differentiated in the autocast dtype, as autograd would.
+    Weight and bias gradients go to ``tape``; returns the gradient of ``a``. One
+    ``aten::convolution_backward`` call, as autograd makes it (input, weight and bias gradients
+    together). Under autocast the conv is differentiated in the autocast dtype, as autograd
+    would.
     """
     device = a.device.type
     autocast = torch.is_autocast_enabled(device) and a.dtype != torch.float64  # as autocast
     dtype = torch.get_autocast_dtype(device) if autocast else a.dtype
     a_low, w, g = a.to(dtype), conv.weight.detach().to(dtype), grad_out.to(dtype)
-    grad_input, grad_weight = _CONV_GRADS[type(conv)]
-    kw = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
-    kw["groups"] = conv.groups
+    bias = conv.bias is not None and conv.bias.requires_grad
+    grad_a, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        g, a_low, w, [w.shape[0]] if bias else None, list(conv.stride), list(conv.padding),
+        list(conv.dilation), False, [0] * (a.ndim - 2), conv.groups,
+        [True, conv.weight.requires_grad, bias],
+    )  # fmt: skip
     if conv.weight.requires_grad:
-        tape.accumulate(conv.weight, grad_weight(a_low, w.shape, g, **kw).to(conv.weight.dtype))
-    if conv.bias is not None and conv.bias.requires_grad:
-        dims = (0, *range(2, g.ndim))
-        tape.accumulate(conv.bias, g.sum(dims, dtype=conv.bias.dtype))
-    return grad_input(a_low.shape, w, g, **kw).to(a.dtype)
+        tape.accumulate(conv.weight, grad_w.to(conv.weight.dtype))
+    if bias:
+        tape.accumulate(conv.bias, grad_b.to(conv.bias.dtype))
+    return grad_a.to(a.dtype)
