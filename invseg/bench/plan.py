@@ -11,7 +11,6 @@ at the full BraTS field of view (4 x 240 x 240 x 155, padded to the net's multip
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -84,7 +83,6 @@ def fov_steps(
         if cand.name not in names:
             continue
         shape = tuple(-(-s // cand.multiple) * cand.multiple for s in BRATS_FOV)
-        start = time.perf_counter()
         step = measure_step_memory(cand.build_fn(shape), cand.in_channels, shape)
         planned = fits[cand.name].graph_bytes(math.prod(shape))
         rows.append(
@@ -94,7 +92,6 @@ def fov_steps(
                 "shape": shape,
                 "graph_bytes": step.graph_bytes,
                 "planned_graph_bytes": planned,
-                "seconds": time.perf_counter() - start,
             }
         )
     return rows

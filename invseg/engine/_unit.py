@@ -48,7 +48,7 @@ def unit_vjp(
             consume(h.detach())
         (grad_cond,) = tape.vjp(owner, [h], [grad_h], [cond_leaf])
         return grad_cond
-    prefix, act, conv = parts
+    prefix, act, slope, conv = parts
     with torch.enable_grad(), _rng.replay(state):
         a = cond_leaf
         for layer in prefix:
@@ -64,13 +64,11 @@ def unit_vjp(
     if act is not None:  # its input's sign is its output's (negative_slope >= 0)
         positive = a > 0
         del a
-        if act.negative_slope:
-            torch.where(positive, grad, grad * act.negative_slope, out=grad)
+        if slope:
+            torch.where(positive, grad, grad * slope, out=grad)
         else:
             grad.masked_fill_(~positive, 0.0)
         del positive
-    else:
-        del a
     (grad_cond,) = tape.vjp(owner, [root], [grad], [cond_leaf])
     return grad_cond
 
@@ -86,13 +84,13 @@ def _own_version(t: Tensor) -> Tensor:
     return alias.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
-def _parts(fn: nn.Module) -> tuple[list[nn.Module], nn.Module | None, nn.Conv3d] | None:
-    """``(prefix, act, conv)`` of a plain ``nn.Sequential`` ending in a plain conv, else ``None``.
+def _parts(fn: nn.Module) -> tuple[list[nn.Module], nn.Module | None, float, nn.Module] | None:
+    """``(prefix, act, slope, conv)`` of a plain ``nn.Sequential`` ending in a plain conv.
 
-    ``act`` is the layer before the conv when it is an out-of-place ``nn.ReLU`` or
-    ``nn.LeakyReLU`` with ``negative_slope >= 0`` (an ``nn.ReLU`` is given a
-    ``negative_slope`` of 0 here), else ``None`` and part of ``prefix``. Exact types only: a
-    subclass or a parametrised conv may compute its weight in forward.
+    ``act`` is the layer before the conv when it is an out-of-place ``nn.ReLU`` (``slope`` 0)
+    or ``nn.LeakyReLU`` with ``negative_slope >= 0`` (``slope``), else ``None`` and part of
+    ``prefix``. ``None`` for anything else. Exact types only: a subclass or a parametrised
+    conv may compute its weight in forward.
     """
     if type(fn) is not nn.Sequential or len(fn) < 2:
         return None
@@ -106,15 +104,9 @@ def _parts(fn: nn.Module) -> tuple[list[nn.Module], nn.Module | None, nn.Conv3d]
     if not plain:
         return None
     act = prefix[-1] if prefix else None
-    if type(act) is nn.ReLU and not act.inplace:
-        act = _Relu()
-    elif not (type(act) is nn.LeakyReLU and not act.inplace and act.negative_slope >= 0):
-        act = None
-    return (prefix[:-1] if act is not None else prefix), act, last
-
-
-class _Relu(nn.ReLU):
-    negative_slope = 0.0
+    slope = getattr(act, "negative_slope", 0.0)
+    known = type(act) in (nn.ReLU, nn.LeakyReLU) and not act.inplace and slope >= 0
+    return (prefix[:-1], act, slope, last) if known else (prefix, None, 0.0, last)
 
 
 def _conv_vjp(
