@@ -153,6 +153,11 @@ class InvertibleSequential(nn.Module):
     #: without a graph, :meth:`forward_in_place` may overwrite its input
     forwards_in_place = True
 
+    @property
+    def retains_output(self) -> bool:
+        """Whether the last block keeps the output (e.g. a tap): the engine must not reuse it."""
+        return bool(self.blocks) and getattr(self.blocks[-1], "retains_output", False)
+
     def forward_in_place(self, x: Tensor, *context: object) -> Tensor:
         """Forward without a graph, free to overwrite ``x`` (nested in an ``"invert"`` chain)."""
         return self._forward_owned(x, context, owned=True)

@@ -59,6 +59,11 @@ class InvertibleLevel(nn.Module):
         )
         self.skip_channels = skip_channels
 
+    @property
+    def retains_output(self) -> bool:
+        """Whether the output is kept by its last block (a tap): the engine must not reuse it."""
+        return getattr(self.decoder, "retains_output", False)
+
     def _deep_path(self) -> tuple[nn.Module, ...]:
         return (self.down, self.inner, self.up)
 
@@ -139,14 +144,15 @@ def _into(whole: Tensor, start: int, part: Tensor) -> Tensor:
     return whole
 
 
-class BottleneckTap(nn.Module):
-    """Identity block that hands its input to the VAE branch, also in ``memory="invert"``.
+class FeatureTap(nn.Module):
+    """Identity block that hands its input to a branch outside the body, also in
+    ``memory="invert"``: the VAE reads the bottleneck, deep supervision a decoder level.
 
     With plain autograd (``"store"``/``"checkpoint"``) ``value`` is part of the graph. In
     ``"invert"`` mode the body runs without a graph; :func:`tap_features` then returns a
     tensor whose gradient is parked in ``pending`` and injected by :meth:`reverse` when the
-    engine walks back through the tap, so the VAE loss reaches the encoder without storing
-    anything but the (small) bottleneck.
+    engine walks back through the tap, so the branch's loss reaches the body without storing
+    anything but the tapped features.
     """
 
     #: the engine must not overwrite the output it hands on: the tap keeps it in ``value``
@@ -178,22 +184,22 @@ class _TapGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, value: Tensor, body_output: Tensor, tap: BottleneckTap) -> Tensor:
+    def forward(ctx, value: Tensor, body_output: Tensor, tap: FeatureTap) -> Tensor:
         ctx.tap = tap
         return value.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        tap: BottleneckTap = ctx.tap
+        tap: FeatureTap = ctx.tap
         tap.pending = grad if tap.pending is None else tap.pending + grad
         return None, None, None
 
 
-def tap_features(tap: BottleneckTap, body_output: Tensor) -> Tensor:
-    """The bottleneck seen by ``tap`` in the last forward, differentiable w.r.t. the encoder."""
+def tap_features(tap: FeatureTap, body_output: Tensor) -> Tensor:
+    """The features ``tap`` saw in the last forward, differentiable w.r.t. the body."""
     value, tap.value = tap.value, None
     if value is None:
-        raise RuntimeError("the bottleneck tap saw no forward pass.")
+        raise RuntimeError("the feature tap saw no forward pass.")
     if value.requires_grad or not body_output.requires_grad:
         return value
     return _TapGradient.apply(value, body_output, tap)

@@ -11,6 +11,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import Tensor, nn
 
 from invseg._choices import check_option
+from invseg.engine import check_stride
 
 DEFAULT_ACT: tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": False})
 DEFAULT_NORM: tuple = ("group", {"num_groups": 8})
@@ -65,7 +66,7 @@ def conv(
     out_channels: int,
     kernel_size: int = 3,
     *,
-    stride: int = 1,
+    stride: int | Sequence[int] = 1,
     transposed: bool = False,
 ) -> nn.Module:
     """A MONAI-factory convolution with 'same' padding (transposed: kernel = stride)."""
@@ -139,6 +140,28 @@ def check_common(
     return channels
 
 
+def per_level_strides(
+    strides: Sequence[int | Sequence[int]] | None, levels: int
+) -> tuple[tuple[int, int, int], ...]:
+    """One ``(D, H, W)`` stride per down-sampling (``levels - 1``); ``None``: 2 on every axis.
+
+    Each entry is ``2`` or a per-axis sequence of 1s and 2s with at least one 2
+    (:func:`~invseg.engine.check_stride`), e.g. nnU-Net's ``[1, 2, 2]`` for thick slices.
+
+    Example:
+        >>> per_level_strides(None, 3), per_level_strides([[1, 2, 2], 2], 3)
+        (((2, 2, 2), (2, 2, 2)), ((1, 2, 2), (2, 2, 2)))
+    """
+    if strides is None:
+        return ((2, 2, 2),) * (levels - 1)
+    if isinstance(strides, (int, str)) or len(strides) != levels - 1:
+        raise ValueError(
+            f"strides needs one entry per down-sampling, len(channels) - 1 = {levels - 1}, got "
+            f"{strides!r}."
+        )
+    return tuple(check_stride(s, name=f"strides[{i}]") for i, s in enumerate(strides))
+
+
 def check_vae_size(
     input_image_size: Sequence[int] | None, vae: bool, spatial_dims: int
 ) -> tuple[int, ...] | None:
@@ -156,13 +179,15 @@ def check_vae_size(
     return size
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial dims of ``x`` at the end to a multiple of ``multiple``.
+def pad_to_multiple(x: Tensor, multiple: int | Sequence[int]) -> tuple[Tensor, tuple[int, ...]]:
+    """Zero-pad the spatial dims of ``x`` at the end to a multiple of ``multiple`` (one int, or
+    one per spatial axis).
 
     Returns the padded tensor and the original spatial size (for :func:`crop_to`).
     """
     size = tuple(x.shape[2:])
-    extra = [(-s) % multiple for s in size]
+    multiples = [multiple] * len(size) if isinstance(multiple, int) else list(multiple)
+    extra = [(-s) % m for s, m in zip(size, multiples)]
     if not any(extra):
         return x, size
     pad: list[int] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,13 +25,16 @@ from invseg.nets._layers import (
     crop_to,
     pad_to_multiple,
     per_level,
+    per_level_strides,
 )
 from invseg.nets.vae import VAEBranch
 
 #: ``run_level(fn, *args) -> fn(*args)``, possibly under a memory mechanism.
 LevelRunner = Callable[..., Tensor]
-#: What a net returns: the logits, or ``(logits, vae_loss)`` while its VAE branch trains.
-NetOutput = Tensor | tuple[Tensor, Tensor]
+#: What a net returns: the logits (a list of them, full resolution first, under deep
+#: supervision), or ``(logits, vae_loss)`` while its VAE branch trains.
+Logits = Tensor | list[Tensor]
+NetOutput = Logits | tuple[Logits, Tensor]
 
 
 class UNetFrame(nn.Module):
@@ -40,10 +44,15 @@ class UNetFrame(nn.Module):
     public ones of :class:`~invseg.nets.UNet3D`); a net adds its own with :func:`net_signature`.
     It sets ``spatial_dims``, ``in_channels``, ``out_channels``, ``channels``, ``levels``,
     ``blocks`` (one per level), ``act``, ``norm``, ``dropout``, ``input_image_size``,
-    ``multiple`` (``2**(levels - 1)``, the size inputs are padded to), ``vae``,
+    ``strides`` (one ``(D, H, W)`` stride per down-sampling), ``multiples`` (per axis, the
+    product of the strides: inputs are padded to them), ``multiple`` (the largest: a cube side
+    that every axis accepts, ``2**(levels - 1)`` by default), ``vae``,
     ``vae_weights`` and ``vae_branch`` (``None`` until :meth:`make_layers` sets it with
-    :meth:`make_vae`). Each net then sets its own options and calls :meth:`build`, which creates
-    its layers (in its own order, which fixes the seeded weights) and applies ``memory``.
+    :meth:`make_vae`), and ``supervision_heads`` (``None`` unless ``deep_supervision``: one 1x1
+    conv per decoder level below full resolution, created last by :meth:`build`, so the other
+    layers' seeded weights are those of the net without them). Each net then sets its own
+    options and calls :meth:`build`, which creates its layers (in its own order, which fixes
+    the seeded weights) and applies ``memory``.
     """
 
     def __init__(
@@ -61,6 +70,8 @@ class UNetFrame(nn.Module):
         vae: bool = False,
         input_image_size: Sequence[int] | None = None,
         vae_weights: tuple[float, float] = (0.1, 0.1),
+        deep_supervision: bool = False,
+        strides: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         channels = check_common(spatial_dims, in_channels, out_channels, channels, dropout)
@@ -71,9 +82,42 @@ class UNetFrame(nn.Module):
         self.act, self.norm, self.dropout = check_act(act), check_norm(norm), dropout
         self._memory = check_option("memory", memory, MEMORY_MODES)  # applied by build()
         self.input_image_size = check_vae_size(input_image_size, vae, spatial_dims)
-        self.multiple = 2 ** (self.levels - 1)
+        self.strides = per_level_strides(strides, self.levels)
+        self.multiples = tuple(math.prod(s[a] for s in self.strides) for a in range(3))
+        self.multiple = max(self.multiples)
+        if vae and any(s != (2, 2, 2) for s in self.strides):
+            raise ValueError(
+                f"vae=True needs strides of 2 on every axis (its decoder up-samples by 2), got "
+                f"strides={strides!r}."
+            )
         self.vae, self.vae_weights = vae, vae_weights
         self.vae_branch: VAEBranch | None = None
+        self.supervision_heads: nn.ModuleList | None = None
+        self._deep_supervision = bool(deep_supervision)
+
+    @property
+    def deep_supervision(self) -> bool:
+        """Whether training forwards return one logit map per decoder level (settable)."""
+        return self._deep_supervision
+
+    @deep_supervision.setter
+    def deep_supervision(self, value: bool) -> None:
+        if value and self.supervision_heads is None:
+            raise ValueError(
+                f"{type(self).__name__} was built without deep supervision heads; construct it "
+                "with deep_supervision=True to switch deep supervision on."
+            )
+        self._deep_supervision = bool(value)
+
+    #: under deep supervision, return every level in evaluation mode too (nnU-Net's trainer
+    #: validates on them; :mod:`invseg.nnunet` sets it)
+    supervise_in_eval = False
+
+    def supervises(self) -> bool:
+        """Whether this forward returns every decoder level's logits: deep supervision on and
+        training (as MONAI's ``DynUNet``: inference sees the full-resolution logits only), or
+        in evaluation too where :attr:`supervise_in_eval` says so."""
+        return self._deep_supervision and (self.training or self.supervise_in_eval)
 
     @property
     def memory(self) -> str:
@@ -92,9 +136,19 @@ class UNetFrame(nn.Module):
         return f"memory={self.memory!r}"
 
     def build(self) -> None:
-        """Create the layers (:meth:`make_layers`) and put them in the memory mode asked for."""
+        """Create the layers (:meth:`make_layers`), the deep-supervision heads if asked for, and
+        put them in the memory mode asked for."""
         self.make_layers()
+        if self._deep_supervision:
+            widths = self.level_channels()[1 : self.levels - 1]
+            self.supervision_heads = nn.ModuleList(
+                [conv(self.spatial_dims, c, self.out_channels, 1) for c in widths]
+            )
         self.memory = self._memory
+
+    def level_channels(self) -> Sequence[int]:
+        """Channels of the decoder output at each level (what a supervision head reads)."""
+        return self.channels
 
     def make_layers(self) -> None:
         """Create the layers (subclasses); :meth:`build` calls it once."""
@@ -107,7 +161,7 @@ class UNetFrame(nn.Module):
 
     def make_vae(self, channels: Sequence[int]) -> VAEBranch:
         """The VAE branch from a bottleneck of ``channels[-1]`` channels, decoding back up."""
-        padded = [s + (-s) % self.multiple for s in self.input_image_size]
+        padded = [s + (-s) % self.multiple for s in self.input_image_size]  # isotropic strides
         return VAEBranch(
             self.spatial_dims,
             channels[-1],
@@ -119,9 +173,25 @@ class UNetFrame(nn.Module):
             weights=self.vae_weights,
         )
 
-    def output(self, logits: Tensor, vae_loss: Tensor | None) -> NetOutput:
-        """``logits``, or ``(logits, vae_loss)`` while the VAE branch trains (MONAI style)."""
-        return logits if vae_loss is None else (logits, vae_loss)
+    def output(
+        self,
+        logits: Tensor,
+        vae_loss: Tensor | None,
+        size: Sequence[int],
+        levels: Sequence[Tensor] = (),
+    ) -> NetOutput:
+        """What ``forward`` returns: ``logits`` cropped to ``size``, or ``[logits, *deeper]``
+        when :meth:`supervises` (``levels``: the decoder outputs of levels ``1 .. L-2``, each
+        through its head, cropped to ``size`` divided by the strides down to it, rounded up);
+        then ``(that, vae_loss)`` while the VAE branch trains (MONAI style)."""
+        out: Logits = crop_to(logits, size)
+        if levels:
+            deeper, factors = [], [1, 1, 1]
+            for head, h, stride in zip(self.supervision_heads, levels, self.strides):
+                factors = [f * s for f, s in zip(factors, stride)]
+                deeper.append(crop_to(head(h), [-(-s // f) for s, f in zip(size, factors)]))
+            out = [out, *deeper]
+        return out if vae_loss is None else (out, vae_loss)
 
 
 def net_signature(init: Callable[..., None]) -> Callable[..., None]:
@@ -169,7 +239,9 @@ class ResUNetBase(UNetFrame):
     ``i < L-1``: stage, keep as skip, strided 3^3 conv to ``channels[i+1]``. Bottom: one stage.
     Decoder level ``i``: transposed 2^3 conv from ``channels[i+1]``, add the skip, stage. Head:
     1x1 conv. Subclasses define :meth:`make_stage` (``blocks`` residual blocks on ``channels``).
-    Inputs of any size are zero-padded to a multiple of ``2**(L-1)`` and cropped back.
+    The down- and up-sampling of level ``i`` use ``strides[i]`` (2 on every axis by default;
+    ``(1, 2, 2)`` keeps the depth of thick slices). Inputs of any size are zero-padded to a
+    multiple of the strides' product per axis (:attr:`multiples`) and cropped back.
     """
 
     def make_layers(self) -> None:
@@ -178,12 +250,11 @@ class ResUNetBase(UNetFrame):
         self.encoder = nn.ModuleList(
             [self.make_stage(c, n) for c, n in zip(channels[:-1], self.blocks[:-1])]
         )
-        self.down = nn.ModuleList(
-            [conv(dims, a, b, 3, stride=2) for a, b in itertools.pairwise(channels)]
-        )
+        pairs = list(zip(itertools.pairwise(channels), self.strides))
+        self.down = nn.ModuleList([conv(dims, a, b, 3, stride=s) for (a, b), s in pairs])
         self.bottom = self.make_stage(channels[-1], self.blocks[-1])
         self.up = nn.ModuleList(
-            [conv(dims, b, a, stride=2, transposed=True) for a, b in itertools.pairwise(channels)]
+            [conv(dims, b, a, stride=s, transposed=True) for (a, b), s in pairs]
         )
         self.decoder = nn.ModuleList(
             [self.make_stage(c, n) for c, n in zip(channels[:-1], self.blocks[:-1])]
@@ -213,9 +284,9 @@ class ResUNetBase(UNetFrame):
         """
         check_input(self, x)
         use_vae = self.vae_branch is not None and self.training
-        h, size = pad_to_multiple(x, self.multiple)
+        h, size = pad_to_multiple(x, self.multiples)
         h = self.stem(h)
-        skips = []
+        skips, decoded = [], []
         for stage, down in zip(self.encoder, self.down):
             h = run_level(stage, h)
             skips.append(h)
@@ -224,7 +295,9 @@ class ResUNetBase(UNetFrame):
         vae_loss = self.vae_branch(h, x)[1] if use_vae else None
         for stage, up, skip in zip(reversed(self.decoder), reversed(self.up), reversed(skips)):
             h = run_level(functools.partial(_decode, stage, up), h, skip)
-        return self.output(crop_to(self.head(h), size), vae_loss)
+            decoded.append(h)
+        levels = decoded[-2::-1] if self.supervises() else ()  # levels 1 .. L-2
+        return self.output(self.head(h), vae_loss, size, levels)
 
 
 def _decode(stage: nn.Module, up: nn.Module, h: Tensor, skip: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,22 +14,30 @@ from invseg.engine import (
     InvertibleUpsample3d,
     OrthogonalMix,
 )
-from invseg.nets._fully_level import BottleneckTap, ChannelLift, InvertibleLevel, tap_features
-from invseg.nets._layers import conv, crop_to, pad_to_multiple
+from invseg.nets._fully_level import ChannelLift, FeatureTap, InvertibleLevel, tap_features
+from invseg.nets._layers import conv, pad_to_multiple, per_level_strides
 from invseg.nets._unet import NetOutput, UNetFrame, check_input, net_signature
 from invseg.nets.res_block import InvertibleResBlock
 
 
-def fully_invertible_channels(channels: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def fully_invertible_channels(
+    channels: Sequence[int], strides: Sequence[int | Sequence[int]] | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     r"""Channels per level and skip channels of a fully invertible U-Net.
 
-    Invertible down-sampling multiplies channels by 8, so level :math:`i+1` has
-    :math:`c_{i+1} = 8 d_i` channels, where :math:`d_i` channels of level :math:`i` go deeper and
-    :math:`s_i = c_i - d_i` are kept aside as the skip. We choose
-    :math:`d_i = \mathrm{clip}(\lfloor \text{channels}[i+1] / 8 + 1/2 \rfloor, 1, c_i - 1)` and
-    :math:`c_0 = \text{channels}[0]`, so the effective channels equal ``channels`` exactly
-    whenever ``channels[i+1]`` is a multiple of 8 below ``8 * channels[i]`` (e.g. the default
-    ``(16, 32, 64, 128)``: 12 of 16 channels skip at level 0, 4 go deeper and become 32).
+    Invertible down-sampling by ``strides[i]`` multiplies channels by
+    :math:`f_i = \prod \text{strides}[i]` (8 for 2 on every axis), so level :math:`i+1` has
+    :math:`c_{i+1} = f_i d_i` channels, where :math:`d_i` channels of level :math:`i` go deeper
+    and :math:`s_i = c_i - d_i` are kept aside as the skip. We choose
+    :math:`d_i = \mathrm{clip}(\lfloor \text{channels}[i+1] / f_i + 1/2 \rfloor, 1, c_i - 1)`
+    and :math:`c_0 = \text{channels}[0]`, so the effective channels equal ``channels`` exactly
+    whenever ``channels[i+1]`` is a multiple of :math:`f_i` below :math:`f_i` ``channels[i]``
+    (e.g. the default ``(16, 32, 64, 128)``: 12 of 16 channels skip at level 0, 4 go deeper and
+    become 32).
+
+    Args:
+        channels: the widths asked for, one per level.
+        strides: one stride per down-sampling (``None``: 2 on every axis).
 
     Returns:
         ``(effective_channels, skip_channels)``; ``skip_channels`` has one entry per level but
@@ -39,12 +48,15 @@ def fully_invertible_channels(channels: Sequence[int]) -> tuple[tuple[int, ...],
         ((16, 32, 64, 128), (12, 24, 48))
         >>> fully_invertible_channels((8, 20))
         ((8, 24), (5,))
+        >>> fully_invertible_channels((16, 32, 64), [[1, 2, 2], 2])
+        ((16, 32, 64), (8, 24))
     """
+    factors = [math.prod(s) for s in per_level_strides(strides, len(channels))]
     effective, skips = [channels[0]], []
-    for target in channels[1:]:
-        deep = min(max(int(target / 8 + 0.5), 1), effective[-1] - 1)  # round half up
+    for target, factor in zip(channels[1:], factors):
+        deep = min(max(int(target / factor + 0.5), 1), effective[-1] - 1)  # round half up
         skips.append(effective[-1] - deep)
-        effective.append(8 * deep)
+        effective.append(factor * deep)
     return tuple(effective), tuple(skips)
 
 
@@ -63,8 +75,9 @@ class FullyInvResUNet(UNetFrame):
     with ``blocks`` or ``len(channels)``.
 
     **How ``channels`` is read**: ``channels[0]`` is the width at full resolution; deeper widths
-    are :math:`8 d_i` with :math:`d_i \approx` ``channels[i+1] / 8`` channels sent deeper (see
-    :func:`fully_invertible_channels`; exact when ``channels[i+1]`` is a multiple of 8). The
+    are :math:`f_i d_i` with :math:`d_i \approx` ``channels[i+1]`` :math:`/ f_i` channels sent
+    deeper, :math:`f_i` the product of ``strides[i]`` (8 by default; see
+    :func:`fully_invertible_channels`; exact when ``channels[i+1]`` is a multiple of it). The
     widths used are in ``model.effective_channels``.
 
     Args:
@@ -82,9 +95,15 @@ class FullyInvResUNet(UNetFrame):
             (``torch.utils.checkpoint``): each coupling keeps its input and backward holds one
             block's activations at a time.
         vae: add a :class:`~invseg.nets.VAEBranch` from the bottleneck (training only; the
-            bottleneck is read by an identity tap inside the body, see :class:`BottleneckTap`).
+            bottleneck is read by an identity tap inside the body, see :class:`FeatureTap`).
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
+        deep_supervision: while training, return the logits of every decoder level but the
+            lowest, full resolution first (a list, as nnU-Net and MONAI's ``DynUNet``), each
+            from its own 1x1 head; train with MONAI's ``DeepSupervisionLoss``.
+        strides: one stride per down-sampling (``len(channels) - 1``): ``2`` or per axis
+            ``(D, H, W)`` with 1s and 2s, e.g. ``[[1, 2, 2], 2]`` to keep the depth of thick
+            slices at the first level; ``None``: 2 on every axis.
         lift: replace the stem conv by a parameter-free channel lift (:class:`ChannelLift`:
             a fixed isometry from ``in_channels`` to ``channels[0]``) and the 1x1 head by
             ``out_channels`` evenly spaced channels of the body output, with a learnable
@@ -139,13 +158,15 @@ class FullyInvResUNet(UNetFrame):
                 f"channels[0] must be even (the couplings split channels in halves), got "
                 f"{channels[0]}."
             )
-        self.effective_channels, self.skip_channels = fully_invertible_channels(channels)
+        self.effective_channels, self.skip_channels = fully_invertible_channels(
+            channels, self.strides
+        )
         self.stem = (
             ChannelLift(self.in_channels, channels[0])
             if lift
             else conv(self.spatial_dims, self.in_channels, channels[0], 3)
         )
-        self.tap = BottleneckTap() if self.vae else None
+        self.tap = FeatureTap() if self.vae else None
         inner = self._levels()
         # lift: a learnable invertible 1x1 mixing chooses what the logit channels hold
         mix = [OrthogonalMix(channels[0])] if lift else []
@@ -159,20 +180,28 @@ class FullyInvResUNet(UNetFrame):
     def _levels(self) -> list[nn.Module]:
         """The body without its lift ends: the bottom chain wrapped level by level."""
         bottom = self._chain(self.effective_channels[-1], self.blocks[-1], self.tap)
+        # deep supervision reads each decoder chain below full resolution through a tap
+        taps = {i: FeatureTap() for i in range(1, self.levels - 1) if self._deep_supervision}
+        self.level_taps = tuple(taps[i] for i in sorted(taps))
         if self.levels == 1:
             return list(bottom.blocks)
         inner = bottom
         for level in reversed(range(self.levels - 1)):
             c, s = self.effective_channels[level], self.skip_channels[level]
+            stride = self.strides[level]
             inner = InvertibleLevel(
                 self._chain(c, self.blocks[level]),
-                InvertibleDownsample3d(c - s, memory="store"),
+                InvertibleDownsample3d(c - s, memory="store", stride=stride),
                 inner,
-                InvertibleUpsample3d(8 * (c - s)),
-                self._chain(c, self.blocks[level]),
+                InvertibleUpsample3d(math.prod(stride) * (c - s), stride=stride),
+                self._chain(c, self.blocks[level], taps.get(level)),
                 skip_channels=s,
             )
         return [inner]
+
+    def level_channels(self) -> tuple[int, ...]:
+        """The widths the levels use (:attr:`effective_channels`)."""
+        return self.effective_channels
 
     def _chain(self, channels: int, blocks: int, tap: nn.Module | None = None) -> nn.Module:
         layers = self.make_blocks(InvertibleResBlock, channels, blocks)
@@ -192,13 +221,16 @@ class FullyInvResUNet(UNetFrame):
 
     def forward(self, x: Tensor) -> NetOutput:
         check_input(self, x)
-        h, size = pad_to_multiple(x, self.multiple)
+        h, size = pad_to_multiple(x, self.multiples)
         y = self.body(self.stem(h))
         vae_loss = None
         if self.vae_branch is not None and self.training:
             vae_loss = self.vae_branch(tap_features(self.tap, y), x)[1]
         elif self.tap is not None:
             self.tap.value = None
+        levels = [tap_features(tap, y) for tap in self.level_taps] if self.supervises() else []
+        for tap in self.level_taps:
+            tap.value = None
         if self.head is None:
             # lift: the logits are every k-th channel of the body output (a strided view
             # spanning both coupling halves), so the loss saves nothing the engine doesn't keep
@@ -206,4 +238,4 @@ class FullyInvResUNet(UNetFrame):
             logits = y[:, ::step][:, : self.out_channels]
         else:
             logits = self.head(y)
-        return self.output(crop_to(logits, size), vae_loss)
+        return self.output(logits, vae_loss, size, levels)

@@ -42,6 +42,12 @@ class PartiallyInvResUNet(ResUNetBase):
         vae: add a :class:`~invseg.nets.VAEBranch` from the bottleneck (training only).
         input_image_size: fixed training crop ``(D, H, W)``, required when ``vae=True``.
         vae_weights: ``(w_rec, w_kl)`` of the VAE loss.
+        deep_supervision: while training, return the logits of every decoder level but the
+            lowest, full resolution first (a list, as nnU-Net and MONAI's ``DynUNet``), each
+            from its own 1x1 head; train with MONAI's ``DeepSupervisionLoss``.
+        strides: one stride per down-sampling (``len(channels) - 1``): ``2`` or per axis
+            ``(D, H, W)`` with 1s and 2s, e.g. ``[[1, 2, 2], 2]`` to keep the depth of thick
+            slices at the first level; ``None``: 2 on every axis.
 
     Shape:
         ``(B, in_channels, D, H, W) -> (B, out_channels, D, H, W)`` for any size. While the VAE

@@ -4,7 +4,9 @@ The loss (:mod:`invseg.tasks.seg_loss`) is Dice plus per-channel binary cross-en
 BraTS-like region conventions (a sigmoid per region) and Dice plus softmax cross-entropy for
 label conventions (iSeg), each weighted by ``train.loss``; :math:`w_\mathrm{vae}` times the
 VAE loss the network returns with its logits (``(logits, vae_loss)``) is added when its VAE
-branch is on.
+branch is on. With ``model.deep_supervision: true`` the network returns the logits of every
+decoder level but the lowest while training, and MONAI's ``DeepSupervisionLoss`` sums the loss
+of each against the target resized to it, weighted 1, 1/2, 1/4, ...
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.losses import DeepSupervisionLoss
 from torch import nn
 
 from invseg._choices import did_you_mean
@@ -201,7 +204,9 @@ class SegTask:
                 f"{conv.out_channels}."
             )
         self.loss_weights = loss_weights(t.loss.to_dict(), conv.kind, conv.name)
-        self.loss_fn = segmentation_loss(self.loss_weights, conv.kind)
+        # one output, or one per decoder level (model.deep_supervision): targets are resized
+        # to each and the losses weighted 1, 1/2, 1/4, ... (MONAI's DeepSupervisionLoss)
+        self.loss_fn = DeepSupervisionLoss(segmentation_loss(self.loss_weights, conv.kind))
         params = [p for p in self.model.parameters() if p.requires_grad]
         if t.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -262,7 +267,7 @@ class SegTask:
         with amp():
             out = model(image)
         logits, vae = out if isinstance(out, tuple) else (out, None)  # (logits, vae_loss)
-        loss = self.loss_fn(logits.float(), target)
+        loss = self.loss_fn(logits, target)  # logits: a list under model.deep_supervision
         if vae is not None and self.cfg.train.loss.vae:
             loss = loss + self.cfg.train.loss.vae * vae.float()
         return loss

@@ -10,7 +10,7 @@ from invseg.engine import AdditiveCoupling, InvertibleSequential, Tape
 from invseg.engine._unit import unit_vjp
 from invseg.engine.testing import gradient_parity
 from invseg.nets import FullyInvResUNet, PartiallyInvResUNet
-from invseg.nets._fully_level import BottleneckTap
+from invseg.nets._fully_level import FeatureTap
 from invseg.runtime.step_memory import measure_step_memory
 
 
@@ -50,7 +50,7 @@ def test_chain_without_graph_leaves_the_callers_input_alone() -> None:
 
 
 def test_a_block_that_keeps_its_output_is_not_overwritten() -> None:
-    tap = BottleneckTap()
+    tap = FeatureTap()
     chain = InvertibleSequential(coupling(), tap, coupling())
     x = torch.randn(1, 4, 6, 6, 6)
     with torch.no_grad():

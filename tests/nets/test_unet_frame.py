@@ -13,7 +13,7 @@ from invseg.nets.registry import check_arguments
 
 SHARED = [
     "spatial_dims", "in_channels", "out_channels", "channels", "blocks", "act", "norm",
-    "dropout", "memory", "vae", "input_image_size", "vae_weights",
+    "dropout", "memory", "vae", "input_image_size", "vae_weights", "deep_supervision", "strides",
 ]  # fmt: skip
 NETS = [
     (UNet3D, "store", []),
