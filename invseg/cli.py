@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_synth)
 
     _add_recon_bench_config_parsers(sub)
+    from invseg.commands.nnunet import add_parser as add_nnunet_parser  # argparse only
+
+    add_nnunet_parser(sub)  # nnunet plans: its flags live with its command
     return parser
 
 

@@ -28,6 +28,7 @@ LAYERS = {
     "data": 2,
     "runtime": 3,
     "tasks": 4,
+    "nnunet": 4,  # nets as nnU-Net architectures, the plans of ``invseg nnunet plans``
     "commands": 5,
     "bench": 6,
     "cli": 7,

@@ -1,0 +1,151 @@
+"""invseg.nnunet.plans: the dataset folder, configurations, the architecture and the patch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from invseg.nnunet import plans as nnplans
+from tests.nnunet.plans_files import architecture, brats_plans, write_dataset
+
+MiB = 2**20
+
+
+def _voxel_peak(bytes_per_voxel: int = 1000):
+    return lambda patch, batch: batch * math.prod(patch) * bytes_per_voxel
+
+
+def _grows(plan: nnplans.PatchPlan, axis: int, multiple: int) -> list[int]:
+    return [s + multiple * (a == axis) for a, s in enumerate(plan.patch_size)]
+
+
+def test_the_patch_grows_to_the_budget_keeping_divisibility_and_the_median_cap() -> None:
+    peak, budget = _voxel_peak(), 2 * 160 * 192 * 160 * 1000
+    median = [200, 240, 150]
+    plan = nnplans.enlarge_patch([128, 128, 128], median, multiple=32, batch=2,
+                                 budget_bytes=budget, peak=peak)  # fmt: skip
+    assert plan.patch_size == (192, 192, 128)  # the third axis is capped by its median
+    assert all(s % 32 == 0 for s in plan.patch_size)
+    assert plan.peak_bytes == peak(plan.patch_size, 2) <= budget
+    assert plan.source_peak_bytes == peak([128, 128, 128], 2)
+    caps = [192, 224, 128]
+    for axis in range(3):  # no axis could grow one more step
+        bigger = _grows(plan, axis, 32)
+        assert bigger[axis] > caps[axis] or peak(bigger, 2) > budget
+
+
+def test_the_patch_is_never_made_smaller_nor_larger_than_the_median_allows() -> None:
+    kwargs = {"multiple": 16, "batch": 2, "peak": _voxel_peak()}
+    small = nnplans.enlarge_patch([64, 80, 48], [100, 90, 40], budget_bytes=1, **kwargs)
+    assert small.patch_size == (64, 80, 48) and small.source_peak_bytes > 1
+    large = nnplans.enlarge_patch([64, 80, 48], [100, 90, 40], budget_bytes=10**15, **kwargs)
+    assert large.patch_size == (96, 80, 48)  # median rounded down; 48 > 40 is kept
+
+
+def test_configurations_are_resolved_and_unknown_ones_named(tmp_path: Path) -> None:
+    plans = brats_plans()
+    cascade = nnplans.read_configuration(plans, "3d_cascade_fullres", tmp_path)
+    fullres = plans["configurations"]["3d_fullres"]
+    assert cascade == fullres | {"previous_stage": "3d_lowres"}
+    with pytest.raises(ValueError, match=r"no configuration '3d_full'; available: 2d, "
+                       r"3d_cascade_fullres, 3d_fullres, 3d_lowres"):  # fmt: skip
+        nnplans.read_configuration(plans, "3d_full", tmp_path)
+
+
+@pytest.mark.parametrize("model", ["partially", "fully"])
+def test_the_architecture_names_the_invseg_class_and_keeps_nnunets_kwargs(model: str) -> None:
+    source = architecture(6, [32, 64, 128, 256, 320, 320])
+    arch = nnplans.invseg_architecture(source, model, "checkpoint")
+    assert arch["network_class_name"] == nnplans.MODELS[model]
+    own = {"anchor_every": None} if model == "partially" else {"lift": False}
+    assert arch["arch_kwargs"] == source["arch_kwargs"] | {
+        "memory": "checkpoint", "blocks": [1] * 6, **own
+    }  # fmt: skip
+    assert arch["_kw_requires_import"] == source["_kw_requires_import"]
+    other = "fully" if model == "partially" else "partially"
+    again = nnplans.invseg_architecture(arch, other, "invert")  # from invseg's own plans
+    assert set(again["arch_kwargs"]) - set(source["arch_kwargs"]) == {
+        "memory", "blocks", "lift" if other == "fully" else "anchor_every"
+    }  # fmt: skip
+
+
+def test_trailing_stages_that_do_not_halve_every_axis_are_dropped() -> None:
+    source = brats_plans()["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    source = source | {"n_conv_per_stage_decoder": [5, 4, 3, 2, 2]}  # deepest first
+    cut = nnplans.isotropic_stages(source)
+    assert cut["n_stages"] == 5 and cut["features_per_stage"] == [32, 64, 128, 256, 320]
+    assert cut["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
+    assert len(cut["kernel_sizes"]) == len(cut["n_conv_per_stage"]) == 5
+    assert cut["n_conv_per_stage_decoder"] == [4, 3, 2, 2]
+    assert source["n_stages"] == 6  # not changed
+    lowres = brats_plans()["configurations"]["3d_lowres"]["architecture"]["arch_kwargs"]
+    assert nnplans.isotropic_stages(lowres) is lowres  # [1, 2, 2] at stage 1: left to refuse
+
+
+def test_an_anisotropic_configuration_is_refused_naming_file_and_entry(tmp_path: Path) -> None:
+    path = tmp_path / "nnUNetPlans.json"
+    with pytest.raises(ValueError) as err:
+        nnplans.invseg_plans(brats_plans(), "3d_lowres", model="partially", memory="invert",
+                             budget_bytes=10**9, plans_name="P", path=path,
+                             peak_fn=lambda a: _voxel_peak())  # fmt: skip
+    assert str(err.value).startswith(
+        f"{path} (3d_lowres): architecture.arch_kwargs.strides[1] = [1, 2, 2]: "
+    )
+
+
+def test_the_new_plans_change_only_the_network_the_patch_and_the_name(tmp_path: Path) -> None:
+    source = brats_plans(median=[200.0, 240.0, 150.0])
+    new, old, patch = nnplans.invseg_plans(
+        source, "3d_fullres", model="partially", memory="invert", budget_bytes=2 * 10**13,
+        plans_name="nnUNetPlansInvseg", path=tmp_path, peak_fn=lambda a: _voxel_peak(),
+    )  # fmt: skip
+    assert old == source["configurations"]["3d_fullres"]
+    assert new["plans_name"] == "nnUNetPlansInvseg" and source["plans_name"] == "nnUNetPlans"
+    config = new["configurations"]["3d_fullres"]
+    assert config["patch_size"] == list(patch.patch_size) == [192, 240, 144]  # median caps
+    assert config["architecture"]["arch_kwargs"]["n_stages"] == 5  # strides[5] = [2, 2, 1]
+    changed = {k for k in config if config[k] != old[k]}
+    assert changed == {"architecture", "patch_size"}  # data_identifier, spacing, batch kept
+    unchanged = {k: v for k, v in new["configurations"].items() if k != "3d_fullres"}
+    assert unchanged == {k: v for k, v in source["configurations"].items() if k != "3d_fullres"}
+
+
+def test_the_dataset_folder_is_found_by_id_or_name(tmp_path: Path, monkeypatch) -> None:
+    folder = write_dataset(tmp_path)
+    write_dataset(tmp_path, name="Dataset001_Other")
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    assert nnplans.dataset_folder(137) == folder == nnplans.dataset_folder("Dataset137_BraTS2021")
+    assert nnplans.dataset_folder("1").name == "Dataset001_Other"
+    with pytest.raises(ValueError, match=r"dataset 5: no folder starting with Dataset005 in"):
+        nnplans.dataset_folder("5")
+    with pytest.raises(ValueError, match="give an ID"):
+        nnplans.dataset_folder("BraTS")
+    write_dataset(tmp_path, name="Dataset001_Twin")
+    with pytest.raises(ValueError, match=r"dataset 1: 2 folders \(Dataset001_Other, ...\)"):
+        nnplans.dataset_folder(1)
+    monkeypatch.delenv("nnUNet_preprocessed")
+    with pytest.raises(ValueError, match="nnUNet_preprocessed is not set"):
+        nnplans.dataset_folder(137)
+
+
+def test_input_channels_and_heads_follow_nnunets_label_manager(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path)
+    assert nnplans.network_io(folder) == (4, 3)  # BraTS regions: WT, TC, ET
+    labels = '{"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "CSF": 1, '
+    (folder / "dataset.json").write_text(labels + '"GM": 2, "WM": 3, "ignore": 4}}')
+    assert nnplans.network_io(folder) == (2, 4)  # iSeg labels with the background
+
+
+def test_the_real_planner_prices_patches_and_batches_and_invert_costs_less() -> None:
+    peaks = {}
+    for memory in ("store", "invert"):
+        arch = nnplans.invseg_architecture(architecture(2, [4, 8]), "partially", memory)
+        peaks[memory] = nnplans.measure_peak(arch, 4, 3, cubes=(8, 12, 16))
+    store, invert = peaks["store"], peaks["invert"]
+    assert 0 < store([16, 16, 16], 1) < store([32, 32, 32], 1) < store([32, 32, 32], 2)
+    assert invert([96, 96, 96], 2) < store([96, 96, 96], 2)
+    grown = store([96, 96, 96], 2) - store([64, 64, 64], 2)  # linear in voxels
+    per_voxel = (store([64, 64, 64], 2) - store([32, 32, 32], 2)) / (64**3 - 32**3)
+    assert grown == pytest.approx(per_voxel * (96**3 - 64**3), rel=1e-3)
