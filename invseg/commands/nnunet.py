@@ -102,9 +102,7 @@ def plans(
     )  # fmt: skip
     atomic_write_text(out, json.dumps(new, indent=4) + "\n")
     config = new["configurations"][configuration]
-    return _report(
-        dataset, configuration, model, old, config, patch, budget_bytes, (source_path, out)
-    )
+    return _report(dataset, configuration, old, config, patch, budget_bytes, (source_path, out))
 
 
 def _patch_line(old: dict, patch: Any, batch: int, budget_bytes: int) -> str:
@@ -125,36 +123,24 @@ def _patch_line(old: dict, patch: Any, batch: int, budget_bytes: int) -> str:
 def _report(
     dataset: str | int,
     configuration: str,
-    model: str,
     old: dict,
     config: dict,
     patch: Any,
     budget_bytes: int,
     paths: tuple[Path, Path],
 ) -> str:
-    from invseg.nnunet.plans import TRAINERS
-
-    arch, old_arch = config["architecture"]["arch_kwargs"], old["architecture"]["arch_kwargs"]
+    arch = config["architecture"]["arch_kwargs"]
     blocks = " ".join(str(b) for b in arch["blocks"])
     lines = [
         f"source   {paths[0]}, configuration {configuration}",
         f"network  {old['architecture']['network_class_name']} -> "
         f"{config['architecture']['network_class_name']} (memory {arch['memory']}, "
         f"blocks per level {blocks})",
-    ]
-    if arch["n_stages"] != old_arch["n_stages"]:
-        cut = arch["n_stages"]
-        lines.append(
-            f"stages   {old_arch['n_stages']} -> {cut}: strides[{cut}] = "
-            f"{old_arch['strides'][cut]} does not halve every axis, as the nets do"
-        )
-    lines += [
         _patch_line(old, patch, config["batch_size"], budget_bytes),
         f"kept     data_identifier {config['data_identifier']} (the preprocessed data is "
         f"shared), spacing {config.get('spacing')}, batch_size {config['batch_size']}",
         f"wrote    {paths[1]}",
-        f"nnUNetv2_train {dataset} {configuration} FOLD -p {paths[1].stem}"
-        + (f" -tr {TRAINERS[model]}" if TRAINERS[model] else ""),
+        f"nnUNetv2_train {dataset} {configuration} FOLD -p {paths[1].stem}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -183,6 +169,6 @@ def add_parser(sub: Any) -> None:
                    help="name of the new plans (default nnUNetPlansInvseg)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace existing plans of that name")
     p.add_argument("--device", default="cpu", help="where the planner measures: cpu or cuda")
-    cubes = "the three cubes the planner measures (default by the stages: 64 96 128 at 6)"
+    cubes = "the three cubes the planner measures (default by the strides: 64 96 128 at 32)"
     p.add_argument("--cubes", type=int, nargs=3, default=None, metavar="S", help=cubes)
     p.set_defaults(handler=_run)

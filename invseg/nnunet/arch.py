@@ -4,16 +4,22 @@ nnU-Net builds the network of a plans configuration as
 ``cls(input_channels=..., num_classes=..., **arch_kwargs, deep_supervision=...)`` after turning
 the ``_kw_requires_import`` entries (``conv_op``, ``norm_op``, ``dropout_op``, ``nonlin``) into
 classes with ``pydoc.locate``. :func:`net_options` maps those arguments onto the ``channels``,
-``blocks``, ``norm``, ``act`` and ``dropout`` of :class:`~invseg.nets.PartiallyInvResUNet` and
-:class:`~invseg.nets.FullyInvResUNet`, or raises a ``ValueError`` that names the plans entry
-(``architecture.arch_kwargs.strides[1]``) and the value. The rules:
+``blocks``, ``strides``, ``norm``, ``act`` and ``dropout`` of
+:class:`~invseg.nets.PartiallyInvResUNet` and :class:`~invseg.nets.FullyInvResUNet`, or
+raises a ``ValueError`` that names the plans entry (``architecture.arch_kwargs.strides[1]``)
+and the value. The rules:
 
 * ``features_per_stage`` are the ``channels``; ``n_stages`` the number of levels (at least 2).
 * ``conv_op`` must be ``Conv3d``: the nets are 3D.
-* ``strides``: ``1`` on every axis at stage 0 and ``2`` on every axis at each later stage, the
-  one down-sampling the nets have. Anisotropic plans (``[1, 2, 2]``) are refused.
-* ``kernel_sizes``: ``3`` on every axis at every stage, the nets' only kernel; anything else is
-  refused rather than ignored, since nnU-Net pairs smaller kernels with anisotropic spacing.
+* ``strides``: ``1`` on every axis at stage 0 (it runs at full resolution); at each later stage
+  a stride the nets down-sample by (:func:`~invseg.engine.check_stride`): ``2``, or per axis
+  1s and 2s with at least one 2, such as nnU-Net's ``[1, 2, 2]`` for thick slices or the
+  ``[2, 2, 1]`` that ends a BraTS plan. They become the nets' ``strides`` (one per
+  down-sampling: the plans' ``strides[1:]``).
+* ``kernel_sizes``: ``3`` on every axis at every stage, the nets' only kernel (their residual
+  blocks, stem and strided convolutions are 3x3x3); anything else, e.g. the ``[1, 3, 3]``
+  nnU-Net pairs with thick slices, is refused rather than silently run as 3x3x3: write
+  ``[3, 3, 3]`` in the plans to train with it.
 * ``blocks``: one invertible residual block per **two** convolutions of an nnU-Net stage,
   ``ceil(n_conv_per_stage[i] / 2)`` (or ``n_blocks_per_stage[i]`` of residual-encoder plans,
   whose blocks hold two convolutions each): a block's ``F`` and ``G`` are two 3^3 convolutions
@@ -38,8 +44,8 @@ Example:
     ...     norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
     ...     nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
     ... )
-    >>> options["channels"], options["blocks"], options["act"]
-    ((8, 16), (1, 1), ('leakyrelu', {}))
+    >>> options["channels"], options["blocks"], options["strides"], options["act"]
+    ((8, 16), (1, 1), ((2, 2, 2),), ('leakyrelu', {}))
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from typing import Any
 
 from monai.networks.layers.factories import Act
 
-__all__ = ["KEY", "net_options", "op_name"]
+from invseg.engine import check_stride
+
+__all__ = ["KEY", "check_strides", "net_options", "op_name"]
 
 #: Where nnU-Net's network arguments live in a plans configuration (used in messages).
 KEY = "architecture.arch_kwargs"
@@ -114,17 +122,31 @@ def _axes(entry_value: Any, entry: str) -> tuple[int, ...]:
     return sizes * 3 if len(sizes) == 1 else sizes
 
 
-def check_strides(strides: Any, n_stages: int) -> None:
-    """Stride 1 at stage 0 and 2 on every axis at each later stage, else a ``ValueError``."""
-    for i, stride in enumerate(_per_stage(strides, n_stages, "strides")):
-        want = 1 if i == 0 else 2
-        if _axes(stride, f"strides[{i}]") != (want,) * 3:
-            where = "stage 0 runs at full resolution" if i == 0 else "each level halves every axis"
+def check_strides(strides: Any, n_stages: int) -> tuple[tuple[int, int, int], ...]:
+    """The nets' ``strides`` (stages ``1 .. n_stages - 1``) from the plans', or a ``ValueError``.
+
+    Stage 0 must be 1 on every axis; each later stage a stride the nets accept.
+
+    Example:
+        >>> check_strides([[1, 1, 1], [1, 2, 2], 2], 3)
+        ((1, 2, 2), (2, 2, 2))
+    """
+    per_stage = _per_stage(strides, n_stages, "strides")
+    if _axes(per_stage[0], "strides[0]") != (1, 1, 1):
+        raise ValueError(
+            f"{KEY}.strides[0] = {per_stage[0]!r}: invseg's nets need [1, 1, 1] (stage 0 runs "
+            "at full resolution; each later stage down-samples)."
+        )
+    checked = []
+    for i, stride in enumerate(per_stage[1:], start=1):
+        try:
+            checked.append(check_stride(_axes(stride, f"strides[{i}]")))
+        except (TypeError, ValueError):
             raise ValueError(
-                f"{KEY}.strides[{i}] = {stride!r}: invseg's nets need {[want] * 3} ({where}); "
-                "anisotropic or other strides are not supported yet. Plan with isotropic "
-                "pooling (e.g. nnUNetv2_plan_experiment with an isotropic target spacing)."
-            )
+                f"{KEY}.strides[{i}] = {stride!r}: invseg's nets down-sample each later stage "
+                "by 1 or 2 per axis with at least one 2 (e.g. [2, 2, 2], [1, 2, 2], [2, 2, 1])."
+            ) from None
+    return tuple(checked)
 
 
 def check_kernels(kernel_sizes: Any, n_stages: int) -> None:
@@ -132,9 +154,9 @@ def check_kernels(kernel_sizes: Any, n_stages: int) -> None:
     for i, kernel in enumerate(_per_stage(kernel_sizes, n_stages, "kernel_sizes")):
         if _axes(kernel, f"kernel_sizes[{i}]") != (3, 3, 3):
             raise ValueError(
-                f"{KEY}.kernel_sizes[{i}] = {kernel!r}: invseg's residual blocks use 3x3x3 "
-                "kernels only (nnU-Net chooses others for anisotropic spacing, which the nets "
-                "do not support yet)."
+                f"{KEY}.kernel_sizes[{i}] = {kernel!r}: invseg's nets use 3x3x3 kernels only; "
+                "write [3, 3, 3] in the plans to train them (nnU-Net plans smaller kernels for "
+                "thick slices)."
             )
 
 
@@ -217,7 +239,8 @@ def net_options(
     nonlin_kwargs: dict | None = None,
     blocks: Any = None,
 ) -> dict[str, Any]:
-    """The invseg net options (``channels, blocks, norm, act, dropout``) for nnU-Net arguments.
+    """The invseg net options (``channels, blocks, strides, norm, act, dropout``) for nnU-Net's
+    arguments.
 
     Ops may be classes (as nnU-Net passes them) or dotted paths (as the plans file holds them).
     ``conv_bias`` is accepted and not used (the nets' convolutions keep their bias).
@@ -229,13 +252,14 @@ def net_options(
     n = check_stages(n_stages)
     channels = _ints(_per_stage(features_per_stage, n, "features_per_stage"), "features_per_stage")
     check_conv_op(conv_op)
-    check_strides(strides, n)
+    down = check_strides(strides, n)
     check_kernels(kernel_sizes, n)
     return {
         "channels": channels,
         "blocks": level_blocks(
             n, n_conv_per_stage, n_blocks_per_stage, n_conv_per_stage_decoder, blocks
         ),
+        "strides": down,
         "norm": norm_option(norm_op, norm_op_kwargs),
         "act": act_option(nonlin, nonlin_kwargs),
         "dropout": dropout_option(dropout_op, dropout_op_kwargs),

@@ -5,17 +5,20 @@ From the ``nnUNetPlans.json`` that ``nnUNetv2_plan_and_preprocess`` wrote in
 configuration (e.g. ``3d_fullres``) has
 
 * ``architecture``: ``network_class_name`` an invseg class (:data:`MODELS`), nnU-Net's
-  ``arch_kwargs`` kept (checked by :func:`~invseg.nnunet.arch.net_options`, which names an
-  entry the nets cannot run) plus invseg's ``memory`` and ``blocks``;
+  ``arch_kwargs`` kept as they are, every stage and stride (a BraTS plan's last ``[2, 2, 1]``
+  and a thick-slice ``[1, 2, 2]`` included; checked by
+  :func:`~invseg.nnunet.arch.net_options`, which names an entry the nets cannot run), plus
+  invseg's ``memory`` and ``blocks``;
 * ``patch_size`` enlarged by :func:`enlarge_patch` to what one training step at the
   configuration's ``batch_size`` fits in a memory budget, by invseg's planner
-  (:func:`measure_peak`);
+  (:func:`measure_peak`), each axis by the product of the strides on it
+  (:func:`patch_multiples`);
 * everything else unchanged: ``data_identifier`` (so the preprocessed data is shared and
   nothing is preprocessed again), spacing, normalisation, batch size. The configuration is
   written resolved (``inherits_from`` applied); ``plans_name`` is the new name.
 
 Example:
-    >>> enlarge_patch([64, 64, 64], [100, 80, 200], multiple=16, batch=2,
+    >>> enlarge_patch([64, 64, 64], [100, 80, 200], multiples=(16, 16, 8), batch=2,
     ...               budget_bytes=2 * 96 * 80 * 128, peak=lambda s, b: b * s[0] * s[1] * s[2])
     PatchPlan(patch_size=(96, 64, 160), peak_bytes=1966080, source_peak_bytes=524288)
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import pydoc
 from collections.abc import Callable, Sequence
@@ -33,20 +37,19 @@ from typing import Any
 
 from invseg._choices import check_option
 from invseg.engine import MEMORY_MODES
-from invseg.nnunet.arch import net_options
+from invseg.nnunet.arch import check_strides, net_options
 
 __all__ = [
     "DEFAULT_PLANS_NAME",
     "MODELS",
-    "TRAINERS",
     "PatchPlan",
     "dataset_folder",
     "enlarge_patch",
     "invseg_architecture",
     "invseg_plans",
-    "isotropic_stages",
     "measure_peak",
     "network_io",
+    "patch_multiples",
     "read_configuration",
 ]
 
@@ -56,8 +59,6 @@ MODELS = {
     "partially": "invseg.nnunet.PartiallyInvResNNUNet",
     "fully": "invseg.nnunet.FullyInvResNNUNet",
 }
-#: the nnU-Net trainer each model trains with (``-tr``); ``None``: nnUNetTrainer itself
-TRAINERS = {"partially": None, "fully": "nnUNetTrainerNoDeepSupervision"}
 OWN_DEFAULTS = {"partially": {"anchor_every": None}, "fully": {"lift": False}}
 PeakFn = Callable[[Sequence[int], int], int]
 
@@ -124,41 +125,19 @@ def read_configuration(plans: dict, name: str, path: Path) -> dict:
     return resolved
 
 
-def _stride_ok(stride: Any, stage: int) -> bool:
-    want = 1 if stage == 0 else 2
-    axes = stride if isinstance(stride, (list, tuple)) else [stride]
-    return all(a == want for a in axes)
+def patch_multiples(arch_kwargs: dict) -> tuple[int, int, int]:
+    """What each patch axis must be a multiple of: the product of the plans' strides on it.
 
-
-def isotropic_stages(arch_kwargs: dict) -> dict:
-    """``arch_kwargs`` cut to its leading stages that halve every axis (at least 2 stages).
-
-    nnU-Net stops pooling an axis whose feature map would fall below 4 voxels, so a real plan
-    often ends with a stride such as ``[2, 2, 1]`` (BraTS: patch 128 x 160 x 112, 6 stages).
-    invseg's nets halve every axis, so such trailing stages are dropped, with their entries in
-    the per-stage lists (the decoder's deepest ones). Anything else is left for
-    :func:`~invseg.nnunet.arch.net_options` to refuse, naming the entry.
+    Example:
+        >>> patch_multiples({"n_stages": 4, "strides": [1, [1, 2, 2], 2, [2, 2, 1]]})
+        (4, 8, 4)
     """
-    strides, n = arch_kwargs.get("strides"), arch_kwargs.get("n_stages")
-    if not isinstance(strides, list) or not isinstance(n, int) or len(strides) != n:
-        return arch_kwargs
-    keep = next((i for i, s in enumerate(strides) if not _stride_ok(s, i)), n)
-    if keep in (0, 1, n):
-        return arch_kwargs
-    cut = dict(arch_kwargs, n_stages=keep)
-    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage",
-                "n_blocks_per_stage"):  # fmt: skip
-        if isinstance(cut.get(key), list):
-            cut[key] = cut[key][:keep]
-    if isinstance(cut.get("n_conv_per_stage_decoder"), list):  # deepest decoder stage first
-        cut["n_conv_per_stage_decoder"] = cut["n_conv_per_stage_decoder"][n - keep :]
-    return cut
+    strides = check_strides(arch_kwargs["strides"], int(arch_kwargs["n_stages"]))
+    return tuple(math.prod(s[a] for s in strides) for a in range(3))  # type: ignore[return-value]
 
 
 def invseg_architecture(architecture: dict, model: str, memory: str) -> dict:
     """``architecture`` with an invseg class and its keys; refuses what the nets cannot run.
-
-    Trailing stages that do not halve every axis are dropped (:func:`isotropic_stages`).
 
     Raises:
         ValueError: an entry the nets cannot honour (named as ``architecture.arch_kwargs.X``).
@@ -168,7 +147,6 @@ def invseg_architecture(architecture: dict, model: str, memory: str) -> dict:
     kwargs = {k: v for k, v in architecture["arch_kwargs"].items() if k not in ("memory", "blocks")}
     for key in OWN_DEFAULTS["fully" if model == "partially" else "partially"]:
         kwargs.pop(key, None)  # the other model's own key
-    kwargs = isotropic_stages(kwargs)
     options = net_options(**{k: v for k, v in kwargs.items() if k not in OWN_DEFAULTS[model]})
     own = {k: kwargs.get(k, v) for k, v in OWN_DEFAULTS[model].items()}
     return {
@@ -197,14 +175,14 @@ def network_io(folder: Path) -> tuple[int, int]:
     return len(channels), len(labels)
 
 
-def _network(architecture: dict, in_channels: int, num_classes: int, ds: bool) -> Any:
-    """The network of ``architecture`` as nnU-Net's ``get_network_from_plans`` builds it."""
+def _network(architecture: dict, in_channels: int, num_classes: int) -> Any:
+    """The network of ``architecture`` as nnU-Net's trainer builds it (deep supervision on)."""
     kwargs = dict(architecture["arch_kwargs"])
     for key in architecture.get("_kw_requires_import", []):
         if kwargs.get(key) is not None:
             kwargs[key] = pydoc.locate(kwargs[key])
     cls = pydoc.locate(architecture["network_class_name"])
-    net = cls(input_channels=in_channels, num_classes=num_classes, **kwargs, deep_supervision=ds)
+    net = cls(input_channels=in_channels, num_classes=num_classes, **kwargs, deep_supervision=True)
     net.apply(net.initialize)
     return net
 
@@ -219,25 +197,25 @@ def measure_peak(
 ) -> PeakFn:
     """``peak(patch, batch)``: the bytes of one nnU-Net training step on a GPU, by the planner.
 
-    One step (deep supervision on where the model has it, fp16 autocast as nnU-Net trains on
-    CUDA; bf16, the same bytes, when measured on a CPU) is measured at three cubes
-    (:func:`~invseg.runtime.planner.default_sizes` of ``2**(n_stages - 1)`` unless ``cubes``)
-    and extrapolated in voxels (:func:`~invseg.runtime.planner.step_bytes`, CUDA target:
-    weights, SGD momentum, graph and the CUDA overhead).
+    One step (deep supervision on, fp16 autocast as nnU-Net trains on CUDA; bf16, the same
+    bytes, when measured on a CPU) is measured at three cubes
+    (:func:`~invseg.runtime.planner.default_sizes` of the largest of :func:`patch_multiples`,
+    so every axis divides, unless ``cubes``) and extrapolated in voxels
+    (:func:`~invseg.runtime.planner.step_bytes`, CUDA target: weights, SGD momentum, graph and
+    the CUDA overhead).
     """
     import torch
 
     from invseg.runtime.planner import default_sizes, fit_peak, param_bytes, step_bytes
 
-    ds = architecture["network_class_name"] == MODELS["partially"]
-    multiple = 2 ** (int(architecture["arch_kwargs"]["n_stages"]) - 1)
+    multiple = max(patch_multiples(architecture["arch_kwargs"]))
     amp = "fp16" if str(device).startswith("cuda") else "bf16"
     fit = fit_peak(
-        lambda _: _network(architecture, in_channels, num_classes, ds), in_channels,
+        lambda _: _network(architecture, in_channels, num_classes), in_channels,
         sizes=cubes or default_sizes(max(multiple, 8)), amp=amp, device=device,
     )  # fmt: skip
     with torch.device("meta"):
-        params = param_bytes(_network(architecture, in_channels, num_classes, ds))
+        params = param_bytes(_network(architecture, in_channels, num_classes))
 
     def peak(patch: Sequence[int], batch: int) -> int:
         return step_bytes(fit, params, patch, batch=batch, target="cuda")["peak_bytes"]
@@ -258,28 +236,29 @@ def enlarge_patch(
     patch: Sequence[int],
     median: Sequence[int],
     *,
-    multiple: int,
+    multiples: Sequence[int],
     batch: int,
     budget_bytes: int,
     peak: PeakFn,
 ) -> PatchPlan:
     """The largest patch from ``patch`` up that fits ``budget_bytes`` at ``batch``.
 
-    nnU-Net's patch search run upwards: while an axis can grow by ``multiple`` (keeping the
-    patch divisible by the nets' down-sampling) without passing the median image size (nor
-    shrinking below ``patch``), the axis that is smallest relative to the median grows, if the
-    step still fits; an axis whose step does not fit stops. The patch is never made smaller
-    than ``patch``, which nnU-Net sized for its own, larger-memory network.
+    nnU-Net's patch search run upwards: while an axis can grow by its ``multiples`` entry
+    (keeping the patch divisible by the product of the strides on that axis) without passing
+    the median image size (nor shrinking below ``patch``), the axis that is smallest relative to
+    the median grows, if the step still fits; an axis whose step does not fit stops. The patch
+    is never made smaller than ``patch``, which nnU-Net sized for its own, larger-memory
+    network.
     """
-    size = [int(p) for p in patch]
-    caps = [max(p, (int(m) // multiple) * multiple) for p, m in zip(size, median)]
-    growing = [a for a in range(len(size)) if size[a] + multiple <= caps[a]]
+    size, step = [int(p) for p in patch], [int(m) for m in multiples]
+    caps = [max(p, (int(m) // k) * k) for p, m, k in zip(size, median, step)]
+    growing = [a for a in range(len(size)) if size[a] + step[a] <= caps[a]]
     while growing:
         axis = min(growing, key=lambda a: (size[a] / max(float(median[a]), 1.0), a))
-        trial = [s + multiple if a == axis else s for a, s in enumerate(size)]
+        trial = [s + step[a] if a == axis else s for a, s in enumerate(size)]
         if peak(trial, batch) <= budget_bytes:
             size = trial
-            if size[axis] + multiple <= caps[axis]:
+            if size[axis] + step[axis] <= caps[axis]:
                 continue
         growing.remove(axis)
     return PatchPlan(tuple(size), peak(size, batch), peak([int(p) for p in patch], batch))
@@ -320,11 +299,10 @@ def invseg_plans(
         raise type(err)(f"{path} ({configuration}): {err}") from None
     except KeyError as err:
         raise ValueError(f"{path} ({configuration}): no {err} in the configuration.") from None
-    stages = int(architecture["arch_kwargs"]["n_stages"])
     patch = enlarge_patch(
         source["patch_size"], source.get("median_image_size_in_voxels", source["patch_size"]),
-        multiple=2 ** (stages - 1), batch=int(source["batch_size"]), budget_bytes=budget_bytes,
-        peak=peak_fn(architecture),
+        multiples=patch_multiples(architecture["arch_kwargs"]), batch=int(source["batch_size"]),
+        budget_bytes=budget_bytes, peak=peak_fn(architecture),
     )  # fmt: skip
     config = copy.deepcopy(source) | {"architecture": architecture}
     config["patch_size"] = list(patch.patch_size)

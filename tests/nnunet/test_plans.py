@@ -17,27 +17,28 @@ def _voxel_peak(bytes_per_voxel: int = 1000):
     return lambda patch, batch: batch * math.prod(patch) * bytes_per_voxel
 
 
-def _grows(plan: nnplans.PatchPlan, axis: int, multiple: int) -> list[int]:
-    return [s + multiple * (a == axis) for a, s in enumerate(plan.patch_size)]
+def _grows(plan: nnplans.PatchPlan, axis: int, multiples: tuple) -> list[int]:
+    return [s + multiples[a] * (a == axis) for a, s in enumerate(plan.patch_size)]
 
 
 def test_the_patch_grows_to_the_budget_keeping_divisibility_and_the_median_cap() -> None:
     peak, budget = _voxel_peak(), 2 * 160 * 192 * 160 * 1000
     median = [200, 240, 150]
-    plan = nnplans.enlarge_patch([128, 128, 128], median, multiple=32, batch=2,
+    multiples = (32, 32, 16)  # a BraTS plan: the last stride [2, 2, 1]
+    plan = nnplans.enlarge_patch([128, 128, 128], median, multiples=multiples, batch=2,
                                  budget_bytes=budget, peak=peak)  # fmt: skip
-    assert plan.patch_size == (192, 192, 128)  # the third axis is capped by its median
-    assert all(s % 32 == 0 for s in plan.patch_size)
+    assert plan.patch_size == (192, 192, 128)  # 144 on the third axis would pass the budget
+    assert all(s % m == 0 for s, m in zip(plan.patch_size, multiples))
     assert plan.peak_bytes == peak(plan.patch_size, 2) <= budget
     assert plan.source_peak_bytes == peak([128, 128, 128], 2)
-    caps = [192, 224, 128]
+    caps = [192, 224, 144]
     for axis in range(3):  # no axis could grow one more step
-        bigger = _grows(plan, axis, 32)
+        bigger = _grows(plan, axis, multiples)
         assert bigger[axis] > caps[axis] or peak(bigger, 2) > budget
 
 
 def test_the_patch_is_never_made_smaller_nor_larger_than_the_median_allows() -> None:
-    kwargs = {"multiple": 16, "batch": 2, "peak": _voxel_peak()}
+    kwargs = {"multiples": (16, 16, 16), "batch": 2, "peak": _voxel_peak()}
     small = nnplans.enlarge_patch([64, 80, 48], [100, 90, 40], budget_bytes=1, **kwargs)
     assert small.patch_size == (64, 80, 48) and small.source_peak_bytes > 1
     large = nnplans.enlarge_patch([64, 80, 48], [100, 90, 40], budget_bytes=10**15, **kwargs)
@@ -71,28 +72,35 @@ def test_the_architecture_names_the_invseg_class_and_keeps_nnunets_kwargs(model:
     }  # fmt: skip
 
 
-def test_trailing_stages_that_do_not_halve_every_axis_are_dropped() -> None:
-    source = brats_plans()["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
-    source = source | {"n_conv_per_stage_decoder": [5, 4, 3, 2, 2]}  # deepest first
-    cut = nnplans.isotropic_stages(source)
-    assert cut["n_stages"] == 5 and cut["features_per_stage"] == [32, 64, 128, 256, 320]
-    assert cut["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
-    assert len(cut["kernel_sizes"]) == len(cut["n_conv_per_stage"]) == 5
-    assert cut["n_conv_per_stage_decoder"] == [4, 3, 2, 2]
-    assert source["n_stages"] == 6  # not changed
-    lowres = brats_plans()["configurations"]["3d_lowres"]["architecture"]["arch_kwargs"]
-    assert nnplans.isotropic_stages(lowres) is lowres  # [1, 2, 2] at stage 1: left to refuse
+def test_every_stage_and_stride_is_kept_and_prices_its_axis() -> None:
+    configurations = brats_plans()["configurations"]
+    for name, multiples in (("3d_fullres", (32, 32, 16)), ("3d_lowres", (4, 8, 8))):
+        source = configurations[name]["architecture"]
+        arch = nnplans.invseg_architecture(source, "fully", "invert")
+        kept = {k: v for k, v in arch["arch_kwargs"].items() if k in source["arch_kwargs"]}
+        assert kept == source["arch_kwargs"]  # BraTS's last [2, 2, 1], lowres's [1, 2, 2]
+        assert nnplans.patch_multiples(arch["arch_kwargs"]) == multiples
 
 
-def test_an_anisotropic_configuration_is_refused_naming_file_and_entry(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "value", "message"),
+    [
+        ("strides", [[1, 1, 1], [2, 2, 2], [1, 1, 1]], r"strides\[2\] = \[1, 1, 1\]: "),
+        ("strides", [[1, 2, 2], [2, 2, 2], [2, 2, 2]], r"strides\[0\] = \[1, 2, 2\]: "),
+        ("kernel_sizes", [[1, 3, 3], [3, 3, 3], [3, 3, 3]], r"kernel_sizes\[0\] = \[1, 3, 3\]: "),
+    ],
+)
+def test_what_the_nets_cannot_run_is_refused_naming_file_and_entry(
+    tmp_path: Path, entry: str, value: list, message: str
+) -> None:
+    plans = brats_plans(fullres=architecture(3, [8, 16, 32]))
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"][entry] = value
     path = tmp_path / "nnUNetPlans.json"
-    with pytest.raises(ValueError) as err:
-        nnplans.invseg_plans(brats_plans(), "3d_lowres", model="partially", memory="invert",
+    with pytest.raises(ValueError, match=rf"^{path} \(3d_fullres\): architecture\.arch_kwargs\."
+                       + message):  # fmt: skip
+        nnplans.invseg_plans(plans, "3d_fullres", model="partially", memory="invert",
                              budget_bytes=10**9, plans_name="P", path=path,
                              peak_fn=lambda a: _voxel_peak())  # fmt: skip
-    assert str(err.value).startswith(
-        f"{path} (3d_lowres): architecture.arch_kwargs.strides[1] = [1, 2, 2]: "
-    )
 
 
 def test_the_new_plans_change_only_the_network_the_patch_and_the_name(tmp_path: Path) -> None:
@@ -104,8 +112,8 @@ def test_the_new_plans_change_only_the_network_the_patch_and_the_name(tmp_path: 
     assert old == source["configurations"]["3d_fullres"]
     assert new["plans_name"] == "nnUNetPlansInvseg" and source["plans_name"] == "nnUNetPlans"
     config = new["configurations"]["3d_fullres"]
-    assert config["patch_size"] == list(patch.patch_size) == [192, 240, 144]  # median caps
-    assert config["architecture"]["arch_kwargs"]["n_stages"] == 5  # strides[5] = [2, 2, 1]
+    assert config["patch_size"] == list(patch.patch_size) == [192, 224, 144]  # median caps
+    assert config["architecture"]["arch_kwargs"]["strides"][-1] == [2, 2, 1]  # kept
     changed = {k for k in config if config[k] != old[k]}
     assert changed == {"architecture", "patch_size"}  # data_identifier, spacing, batch kept
     unchanged = {k: v for k, v in new["configurations"].items() if k != "3d_fullres"}

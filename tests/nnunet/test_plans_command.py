@@ -44,43 +44,39 @@ def test_writes_the_invseg_plans_and_prints_what_changed_and_the_train_line(data
     config, old = written["configurations"]["3d_fullres"], source["configurations"]["3d_fullres"]
     arch = config["architecture"]
     assert arch["network_class_name"] == "invseg.nnunet.PartiallyInvResNNUNet"
-    assert arch["arch_kwargs"]["memory"] == "invert" and arch["arch_kwargs"]["blocks"] == [1] * 5
+    assert arch["arch_kwargs"]["memory"] == "invert" and arch["arch_kwargs"]["blocks"] == [1] * 6
+    assert arch["arch_kwargs"]["strides"] == old["architecture"]["arch_kwargs"]["strides"]
     assert config["data_identifier"] == old["data_identifier"] == "nnUNetPlans_3d_fullres"
     assert (config["spacing"], config["batch_size"]) == (old["spacing"], 2)
-    # 5 stages (strides[5] = [2, 2, 1] dropped): a multiple of 16, capped by the median
-    patch, caps = config["patch_size"], [192, 240, 144]
-    assert all(p % 16 == 0 and q <= p <= c for p, q, c in zip(patch, old["patch_size"], caps))
+    # all 6 stages, strides[5] = [2, 2, 1] too: multiples of (32, 32, 16), capped by the median
+    patch, caps, multiples = config["patch_size"], [192, 224, 144], [32, 32, 16]
+    for p, q, c, m in zip(patch, old["patch_size"], caps, multiples):
+        assert p % m == 0 and q <= p <= c
     peak = 2 * math.prod(patch) * 1000 + 2 * GB  # batch 2 at 1 kB a voxel, 2 GB fixed
     assert peak <= 12 * GB
     for axis in range(3):  # no axis could grow one more step within its cap and the budget
-        step = math.prod(patch) // patch[axis] * 16
-        assert patch[axis] + 16 > caps[axis] or peak + 2 * step * 1000 > 12 * GB
+        step = math.prod(patch) // patch[axis] * multiples[axis]
+        assert patch[axis] + multiples[axis] > caps[axis] or peak + 2 * step * 1000 > 12 * GB
     lines = out.splitlines()
     assert lines[0] == f"source   {dataset / 'nnUNetPlans.json'}, configuration 3d_fullres"
     assert "PlainConvUNet -> invseg.nnunet.PartiallyInvResNNUNet (memory invert" in lines[1]
-    assert (
-        lines[2]
-        == "stages   6 -> 5: strides[5] = [2, 2, 1] does not halve every axis, as the nets do"
-    )
-    assert lines[3].startswith(
+    assert lines[2].startswith(
         f"patch    [128, 160, 112] -> {patch} at batch 2: {peak / GB:.2f} GB"
     )
-    assert "data_identifier nnUNetPlans_3d_fullres" in lines[4]
+    assert "data_identifier nnUNetPlans_3d_fullres" in lines[3]
     assert lines[-1] == "nnUNetv2_train 137 3d_fullres FOLD -p nnUNetPlansInvseg"
 
 
-def test_fully_names_the_trainer_without_deep_supervision(dataset, capsys) -> None:
-    status, out, _ = _run(capsys, "-d", "Dataset137_BraTS2021", "--model", "fully",
-                          "--memory", "checkpoint", "-o", "Fully.json")  # fmt: skip
+def test_fully_and_an_anisotropic_configuration_train_with_nnunets_own_trainer(dataset, capsys):
+    status, out, _ = _run(capsys, "-d", "Dataset137_BraTS2021", "--model", "fully", "-c",
+                          "3d_lowres", "--memory", "checkpoint", "-o", "Fully.json")  # fmt: skip
     assert status == 0
     written = json.loads((dataset / "Fully.json").read_text())
-    arch = written["configurations"]["3d_fullres"]["architecture"]
+    arch = written["configurations"]["3d_lowres"]["architecture"]
     assert arch["network_class_name"] == "invseg.nnunet.FullyInvResNNUNet"
     assert arch["arch_kwargs"]["memory"] == "checkpoint" and arch["arch_kwargs"]["lift"] is False
-    assert out.splitlines()[-1] == (
-        "nnUNetv2_train Dataset137_BraTS2021 3d_fullres FOLD -p Fully "
-        "-tr nnUNetTrainerNoDeepSupervision"
-    )
+    assert arch["arch_kwargs"]["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert out.splitlines()[-1] == "nnUNetv2_train Dataset137_BraTS2021 3d_lowres FOLD -p Fully"
 
 
 def test_a_budget_below_nnunets_patch_keeps_it_and_says_so(dataset, capsys) -> None:
@@ -107,8 +103,6 @@ def test_existing_plans_are_replaced_only_with_force(dataset, capsys) -> None:
     [
         (["-d", "138"], "dataset 138: no folder starting with Dataset138 in "),
         (["-d", "137", "-c", "3d_full"], "no configuration '3d_full'; available: 2d, "),
-        (["-d", "137", "-c", "3d_lowres"],
-         "(3d_lowres): architecture.arch_kwargs.strides[1] = [1, 2, 2]: invseg's nets need"),
         (["-d", "137", "-c", "2d"], "(2d): architecture.arch_kwargs.conv_op = 'Conv2d'"),
         (["-d", "137", "-o", "nnUNetPlans"], "-o nnUNetPlans would overwrite nnU-Net's own"),
         (["-d", "137", "-o", "a/b"], "-o 'a/b': give a plans name"),

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from invseg.nnunet import PartiallyInvResNNUNet
+from invseg.nnunet import FullyInvResNNUNet, PartiallyInvResNNUNet
 from invseg.nnunet.networks import residual_ends
 from tests.nnunet.conftest import ARCHITECTURE, IN_CHANNELS, REGIONS
 
@@ -16,16 +16,18 @@ pytest.importorskip("nnunetv2")
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+CLASSES = {"partially": PartiallyInvResNNUNet, "fully": FullyInvResNNUNet}
 
-def _arch(**invseg_keys) -> dict:
+
+def _arch(name: str, **invseg_keys) -> dict:
     arch = copy.deepcopy(ARCHITECTURE)
-    arch["network_class_name"] = "invseg.nnunet.PartiallyInvResNNUNet"
+    arch["network_class_name"] = f"invseg.nnunet.{CLASSES[name].__name__}"
     arch["arch_kwargs"] |= invseg_keys
     return arch
 
 
-def _network(deep_supervision: bool, **invseg_keys) -> torch.nn.Module:
-    arch = _arch(**invseg_keys)
+def _network(deep_supervision: bool, name: str = "partially", **invseg_keys) -> torch.nn.Module:
+    arch = _arch(name, **invseg_keys)
     return get_network_from_plans(
         arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
         IN_CHANNELS, REGIONS, allow_init=True, deep_supervision=deep_supervision,
@@ -43,13 +45,14 @@ def test_get_network_from_plans_builds_and_initialises_the_invseg_net() -> None:
     assert [tuple(o.shape[2:]) for o in out] == [(16, 16, 16), (8, 8, 8)]
 
 
-def test_nnunet_loss_and_deep_supervision_switch_work_on_the_compiled_net() -> None:
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_nnunet_loss_and_deep_supervision_switch_work_on_the_compiled_net(name: str) -> None:
     from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    net = _network(True)
+    net = _network(True, name)
     # nnUNetTrainer._build_loss for regions, with its weights for n_stages - 1 outputs
     dice = {"batch_dice": True, "do_bg": True, "smooth": 1e-5, "ddp": False}
     loss = DC_and_BCE_loss({}, dice, use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
