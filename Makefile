@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# make test also installs the nnunet extra: nnU-Net v2 runs end to end in the suite
+NNUNET := $(VENV)/.installed-nnunet
 
 .PHONY: demo test lint docs bench clean gpu-check
 
@@ -15,7 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/invseg demo
 
-test: $(STAMP)
+$(NNUNET): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,docs,nnunet]'
+	touch $(NNUNET)
+
+test: $(NNUNET)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2
 
