@@ -334,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--layout", default=None, help="brats2020 (default), brats2021, brats2023, msd or nnunet"
+        "--layout",
+        default=None,
+        help="brats: brats2020 (default), brats2021, brats2023, msd or nnunet; "
+        "iseg: iseg (default) or nnunet",
     )
     p.add_argument("--unlabeled", type=int, default=0, help="extra prediction-only cases")
     held = "also write N independent labelled cases into OUTPUT_test/ (same layout), to predict on"

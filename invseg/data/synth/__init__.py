@@ -46,6 +46,7 @@ from invseg.data.synth.iseg import iseg_case
 from invseg.data.synth.stats import flair_threshold_dice, label_statistics, summarize
 from invseg.data.synth.writers import (
     BRATS_LAYOUTS,
+    ISEG_LAYOUTS,
     write_brats,
     write_dataset_json,
     write_iseg,
@@ -139,7 +140,8 @@ def synthesize(
         layout: for ``kind="brats"``: ``"brats2020"`` (default: ``BraTS20_Training_001/...``),
             ``"brats2021"``, ``"brats2023"`` (ET label 3), ``"msd"`` (4-D FLAIR/T1w/t1gd/T2w,
             labels 1 edema, 2 non-enhancing, 3 enhancing) or ``"nnunet"`` (``CASE_0000``...,
-            nnU-Net BraTS region labels); for ``kind="iseg"``: ``"iseg"`` (Analyze ``.hdr/.img``).
+            nnU-Net BraTS region labels); for ``kind="iseg"``: ``"iseg"`` (Analyze ``.hdr/.img``)
+            or ``"nnunet"`` (``iSeg_001_0000``: T1, ``_0001``: T2; labels 0/1/2/3).
         unlabeled: extra prediction-only cases (BraTS 2020: ``BraTS20_Validation_NNN``; MSD and
             nnU-Net: ``imagesTs``; others: further case numbers without a label file).
         preset: ``"easy"`` (one ellipsoid tumour, distinct contrasts; adult-like iSeg),
@@ -167,7 +169,7 @@ def synthesize(
         ('brats2020', 2, 'brats')
     """
     kind = check_option("synthetic dataset kind", kind, ("brats", "iseg"))
-    layouts = BRATS_LAYOUTS if kind == "brats" else ("iseg",)
+    layouts = BRATS_LAYOUTS if kind == "brats" else ISEG_LAYOUTS
     layout = check_option(f"layout for {kind}", layout or layouts[0], layouts)
     preset = check_option("synthetic preset", preset, PRESETS)
     shape3, native = _check_shape(kind, shape)
@@ -214,7 +216,8 @@ class _Writer:
             has_label = k < n_labelled
             if self.kind == "iseg":
                 images, label = iseg_case(rng, self.shape, preset=self.preset, scale=self.scale)
-                write_iseg(root, i + 1, images, label if has_label else None, self.spacing)
+                kw = {"layout": self.layout, "orientation": self.orientation, "ext": self.ext}
+                write_iseg(root, i + 1, images, label if has_label else None, self.spacing, **kw)
                 continue
             images, tumour = brats_case(rng, self.shape, preset=self.preset, scale=self.scale)
             n_before = indices.start + n_labelled  # case numbers before the unlabelled ones
@@ -222,4 +225,6 @@ class _Writer:
             write_brats(root, self.layout, i, has_label, *args)
         if self.layout in ("msd", "nnunet"):
             unlabeled = len(indices) - n_labelled
-            write_dataset_json(root, self.layout, n_labelled, unlabeled, self.ext, indices.start)
+            write_dataset_json(
+                root, self.layout, n_labelled, unlabeled, self.ext, indices.start, kind=self.kind
+            )

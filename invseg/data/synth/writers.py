@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from invseg.data.io import save_image, save_json
+from invseg.data.synth.iseg import ISEG_LABELS
 
-__all__ = ["BRATS_LAYOUTS", "write_brats", "write_dataset_json", "write_iseg"]
+__all__ = ["BRATS_LAYOUTS", "ISEG_LAYOUTS", "write_brats", "write_dataset_json", "write_iseg"]
 
 BRATS_LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd", "nnunet")
+ISEG_LAYOUTS = ("iseg", "nnunet")
 
 
 def _geometry(
@@ -44,9 +46,30 @@ def _nifti(data: np.ndarray, affine: np.ndarray):
 
 
 def write_iseg(
-    out: Path, n: int, images: dict[str, np.ndarray], label: np.ndarray | None, spacing
+    out: Path,
+    n: int,
+    images: dict[str, np.ndarray],
+    label: np.ndarray | None,
+    spacing: Sequence[float],
+    *,
+    layout: str = "iseg",
+    orientation: str = "RAS",
+    ext: str = ".nii.gz",
 ) -> None:
-    """Write ``subject-{n}-{T1,T2,label}.hdr/.img`` (Analyze 7.5, trailing unit dimension)."""
+    """Write subject ``n`` (labels 0/10/150/250; ``None``: an unlabelled case) in a layout.
+
+    ``"iseg"``: ``subject-{n}-{T1,T2,label}.hdr/.img`` (Analyze 7.5, trailing unit dimension,
+    no orientation). ``"nnunet"``: ``images{Tr,Ts}/iSeg_{n:03d}_{0000,0001}`` (T1, T2) and
+    ``labelsTr/iSeg_{n:03d}`` with nnU-Net's consecutive labels 0/1/2/3 (background, CSF, GM,
+    WM), stored in the axis codes ``orientation``; :func:`write_dataset_json` names them.
+    """
+    if layout == "nnunet":
+        case, split = f"iSeg_{n:03d}", "Tr" if label is not None else "Ts"
+        for c, mod in enumerate(("T1", "T2")):
+            _put(images[mod], out / f"images{split}" / f"{case}_{c:04d}{ext}", spacing, orientation)
+        if label is not None:
+            _put(_ISEG_TO_NNUNET[label], out / "labelsTr" / f"{case}{ext}", spacing, orientation)
+        return
     import nibabel as nib
 
     affine = np.diag([*map(float, spacing), 1.0])
@@ -56,6 +79,15 @@ def write_iseg(
         img.header.set_zooms((*map(float, spacing), 1.0))
         save_image(img, out / f"subject-{n}-{mod}.hdr")
 
+
+def _put(data: np.ndarray, path: Path, spacing: Sequence[float], orientation: str) -> None:
+    """Write RAS-ordered ``data`` as NIfTI in the axis codes ``orientation``."""
+    arr, affine = _geometry(data, spacing, orientation)
+    save_image(_nifti(arr, affine), path)
+
+
+_ISEG_TO_NNUNET = np.zeros(256, dtype=np.uint8)  # iSeg's 0/10/150/250 -> nnU-Net's 0/1/2/3
+_ISEG_TO_NNUNET[list(ISEG_LABELS)] = (1, 2, 3)
 
 _BRATS_VALUES = {  # internal tumour codes 1 necrotic, 2 edema, 3 enhancing -> native labels
     "brats2020": (0, 1, 2, 4),
@@ -82,8 +114,7 @@ def write_brats(
     label = np.asarray(_BRATS_VALUES[layout], dtype=np.uint8)[tumour]
 
     def put(data: np.ndarray, path: Path) -> None:
-        arr, affine = _geometry(data, spacing, orientation)
-        save_image(_nifti(arr, affine), path)
+        _put(data, path, spacing, orientation)
 
     if layout in ("brats2020", "brats2021", "brats2023"):
         if layout == "brats2020":
@@ -120,10 +151,17 @@ def write_brats(
 
 
 def write_dataset_json(
-    out: Path, layout: str, cases: int, unlabeled: int, ext: str, first: int = 0
+    out: Path,
+    layout: str,
+    cases: int,
+    unlabeled: int,
+    ext: str,
+    first: int = 0,
+    *,
+    kind: str = "brats",
 ) -> None:
-    """Write the MSD or nnU-Net ``dataset.json`` of cases ``first + 1`` to
-    ``first + cases + unlabeled`` (the first ``cases`` labelled)."""
+    """Write the ``dataset.json`` of an MSD (BraTS only) or nnU-Net (BraTS, iSeg) dataset of
+    cases ``first + 1`` to ``first + cases + unlabeled`` (the first ``cases`` labelled)."""
     labelled = range(first + 1, first + cases + 1)
     if layout == "msd":
         meta = {
@@ -151,18 +189,26 @@ def write_dataset_json(
                 for i in range(labelled.stop, first + cases + unlabeled + 1)
             ],
         }
-    else:
-        meta = {
-            "name": "BraTSSynth",
-            "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
-            "labels": {
-                "background": 0,
-                "whole tumor": [1, 2, 3],
-                "tumor core": [2, 3],
-                "enhancing tumor": 3,
-            },
-            "regions_class_order": [1, 2, 3],
-            "numTraining": cases,
-            "file_ending": ext,
-        }
+    else:  # nnU-Net v2 lists no files: imagesTr/ and labelsTr/ say which cases there are
+        meta = {**_NNUNET_META[kind], "numTraining": cases, "file_ending": ext}
     save_json(meta, out / "dataset.json")
+
+
+_NNUNET_META = {  # nnU-Net v2's dataset.json of each kind, but for numTraining and file_ending
+    "brats": {
+        "name": "BraTSSynth",
+        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
+        "labels": {
+            "background": 0,
+            "whole tumor": [1, 2, 3],
+            "tumor core": [2, 3],
+            "enhancing tumor": 3,
+        },
+        "regions_class_order": [1, 2, 3],
+    },
+    "iseg": {
+        "name": "iSegSynth",
+        "channel_names": {"0": "T1", "1": "T2"},
+        "labels": {"background": 0, "CSF": 1, "GM": 2, "WM": 3},
+    },
+}
