@@ -165,10 +165,11 @@ class PartiallyInvResNNUNet(NNUNetInvRes):
     Args:
         input_channels: input channels.
         num_classes: output channels (nnU-Net's segmentation heads: regions or labels).
-        n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage,
-            n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs, dropout_op,
-            dropout_op_kwargs, nonlin, nonlin_kwargs: nnU-Net's ``arch_kwargs``
-            (:mod:`invseg.nnunet.arch` says how each is read).
+        **arch_kwargs: nnU-Net's ``arch_kwargs`` (``n_stages``, ``features_per_stage``,
+            ``conv_op``, ``kernel_sizes``, ``strides``, ``n_conv_per_stage``,
+            ``n_conv_per_stage_decoder``, ``conv_bias``, ``norm_op``, ``norm_op_kwargs``,
+            ``dropout_op``, ``dropout_op_kwargs``, ``nonlin``, ``nonlin_kwargs``;
+            :mod:`invseg.nnunet.arch` says how each is read).
         deep_supervision: return one logit map per decoder stage, in training and evaluation
             (the net's own switch, ``decoder.deep_supervision``; the heads exist either way).
         n_blocks_per_stage: residual-encoder plans' blocks per stage, instead of
