@@ -107,9 +107,11 @@ def _recon_predict(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    if a.suite == "quality":
-        from invseg.bench import quality
+    if a.suite in ("quality", "nnunet"):
+        from invseg.bench import nnunet, quality
 
+        if a.suite == "nnunet":
+            return nnunet.from_cli(a)
         out = a.output or Path("bench_quality")
         print(quality.run(quick=a.quick, output=out, cases=a.cases, budget=a.budget,
                           seeds=a.seeds, device=a.device, docs=a.docs, steps=a.steps,
@@ -185,13 +187,11 @@ def _add_recon_bench_config_parsers(sub: Any) -> None:
     p.set_defaults(handler=_recon_predict)
 
     p = sub.add_parser("bench", help="measure memory and speed against the baselines")
-    p.add_argument("suite", choices=["engine", "nets", "recon", "plan", "quality", "all"])
+    p.add_argument("suite", choices=["engine", "nets", "recon", "plan", "quality", "nnunet", "all"])
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument(
-        "-o", "--output", type=Path, default=None,
-        help="docs page (default docs/benchmarks.md); for quality: a folder (bench_quality)",
-    )  # fmt: skip
+    out = "docs page (default docs/benchmarks.md); quality, nnunet: a folder (bench_<suite>)"
+    p.add_argument("-o", "--output", type=Path, default=None, help=out)
     p.add_argument("--cases", type=int, default=16, help="quality: training cases (4 or 16)")
     p.add_argument("--seeds", type=int, default=3, help="quality: seeds per model")
     p.add_argument("--budget", default=None, help="quality: equal-memory regime, e.g. 512MB")
