@@ -207,8 +207,8 @@ def net_signature(init: Callable[..., None]) -> Callable[..., None]:
     Example:
         >>> import inspect
         >>> from invseg.nets import PartiallyInvResUNet
-        >>> list(inspect.signature(PartiallyInvResUNet).parameters)[-2:]
-        ['vae_weights', 'anchor_every']
+        >>> list(inspect.signature(PartiallyInvResUNet).parameters)[-3:]
+        ['deep_supervision', 'strides', 'anchor_every']
         >>> inspect.signature(PartiallyInvResUNet).parameters["memory"].default
         'invert'
     """
