@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from invseg.bench import quality_report
+
 __all__ = [
     "DEFAULT_VARIANTS",
     "PRESETS",
@@ -269,32 +271,19 @@ def from_cli(a: Any) -> int:
     return 0
 
 
-METRICS = ["dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95"]
-RUN_COLS = ["params", "activation_mib", "peak_mib", "step_s", "steps", "wall_s"]
+#: one row of the table: a variant (its network, patch and batch)
+ROW_KEYS = ["variant", "network", "patch", "batch"]
 
 
 def per_run(cases: Any) -> Any:
     """One row per variant x seed: metrics averaged over the held-out cases."""
-    keys = ["variant", "network", "patch", "batch", "seed"]
-    agg = {m: "mean" for m in METRICS} | {c: "first" for c in RUN_COLS}
-    return cases.groupby(keys, sort=False).agg(agg).reset_index()
+    return quality_report.per_run(cases, [*ROW_KEYS, "seed"])
 
 
 def summary(cases: Any) -> Any:
     """One row per variant: means over cases and seeds, ``dice_std`` over both, ``seed_std`` of
     the per-seed means, memory means and the median step."""
-    keys = ["variant", "network", "patch", "batch"]
-    g = cases.groupby(keys, sort=False)
-    out = g[METRICS].mean()
-    out["dice_std"] = g["dice_mean"].std(ddof=0)
-    out["seeds"] = g["seed"].nunique()
-    runs = per_run(cases).groupby(keys, sort=False)
-    out["seed_std"] = runs["dice_mean"].std(ddof=0)
-    out[["params", "activation_mib", "peak_mib"]] = runs[
-        ["params", "activation_mib", "peak_mib"]
-    ].mean()
-    out["step_s"] = runs["step_s"].median()
-    return out.reset_index()
+    return quality_report.summary(cases, ROW_KEYS)
 
 
 def verdict(s: Any) -> str:

@@ -8,12 +8,14 @@ from typing import Any
 import pandas as pd
 
 RUN_KEYS = ["model", "memory", "regime", "cases", "crop", "seed"]
+TABLE_KEYS = ["model", "memory", "regime", "crop"]  # one row of a table
 METRICS = ["dice_mean", "dice_wt", "dice_tc", "dice_et", "hd95"]
 RUN_COLS = ["params", "activation_mib", "peak_mib", "step_s", "wall_s", "steps"]
 
 
-def per_run(cases: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x seed x regime: metrics averaged over the held-out cases.
+def per_run(cases: pd.DataFrame, keys: list[str] = RUN_KEYS) -> pd.DataFrame:
+    """One row per run (``keys``: model x seed x regime): metrics averaged over the held-out
+    cases.
 
     Example:
         >>> f = pd.DataFrame({"model": ["a", "a"], "memory": "store", "regime": "r", "cases": 4,
@@ -24,17 +26,17 @@ def per_run(cases: pd.DataFrame) -> pd.DataFrame:
         [0.6]
     """
     agg: dict[str, Any] = {m: "mean" for m in METRICS} | {c: "first" for c in RUN_COLS}
-    return cases.groupby(RUN_KEYS, sort=False).agg(agg).reset_index()
+    return cases.groupby(keys, sort=False).agg(agg).reset_index()
 
 
-def summary(cases: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x regime: mean and std over held-out cases and seeds."""
-    keys = ["model", "memory", "regime", "crop"]
+def summary(cases: pd.DataFrame, keys: list[str] = TABLE_KEYS, seed: str = "seed") -> pd.DataFrame:
+    """One row per row of a table (``keys``: model x regime): mean and std over held-out cases
+    and seeds (``seed_std``: of the per-seed means), the runs' memory and median step time."""
     g = cases.groupby(keys, sort=False)
     out = g[METRICS].mean()
     out["dice_std"] = g["dice_mean"].std(ddof=0)
     out["seeds"] = g["seed"].nunique()
-    runs = per_run(cases).groupby(keys, sort=False)
+    runs = per_run(cases, [*keys, seed]).groupby(keys, sort=False)
     out["seed_std"] = runs["dice_mean"].std(ddof=0)
     out[["params", "activation_mib", "peak_mib"]] = runs[
         ["params", "activation_mib", "peak_mib"]
