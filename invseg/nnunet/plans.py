@@ -29,7 +29,6 @@ import copy
 import json
 import math
 import os
-import pydoc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +37,13 @@ from typing import Any
 from invseg._choices import check_option
 from invseg.engine import MEMORY_MODES
 from invseg.nnunet.arch import check_strides, net_options
+from invseg.nnunet.networks import FullyInvResNNUNet, PartiallyInvResNNUNet
 
 __all__ = [
     "DEFAULT_PLANS_NAME",
     "MODELS",
     "PatchPlan",
+    "build_network",
     "dataset_folder",
     "enlarge_patch",
     "invseg_architecture",
@@ -175,13 +176,19 @@ def network_io(folder: Path) -> tuple[int, int]:
     return len(channels), len(labels)
 
 
-def _network(architecture: dict, in_channels: int, num_classes: int) -> Any:
-    """The network of ``architecture`` as nnU-Net's trainer builds it (deep supervision on)."""
+def build_network(architecture: dict, in_channels: int, num_classes: int) -> Any:
+    """The network of ``architecture`` as nnU-Net's trainer builds it (deep supervision on).
+
+    The plans file is data: its class is one of :data:`MODELS` (looked up, never imported by
+    name), and its ops stay dotted names, which :func:`~invseg.nnunet.arch.net_options` reads
+    as names.
+    """
+    classes = {MODELS["partially"]: PartiallyInvResNNUNet, MODELS["fully"]: FullyInvResNNUNet}
+    name = architecture["network_class_name"]
+    if name not in classes:
+        raise ValueError(f"network_class_name {name!r} is not an invseg class: {sorted(classes)}")
+    cls = classes[name]
     kwargs = dict(architecture["arch_kwargs"])
-    for key in architecture.get("_kw_requires_import", []):
-        if kwargs.get(key) is not None:
-            kwargs[key] = pydoc.locate(kwargs[key])
-    cls = pydoc.locate(architecture["network_class_name"])
     net = cls(input_channels=in_channels, num_classes=num_classes, **kwargs, deep_supervision=True)
     net.apply(net.initialize)
     return net
@@ -211,11 +218,11 @@ def measure_peak(
     multiple = max(patch_multiples(architecture["arch_kwargs"]))
     amp = "fp16" if str(device).startswith("cuda") else "bf16"
     fit = fit_peak(
-        lambda _: _network(architecture, in_channels, num_classes), in_channels,
+        lambda _: build_network(architecture, in_channels, num_classes), in_channels,
         sizes=cubes or default_sizes(max(multiple, 8)), amp=amp, device=device,
     )  # fmt: skip
     with torch.device("meta"):
-        params = param_bytes(_network(architecture, in_channels, num_classes))
+        params = param_bytes(build_network(architecture, in_channels, num_classes))
 
     def peak(patch: Sequence[int], batch: int) -> int:
         return step_bytes(fit, params, patch, batch=batch, target="cuda")["peak_bytes"]

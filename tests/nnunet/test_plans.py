@@ -157,3 +157,19 @@ def test_the_real_planner_prices_patches_and_batches_and_invert_costs_less() -> 
     grown = store([96, 96, 96], 2) - store([64, 64, 64], 2)  # linear in voxels
     per_voxel = (store([64, 64, 64], 2) - store([32, 32, 32], 2)) / (64**3 - 32**3)
     assert grown == pytest.approx(per_voxel * (96**3 - 64**3), rel=1e-3)
+
+
+def test_measuring_a_plans_file_imports_nothing_it_names() -> None:
+    """A plans file is data: op paths are read as names, the class is looked up, not imported."""
+    import sys
+
+    source = architecture(2, [4, 8])
+    source["arch_kwargs"]["nonlin"] = "invseg_hostile_plans_module.LeakyReLU"
+    arch = nnplans.invseg_architecture(source, "partially", "invert")
+    net = nnplans.build_network(arch, 4, 3)
+    assert type(net).__name__ == "PartiallyInvResNNUNet"
+    assert "invseg_hostile_plans_module" not in sys.modules
+    arch["network_class_name"] = "invseg_hostile_plans_module.Net"
+    with pytest.raises(ValueError, match="is not an invseg class"):
+        nnplans.build_network(arch, 4, 3)
+    assert "invseg_hostile_plans_module" not in sys.modules
