@@ -19,6 +19,7 @@ from invseg.engine._memcnn import import_memcnn
 from invseg.engine._protocol import MEMORY_MODES, is_invertible
 from invseg.engine._tape import Tape
 from invseg.engine.coupling import AdditiveCoupling, AffineCoupling
+from invseg.engine.handover import Slot, slot_conv
 from invseg.engine.memory import activation_bytes
 from invseg.engine.resample import (
     InvertibleDownsample3d,
@@ -46,6 +47,7 @@ __all__ = [
     "InvertibleSequential",
     "InvertibleUpsample3d",
     "OrthogonalMix",
+    "Slot",
     "Squeeze3d",
     "Tape",
     "activation_bytes",
@@ -59,6 +61,7 @@ __all__ = [
     "reverse_owned",
     "set_memory",
     "shares_storage",
+    "slot_conv",
     "squeeze3d",
     "unsqueeze3d",
 ]

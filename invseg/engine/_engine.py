@@ -10,7 +10,7 @@ grad and recomputed once with grad.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from invseg.engine import _rng
 from invseg.engine._tape import Tape
+from invseg.engine.handover import Slot
 
 
 def has_fused_reverse(block: nn.Module) -> bool:
@@ -155,6 +156,10 @@ class ChainRun:
     autocast: tuple[str, bool, torch.dtype] | None = None
     measure_drift: bool = False
     consume_output: bool = False
+    #: keep no output for backward: read it from this slot (``.take()``) instead
+    output_slot: Slot | None = None
+    #: ``input_sink(x, owned)`` receives the chain input rebuilt by backward
+    input_sink: Callable[[Tensor, bool], None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         device_type = x.device.type
@@ -188,8 +193,9 @@ class ChainRun:
                 tape.rng = self.rng.get(i, [])
                 with frozen_buffers(block):
                     if kept is None:
+                        need = i > 0 or self.input_sink is not None
                         y, grad_y, owned = reverse_owned(
-                            block, y, grad_y, tape, owned=owned, need_input=i > 0
+                            block, y, grad_y, tape, owned=owned, need_input=need
                         )
                         exact = False
                         continue
@@ -206,6 +212,9 @@ class ChainRun:
                     else:
                         grad_y = _recompute(block, kept.detach(), grad_y, tape)
                     y, exact, owned = kept.detach(), True, False
+            if self.input_sink is not None:
+                self.input_sink(y, owned)
+        del y
         self.chain._after_backward(errors)
         return grad_y, tape.grads
 
@@ -236,8 +245,10 @@ class InvertFunction(torch.autograd.Function):
         ctx.run = run
         ctx.anchor_keys = list(run.anchors)
         # Anchors go through save_for_backward: saved-tensor hooks see them and autograd's
-        # version counter catches in-place changes to them.
-        ctx.save_for_backward(y, *run.anchors.values())
+        # version counter catches in-place changes to them. The output is not kept when a
+        # slot hands it back rebuilt.
+        kept = [] if run.output_slot is not None else [y]
+        ctx.save_for_backward(*kept, *run.anchors.values())
         run.anchors = {}
         return y
 
@@ -249,8 +260,9 @@ class InvertFunction(torch.autograd.Function):
                 "(create_graph=True); use memory='checkpoint' or memory='store' for "
                 "higher-order gradients."
             )
-        y, *anchors = ctx.saved_tensors
         run: ChainRun = ctx.run
+        saved = ctx.saved_tensors
+        y, anchors = (run.output_slot.take(), saved) if run.output_slot else (saved[0], saved[1:])
         ctx.run = None  # free the RNG states with the graph
         run.anchors = dict(zip(ctx.anchor_keys, anchors))
         grad_x, grads = run.backward(y.detach(), grad_y)

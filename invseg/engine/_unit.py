@@ -114,23 +114,39 @@ def _conv_vjp(
 ) -> Tensor:
     """Back-propagate ``grad_out`` through ``conv`` applied to ``a`` without evaluating it.
 
-    Weight and bias gradients go to ``tape``; returns the gradient of ``a``. One
-    ``aten::convolution_backward`` call, as autograd makes it (input, weight and bias gradients
-    together). Under autocast the conv is differentiated in the autocast dtype, as autograd
-    would.
+    Weight and bias gradients go to ``tape``; returns the gradient of ``a``
+    (:func:`conv_backward`).
+    """
+    grad_a, grad_w, grad_b = conv_backward(conv, a, grad_out)
+    if grad_w is not None:
+        tape.accumulate(conv.weight, grad_w)
+    if grad_b is not None:
+        tape.accumulate(conv.bias, grad_b)
+    return grad_a
+
+
+def conv_backward(
+    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d, a: Tensor, grad_out: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Gradients of ``conv(a)`` w.r.t. ``a``, the weight and the bias (``None`` where the
+    parameter needs none), without evaluating the conv.
+
+    One ``aten::convolution_backward`` call, as autograd makes it (input, weight and bias
+    gradients together). Under autocast the conv is differentiated in the autocast dtype, as
+    autograd would; each gradient comes back in the dtype of what it is the gradient of.
     """
     device = a.device.type
     autocast = torch.is_autocast_enabled(device) and a.dtype != torch.float64  # as autocast
     dtype = torch.get_autocast_dtype(device) if autocast else a.dtype
     a_low, w, g = a.to(dtype), conv.weight.detach().to(dtype), grad_out.to(dtype)
+    weight = conv.weight.requires_grad
     bias = conv.bias is not None and conv.bias.requires_grad
     grad_a, grad_w, grad_b = torch.ops.aten.convolution_backward(
         g, a_low, w, [w.shape[0]] if bias else None, list(conv.stride), list(conv.padding),
-        list(conv.dilation), False, [0] * (a.ndim - 2), conv.groups,
-        [True, conv.weight.requires_grad, bias],
+        list(conv.dilation), False, [0] * (a.ndim - 2), conv.groups, [True, weight, bias],
     )  # fmt: skip
-    if conv.weight.requires_grad:
-        tape.accumulate(conv.weight, grad_w.to(conv.weight.dtype))
-    if bias:
-        tape.accumulate(conv.bias, grad_b.to(conv.bias.dtype))
-    return grad_a.to(a.dtype)
+    return (
+        grad_a.to(a.dtype),
+        grad_w.to(conv.weight.dtype) if weight else None,
+        grad_b.to(conv.bias.dtype) if bias else None,
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +21,7 @@ from invseg.engine._engine import (
 )
 from invseg.engine._protocol import MEMORY_MODES, check_block
 from invseg.engine._tape import Tape
+from invseg.engine.handover import Slot
 
 ON_DRIFT = ("warn", "checkpoint")
 
@@ -117,6 +121,7 @@ class InvertibleSequential(nn.Module):
         self._backwards = 0  # invert-mode forwards so far, for drift sampling
         self.on_drift = check_option("on_drift", on_drift, ON_DRIFT)
         self.inverse_errors: dict[int, float] = {}
+        self._link: Link | None = None
 
     @property
     def memory(self) -> str:
@@ -167,6 +172,28 @@ class InvertibleSequential(nn.Module):
             x, owned = forward_owned(block, x, context, owned=owned)
         return x
 
+    @contextlib.contextmanager
+    def linked(
+        self,
+        *,
+        output_slot: Slot | None = None,
+        input_sink: Callable[[Tensor, bool], None] | None = None,
+    ) -> Iterator[Link]:
+        """Hand tensors over between this chain's ``"invert"`` backward and other layers.
+
+        For the calls inside the block: ``output_slot``: keep no output for backward, which
+        takes it from the slot (someone fills it first); ``input_sink(x, owned)``: receives
+        the chain's input as backward rebuilds it (``owned``: ``x`` is the engine's own
+        storage, free to overwrite). ``link.used`` tells whether a call inverted the chain
+        (in other modes, and without a graph, nothing is handed over).
+        """
+        link = Link(output_slot, input_sink)
+        self._link = link
+        try:
+            yield link
+        finally:
+            self._link = None
+
     @torch.compiler.disable
     def _invert(self, x: Tensor, context: tuple) -> Tensor:
         # torch.compile graph-breaks here: the engine's backward drives autograd itself,
@@ -175,9 +202,12 @@ class InvertibleSequential(nn.Module):
         measure = self.drift_tol is not None and self._backwards % self.drift_every == 0
         self._backwards += 1
         anchors = self._anchor_indices(measure)
+        link = self._link or Link()
+        link.used = True
         run = ChainRun(
             self, self.blocks, context, sources, anchors, measure_drift=measure,
-            consume_output=self.consume_output,
+            consume_output=self.consume_output, output_slot=link.output_slot,
+            input_sink=link.input_sink,
         )  # fmt: skip
         return InvertFunction.apply(run, x, *sources)
 
@@ -237,6 +267,15 @@ class InvertibleSequential(nn.Module):
         )
         if self.on_drift == "checkpoint":
             self.memory = "checkpoint"
+
+
+@dataclass
+class Link:
+    """What :meth:`InvertibleSequential.linked` hands over, and whether a call did."""
+
+    output_slot: Slot | None = None
+    input_sink: Callable[[Tensor, bool], None] | None = None
+    used: bool = False
 
 
 def _needs_graph(module: nn.Module, x: Tensor, context: tuple) -> bool:

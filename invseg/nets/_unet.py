@@ -10,10 +10,11 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from invseg._choices import check_option, did_you_mean
-from invseg.engine import MEMORY_MODES
+from invseg.engine import MEMORY_MODES, Slot, slot_conv
 from invseg.nets._layers import (
     DEFAULT_ACT,
     DEFAULT_NORM,
@@ -286,22 +287,53 @@ class ResUNetBase(UNetFrame):
         use_vae = self.vae_branch is not None and self.training
         h, size = pad_to_multiple(x, self.multiples)
         h = self.stem(h)
-        skips, decoded = [], []
+        skips, slots, decoded = [], [], []
         for stage, down in zip(self.encoder, self.down):
-            h = run_level(stage, h)
+            slot = Slot() if self.rebuilds_skips() else None
+            h = run_level(functools.partial(_encode, stage, slot), h)
             skips.append(h)
-            h = down(h)
+            slots.append(slot)
+            h = down(h) if slot is None else slot_conv(down, h, slot)
         h = run_level(self.bottom, h)
         vae_loss = self.vae_branch(h, x)[1] if use_vae else None
-        for stage, up, skip in zip(reversed(self.decoder), reversed(self.up), reversed(skips)):
-            h = run_level(functools.partial(_decode, stage, up), h, skip)
+        levels = zip(reversed(self.decoder), reversed(self.up), reversed(slots))
+        for (stage, up, slot), skip in zip(levels, reversed(skips)):
+            h = run_level(functools.partial(_decode, stage, up, slot), h, skip)
             decoded.append(h)
+        del skips
         levels = decoded[-2::-1] if self.supervises() else ()  # levels 1 .. L-2
         return self.output(self.head(h), vae_loss, size, levels)
 
+    def rebuilds_skips(self) -> bool:
+        """Whether this forward lets go of the skips, rebuilt in backward from the decoder
+        (:mod:`invseg.engine.handover`): Partially's invertible stages in ``"invert"`` mode."""
+        return False
 
-def _decode(stage: nn.Module, up: nn.Module, h: Tensor, skip: Tensor) -> Tensor:
-    return stage(up(h) + skip)
+
+def _encode(stage: nn.Module, slot: Slot | None, h: Tensor) -> Tensor:
+    if slot is None:
+        return stage(h)
+    with stage.linked(output_slot=slot):  # backward takes the output from the slot
+        return stage(h)
+
+
+def _decode(stage: nn.Module, up: nn.Module, slot: Slot | None, h: Tensor, skip: Tensor) -> Tensor:
+    x = up(h) + skip
+    if slot is None:
+        return stage(x)
+    rebuild = functools.partial(_rebuild_skip, up, h.detach(), slot)
+    with stage.linked(input_sink=rebuild) as link:
+        y = stage(x)
+    if not link.used:  # the decoder stage keeps no rebuildable graph: hand the skip over now
+        slot.put(skip.detach())
+    return y
+
+
+def _rebuild_skip(up: nn.Module, h: Tensor, slot: Slot, x: Tensor, owned: bool) -> None:
+    """``skip = x - up(h)`` from the decoder stage's rebuilt input ``x``, into the slot."""
+    with torch.no_grad():
+        u = up(h)
+        slot.put(x.sub_(u) if owned else x - u)
 
 
 def check_input(model: nn.Module, x: Tensor) -> None:

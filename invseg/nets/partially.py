@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from invseg.engine import InvertibleSequential, set_memory
@@ -83,6 +84,16 @@ class PartiallyInvResUNet(ResUNetBase):
     def switch_memory(self, mode: str) -> str:
         set_memory(self, mode)
         return mode
+
+    def rebuilds_skips(self) -> bool:
+        """In ``"invert"`` mode the skips are not kept: backward rebuilds each one from its
+        decoder stage's rebuilt input, ``skip = x - up(h)`` (:mod:`invseg.engine.handover`).
+
+        So a loss must reach the full-resolution logits (deep supervision's do). While the VAE
+        branch trains the skips are kept: its loss alone never passes through the decoder.
+        """
+        vae = self.vae_branch is not None and self.training
+        return self._memory == "invert" and torch.is_grad_enabled() and not vae
 
     def make_stage(self, channels: int, blocks: int) -> nn.Module:
         return InvertibleSequential(

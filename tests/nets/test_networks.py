@@ -163,6 +163,7 @@ def test_memory_can_be_switched_after_construction() -> None:
 def test_partially_anchored_at_every_block_has_store_gradients_and_checkpoint_bytes(
     make_net, dropout
 ) -> None:
+    """Checkpoint's bytes less the skips: invert mode rebuilds those from the decoder."""
     net = make_net("partially", "store", blocks=2, dropout=dropout).double().train()
     x = torch.randn(2, 2, 8, 8, 8, dtype=torch.float64, requires_grad=True)
     anchored = PartiallyInvResUNet(
@@ -176,7 +177,9 @@ def test_partially_anchored_at_every_block_has_store_gradients_and_checkpoint_by
         anchored.memory = memory
         held[memory] = activation_bytes(lambda n=anchored: n(x).sum())
     anchored.memory = "store"
-    assert held["invert"] == held["checkpoint"] < activation_bytes(lambda: anchored(x).sum())
+    skips = sum(2 * c * 8**3 // 8**i * 8 for i, c in enumerate(net.channels[:-1]))  # float64
+    assert held["checkpoint"] - held["invert"] == skips
+    assert held["checkpoint"] < activation_bytes(lambda: anchored(x).sum())
 
 
 def test_fully_checkpoint_checkpoints_each_coupling_chain_not_the_whole_body() -> None:
