@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("nnunetv2")
 
 from invseg.bench import nnunet as bench
+from invseg.bench import nnunet_report as report
 from invseg.bench.nnunet_runs import child_command, run_row, timed_steps
 from invseg.bench.report import update_section
 from invseg.cli import main
@@ -166,12 +167,12 @@ def _cases() -> pd.DataFrame:
 
 
 def test_summary_and_markdown_state_the_recipe_the_table_and_who_wins(tmp_path) -> None:
-    s = bench.summary(_cases()).set_index("variant")
+    s = report.summary(_cases()).set_index("variant")
     assert s.loc["nnunet", "dice_mean"] == pytest.approx(0.805)
     assert s.loc["nnunet", "seed_std"] == pytest.approx(0.005)
     assert s.loc["partially", "step_s"] == pytest.approx(1.0)
     recipe = bench.PRESETS["quick"]
-    md = bench.nnunet_markdown(_cases(), recipe=recipe, device="cpu", output=Path("out"))
+    md = report.nnunet_markdown(_cases(), recipe=recipe, device="cpu", output=Path("out"))
     assert "10 epochs x 20 iterations (200 steps at batch 2" in md
     assert "| nnunet | PlainConvUNet | 48x48x48 | 2 | 0.805 ± 0.050 (± 0.005) |" in md
     assert md.index("| nnunet |") < md.index("| partially |")  # best first
@@ -185,6 +186,27 @@ def test_summary_and_markdown_state_the_recipe_the_table_and_who_wins(tmp_path) 
     update_section(page, "nnunet", md)
     text = page.read_text()
     assert "<!-- bench:nnunet -->" in text and "<!-- /bench:nnunet -->" in text
+
+
+def test_a_longer_schedule_gets_its_own_section_and_a_blank_net_is_called_untrained() -> None:
+    longer = bench.PRESETS["quick"].__class__(
+        **{**bench.PRESETS["quick"].__dict__, "iterations": 60}
+    )
+    assert report.section_name(bench.PRESETS["quick"]) == "nnunet"
+    assert report.section_name(longer) == "nnunet-steps600"
+    md = report.nnunet_markdown(_cases(), recipe=longer, device="cpu", output=Path("out"))
+    assert md.startswith("## Inside nnU-Net v2: PlainConvUNet vs invseg's nets, 600 steps")
+    assert "--quick --steps 60 --seeds 2" in md
+    assert "all-background" not in md
+    cases = _cases()
+    blank = cases["variant"] == "nnunet"
+    cases.loc[blank, ["dice_mean", "dice_wt", "dice_tc", "dice_et"]] = 0.0
+    verdict = report.verdict(report.summary(cases))
+    assert verdict.startswith("partially wins") and verdict.endswith(
+        " nnunet: no tumour predicted on any held-out case (HD95 by the BraTS rule for an empty "
+        "prediction); its training has not left the all-background start at this schedule, so "
+        "the table does not rank it against a trained net."
+    )
 
 
 def test_cli_runs_the_recipe_with_steps_as_iterations_and_models_as_variants(

@@ -1,7 +1,8 @@
 """End to end on the CPU: synthetic BraTS (region-based) and iSeg (CSF/GM/WM labels) in
 nnU-Net's layout, nnU-Net's planning and preprocessing, ``invseg nnunet plans``, training through
-nnU-Net's own ``nnUNetTrainer`` and prediction with its ``nnUNetPredictor`` (the nnU-Net steps:
-:mod:`tests.nnunet.nnunet_steps`). Both nets train on BraTS; iSeg, only the Partially one.
+nnU-Net's own ``nnUNetTrainer`` and prediction with its ``nnUNetPredictor``. The nnU-Net steps
+are ``invseg bench nnunet``'s children (:mod:`invseg.bench.nnunet_runs`), so the bench runs
+what this test checks. Both nets train on BraTS; iSeg, only the Partially one.
 
 The volumes are 32 x 32 x 16 voxels at 1 mm, so nnU-Net plans 4 stages whose last stride keeps
 the thin axis (``[1, 2, 2]`` in its z, y, x order) and a 16 x 32 x 32 patch; the features are
@@ -16,7 +17,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from invseg.bench.nnunet_runs import child_command
 from invseg.cli import main
 
 pytest.importorskip("nnunetv2")
@@ -51,11 +52,11 @@ HEADS = {"brats": 3, "iseg": 4}  # nnU-Net's outputs: BraTS's regions, iSeg's cl
 FEATURES = [8, 16, 32, 64]
 
 
-def _nnunet(step: str, *args: object, env: dict) -> str:
+def _nnunet(step: str, spec: dict, env: dict) -> str:
     """Run an nnU-Net step in a child process (nnU-Net reads its folders from the environment)."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.nnunet.nnunet_steps", step, *map(str, args)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        child_command(step, spec), cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, f"{step}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
@@ -84,12 +85,7 @@ def planned(nnunet_env) -> Callable[[str], str]:
         assert main(["data", "synth", "--kind", kind, "--layout", "nnunet", "--preset", "easy",
                      "--cases", "4", "--unlabeled", "2", "--shape", "32", "32", "16", "--seed",
                      "0", "-o", str(raw)]) == 0  # fmt: skip
-        _nnunet("plan", dataset_id, env=nnunet_env)
-        path = Path(nnunet_env["nnUNet_preprocessed"]) / name / "nnUNetPlans.json"
-        plans = json.loads(path.read_text())
-        arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
-        arch["features_per_stage"] = FEATURES[: arch["n_stages"]]  # CPU-sized
-        path.write_text(json.dumps(plans, indent=4))
+        _nnunet("plan", {"dataset": dataset_id, "features": FEATURES}, nnunet_env)  # CPU-sized
         return kind
 
     return prepare
@@ -129,7 +125,15 @@ def test_plan_train_and_predict_through_nnunets_own_trainer(
         f"nnUNetv2_train {dataset_id} 3d_fullres FOLD -p {plans_name}"
     )
     raw, out = Path(env["nnUNet_raw"]) / name, Path(env["nnUNet_results"]) / f"pred_{kind}_{model}"
-    _nnunet("run", dataset_id, plans_name, 2, raw / "imagesTs", out, env=env)
+    result = Path(env["nnUNet_results"]) / f"result_{kind}_{model}.json"
+    spec = {"dataset": dataset_id, "plans": plans_name, "seed": 0, "epochs": 1, "iterations": 2,
+            "device": "cpu", "images": str(raw / "imagesTs"), "predictions": str(out),
+            "result": str(result)}  # fmt: skip
+    _nnunet("run", spec, env)
+    measured = json.loads(result.read_text())
+    assert measured["network"] == f"{model.capitalize()}InvResNNUNet"
+    assert measured["patch"] == [16, 32, 32] and len(measured["step_seconds"]) == 2
+    assert measured["activation_bytes"] > 0 and measured["params"] > 0
 
     results = Path(env["nnUNet_results"]) / name / f"nnUNetTrainer__{plans_name}__3d_fullres"
     checkpoint = torch.load(results / "fold_all" / "checkpoint_final.pth", weights_only=False)
