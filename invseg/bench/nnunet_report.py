@@ -140,7 +140,7 @@ def nnunet_markdown(cases: Any, *, recipe: Recipe, device: str, output: Path) ->
         f"Each run's plans: `{output.as_posix()}/results/seed<S>/Dataset990_BraTSHardBench/"
         "nnUNetTrainer__<plans>__3d_fullres/plans.json`. Reproduce:",
         "",
-        f"    invseg bench nnunet {reproduce(recipe)}--seeds {seeds} -o bench_nnunet "
+        f"    invseg bench nnunet {reproduce(recipe)}--seeds {seeds} -o {output.as_posix()} "
         "--docs docs/benchmarks.md",
         "    invseg bench nnunet --device cuda --seeds 2 -o bench_nnunet_gpu "
         f"--docs docs/benchmarks.md  # one GPU: {'x'.join(map(str, full.shape))}, "
